@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds hangar's built-in tiny guest: the kernel of Debian's linux-image-amd64 plus an
+# initramfs of busybox-static whose init prints a fixed marker on the serial console and
+# powers off on the ACPI power button (acpid, with the kernel's button and evdev modules).
+#
+# usage: scripts/build-guest.sh OUTDIR
+# The result is cached outside the source tree (HANGAR_CACHE, default ~/.cache/hangar),
+# keyed by the kernel package version, the busybox version and this script's content.
+set -euo pipefail
+
+out=${1:?usage: build-guest.sh OUTDIR}
+cache_root=${HANGAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hangar}
+marker="HANGAR-GUEST-READY"
+
+kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+[ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-amd64" >&2; exit 1; }
+kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
+bbver=$(dpkg-query -W -f='${Version}' busybox-static)
+key=$(printf '%s\n%s\n%s\n' "$kpkg=$kver" "busybox-static=$bbver" "$(sha256sum "$0")" | sha256sum | cut -c1-16)
+cache="$cache_root/guest-$key"
+
+if [ ! -s "$cache/vmlinuz" ] || [ ! -s "$cache/initrd.img" ]; then
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    (cd "$work" && apt-get download -q "$kpkg" >/dev/null 2>&1) ||
+        { echo "build-guest: apt-get download $kpkg failed" >&2; exit 1; }
+    dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/k"
+    kdir=${kpkg#linux-image-}
+    root="$work/root"
+    mkdir -p "$root"/{bin,sbin,etc/acpi,proc,sys,dev,tmp,run,var/log,lib/modules}
+    cp /bin/busybox "$root/bin/busybox"
+    for m in drivers/acpi/button.ko drivers/input/evdev.ko; do
+        cp "$work/k/lib/modules/$kdir/kernel/$m" "$root/lib/modules/"
+    done
+    # busybox init: PID 1 that handles poweroff (SIGUSR2) by running ::shutdown and powering off.
+    cat > "$root/etc/inittab" <<'INITTAB'
+::sysinit:/etc/rc
+::respawn:/bin/acpid -f -l /dev/null -c /etc/acpi -a /etc/acpid.conf
+ttyS0::respawn:/bin/sh
+::shutdown:/bin/echo HANGAR-GUEST-POWEROFF
+INITTAB
+    cat > "$root/etc/rc" <<RC
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+insmod /lib/modules/button.ko
+insmod /lib/modules/evdev.ko
+hostname hangar-guest
+echo "$marker"
+RC
+    # acpid runs /etc/acpi/<action> for an event whose text contains <key>.
+    printf 'PWRF power\nPWRB power\n' > "$root/etc/acpid.conf"
+    printf '#!/bin/sh\nexec /bin/poweroff\n' > "$root/etc/acpi/power"
+    chmod +x "$root/etc/rc" "$root/etc/acpi/power"
+    for a in $(/bin/busybox --list); do
+        [ -e "$root/bin/$a" ] || ln -s busybox "$root/bin/$a"
+    done
+    ln -s bin/busybox "$root/init"
+    ln -sf /bin/busybox "$root/sbin/init"
+    mkdir -p "$cache.tmp"
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$cache.tmp/initrd.img"
+    cp "$work/k/boot/vmlinuz-$kdir" "$cache.tmp/vmlinuz"
+    echo "$kpkg=$kver busybox-static=$bbver marker=$marker" > "$cache.tmp/VERSION"
+    rm -rf "$cache" && mv "$cache.tmp" "$cache"
+fi
+
+mkdir -p "$out"
+for f in vmlinuz initrd.img VERSION; do
+    if ! cmp -s "$cache/$f" "$out/$f"; then
+        cp "$cache/$f" "$out/$f.tmp" && mv -f "$out/$f.tmp" "$out/$f"
+    fi
+done
+echo "$out"

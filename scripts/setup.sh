@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package hangar needs to build, run and test. Idempotent: packages
+# already present are not fetched again.
+set -euo pipefail
+pkgs=(
+    build-essential cmake ninja-build ccache pkg-config clang-format
+    libboost-dev libsdbus-c++-dev libsdbus-c++-bin libsimdjson-dev libsystemd-dev
+    libssl-dev libspdlog-dev libfmt-dev libgtest-dev googletest libsqlite3-dev sqlite3
+    qemu-system-x86 qemu-utils busybox-static cpio gzip curl
+    python3 python3-websockets dbus systemd-container
+)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

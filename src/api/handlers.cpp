@@ -1,0 +1,364 @@
+#include "api/handlers.hpp"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include <simdjson.h>
+
+#include "hangar/names.hpp"
+#include "util/json.hpp"
+
+namespace hangar::api {
+
+namespace {
+using simdjson::dom::element;
+
+constexpr size_t kMaxConsoleLog = 16 * 1024 * 1024;
+
+Status parse_object(simdjson::dom::parser& parser, const std::string& body, element& out,
+                    bool allow_empty) {
+    if (body.empty() && allow_empty) {
+        out = element();
+        return {};
+    }
+    if (parser.parse(body).get(out) != simdjson::SUCCESS) {
+        return {Errc::invalid_json, "the request body is not valid JSON"};
+    }
+    if (!out.is_object()) {
+        return {Errc::bad_request, "the request body must be a JSON object"};
+    }
+    return {};
+}
+
+Status get_string(element v, std::string_view field, std::string& out) {
+    std::string_view s;
+    if (v.get(s) != simdjson::SUCCESS) {
+        return {Errc::bad_request, "field '" + std::string(field) + "' must be a string"};
+    }
+    if (s.find('\0') != std::string_view::npos) {
+        return {Errc::bad_request, "field '" + std::string(field) + "' contains a NUL byte"};
+    }
+    out = s;
+    return {};
+}
+
+Status get_u32(element v, std::string_view field, uint32_t& out) {
+    uint64_t u = 0;
+    if (v.get(u) != simdjson::SUCCESS || u > UINT32_MAX) {
+        return {Errc::bad_request,
+                "field '" + std::string(field) + "' must be a non-negative integer"};
+    }
+    out = static_cast<uint32_t>(u);
+    return {};
+}
+
+Status unknown_field(std::string_view where, std::string_view key) {
+    return {Errc::bad_request, "unknown field '" + std::string(where) + std::string(key) + "'"};
+}
+
+std::string machines_json(const core::Machines& machines,
+                          const std::vector<const core::Machine*>& list) {
+    std::string out = "{\"revision\":" + std::to_string(machines.revision()) + ",\"machines\":[";
+    bool first = true;
+    for (const auto* m : list) {
+        if (!first) {
+            out += ',';
+        }
+        first = false;
+        out += machines.to_json(*m);
+    }
+    out += "]}";
+    return out;
+}
+
+std::string qemu_path(const std::string& binary) {
+    if (binary.find('/') != std::string::npos) {
+        return access(binary.c_str(), X_OK) == 0 ? binary : std::string();
+    }
+    const char* path = getenv("PATH");
+    std::string p = path ? path : "/usr/bin:/bin";
+    size_t i = 0;
+    while (i <= p.size()) {
+        size_t j = p.find(':', i);
+        if (j == std::string::npos) {
+            j = p.size();
+        }
+        std::string cand = p.substr(i, j - i) + "/" + binary;
+        if (access(cand.c_str(), X_OK) == 0) {
+            return cand;
+        }
+        i = j + 1;
+    }
+    return {};
+}
+}  // namespace
+
+Status parse_machine_spec(const std::string& body, MachineSpec& spec) {
+    simdjson::dom::parser parser;
+    element doc;
+    if (Status st = parse_object(parser, body, doc, false); !st) {
+        return st;
+    }
+    bool has_name = false;
+    simdjson::dom::object fields = doc.get_object().value_unsafe();
+    for (auto [key, v] : fields) {
+        Status st;
+        if (key == "name") {
+            st = get_string(v, key, spec.name);
+            has_name = true;
+        } else if (key == "type") {
+            st = get_string(v, key, spec.type);
+        } else if (key == "cpus") {
+            st = get_u32(v, key, spec.cpus);
+        } else if (key == "memory_mib") {
+            st = get_u32(v, key, spec.memory_mib);
+        } else if (key == "description") {
+            st = get_string(v, key, spec.description);
+        } else if (key == "autostart") {
+            if (v.get(spec.autostart) != simdjson::SUCCESS) {
+                st = {Errc::bad_request, "field 'autostart' must be a boolean"};
+            }
+        } else if (key == "boot") {
+            simdjson::dom::object boot;
+            if (v.get(boot) != simdjson::SUCCESS) {
+                return {Errc::bad_request, "field 'boot' must be an object"};
+            }
+            for (auto [bk, bv] : boot) {
+                if (bk == "kernel") {
+                    st = get_string(bv, "boot.kernel", spec.boot.kernel);
+                } else if (bk == "initrd") {
+                    st = get_string(bv, "boot.initrd", spec.boot.initrd);
+                } else if (bk == "cmdline") {
+                    st = get_string(bv, "boot.cmdline", spec.boot.cmdline);
+                } else if (bk == "disk") {
+                    st = get_string(bv, "boot.disk", spec.boot.disk);
+                } else {
+                    st = unknown_field("boot.", bk);
+                }
+                if (!st) {
+                    return st;
+                }
+            }
+        } else {
+            st = unknown_field("", key);
+        }
+        if (!st) {
+            return st;
+        }
+    }
+    if (!has_name) {
+        return {Errc::bad_request, "field 'name' is required"};
+    }
+    return check_name("machine", spec.name);
+}
+
+namespace {
+Status parse_action_args(core::Action action, const std::string& body, core::ActionArgs& args) {
+    simdjson::dom::parser parser;
+    element doc;
+    if (Status st = parse_object(parser, body, doc, true); !st) {
+        return st;
+    }
+    if (body.empty()) {
+        return {};
+    }
+    simdjson::dom::object fields = doc.get_object().value_unsafe();
+    for (auto [key, v] : fields) {
+        bool stops = action == core::Action::stop || action == core::Action::restart;
+        if (key == "timeout_s" && stops) {
+            uint32_t t = 0;
+            if (Status st = get_u32(v, key, t); !st) {
+                return st;
+            }
+            if (t > 3600) {
+                return {Errc::bad_request, "timeout_s must be at most 3600"};
+            }
+            args.stop_timeout = std::chrono::seconds(t);
+        } else if (key == "reset" && action == core::Action::restart) {
+            if (v.get(args.reset) != simdjson::SUCCESS) {
+                return {Errc::bad_request, "field 'reset' must be a boolean"};
+            }
+        } else {
+            return unknown_field("", key);
+        }
+    }
+    return {};
+}
+}  // namespace
+
+void register_routes(Router& router, core::Machines& machines, const ServerInfo& info) {
+    router.add("GET", "/v1", [&machines, info](Request& req, Respond respond) {
+        struct utsname u {};
+        uname(&u);
+        json::Writer w;
+        w.begin_object()
+            .field("api_version", "1.0")
+            .field("version", HANGAR_VERSION)
+            .key("api_extensions")
+            .begin_array()
+            .end_array()
+            .field("host_arch", u.machine)
+            .field("accelerator", info.accelerator)
+            .field("revision", machines.revision())
+            .key("auth")
+            .begin_object()
+            .field("method", "unix")
+            .field("uid", req.caller.uid)
+            .field("admin", req.caller.admin)
+            .end_object()
+            .end_object();
+        respond(json_response(200, w.take()));
+    });
+
+    router.add("GET", "/v1/health", [&machines, info](Request&, Respond respond) {
+        std::string qemu = qemu_path(machines.config().qemu.binary);
+        bool store_ok = access(info.state_dir.c_str(), W_OK) == 0;
+        bool guest_ok = !machines.config().default_boot.kernel.empty();
+        json::Writer w;
+        w.begin_object()
+            .field("status", qemu.empty() || !store_ok ? "degraded" : "ok")
+            .key("checks")
+            .begin_object()
+            .key("qemu")
+            .begin_object()
+            .field("ok", !qemu.empty())
+            .field("detail", qemu.empty() ? machines.config().qemu.binary + " not found" : qemu)
+            .end_object()
+            .key("store")
+            .begin_object()
+            .field("ok", store_ok)
+            .field("detail", info.state_dir.string())
+            .end_object()
+            .key("guest")
+            .begin_object()
+            .field("ok", guest_ok)
+            .field("detail", guest_ok ? machines.config().default_boot.kernel
+                                      : std::string("built-in guest not found"))
+            .end_object()
+            .key("dbus")
+            .begin_object()
+            .field("ok", false)
+            .field("detail", "not connected (" + info.dbus + ")")
+            .end_object()
+            .end_object()
+            .end_object();
+        respond(json_response(qemu.empty() || !store_ok ? 503 : 200, w.take()));
+    });
+
+    router.add("GET", "/v1/machines", [&machines](Request& req, Respond respond) {
+        std::optional<MachineState> state;
+        if (auto it = req.query.find("state"); it != req.query.end()) {
+            state = parse_machine_state(it->second);
+            if (!state) {
+                return respond(error_response(
+                    {Errc::bad_request, "unknown state " + json::quote(it->second)}));
+            }
+        }
+        std::string type;
+        if (auto it = req.query.find("type"); it != req.query.end()) {
+            type = it->second;
+            if (type != "vm" && type != "container") {
+                return respond(
+                    error_response({Errc::bad_request, "unknown type " + json::quote(type)}));
+            }
+        }
+        respond(
+            json_response(200, machines_json(machines, machines.list(req.caller, state, type))));
+    });
+
+    router.add("POST", "/v1/machines", [&machines](Request& req, Respond respond) {
+        MachineSpec spec;
+        if (Status st = parse_machine_spec(req.body, spec); !st) {
+            return respond(error_response(st));
+        }
+        const core::Machine* m = nullptr;
+        if (Status st = machines.create(req.caller, std::move(spec), &m); !st) {
+            return respond(error_response(st));
+        }
+        auto res = json_response(201, machines.to_json(*m));
+        res.headers.emplace_back("Location", "/v1/machines/" + m->spec.name);
+        respond(std::move(res));
+    });
+
+    router.add("GET", "/v1/machines/{name}", [&machines](Request& req, Respond respond) {
+        const core::Machine* m = nullptr;
+        if (Status st = machines.get(req.caller, req.params["name"], &m); !st) {
+            return respond(error_response(st));
+        }
+        respond(json_response(200, machines.to_json(*m)));
+    });
+
+    router.add("DELETE", "/v1/machines/{name}", [&machines](Request& req, Respond respond) {
+        bool force =
+            req.query.count("force") && req.query["force"] != "false" && req.query["force"] != "0";
+        machines.remove(req.caller, req.params["name"], force,
+                        [respond = std::move(respond)](const Status& st) {
+                            respond(st ? json_response(200, "{}") : error_response(st));
+                        });
+    });
+
+    router.add(
+        "POST", "/v1/machines/{name}/actions/{action}", [&machines](Request& req, Respond respond) {
+            const std::string& name = req.params["name"];
+            if (Status st = check_name("machine", name); !st) {
+                return respond(error_response(st));
+            }
+            auto action = core::parse_action(req.params["action"]);
+            if (!action) {
+                return respond(error_response(
+                    {Errc::not_found, "unknown action " + json::quote(req.params["action"]) +
+                                          " (start, stop, kill, restart, pause, resume)"}));
+            }
+            if (auto it = req.query.find("wait"); it != req.query.end() && it->second != "true") {
+                return respond(error_response(
+                    {Errc::bad_request, "wait=false is not supported by this hangard"}));
+            }
+            core::ActionArgs args;
+            if (Status st = parse_action_args(*action, req.body, args); !st) {
+                return respond(error_response(st));
+            }
+            machines.act(req.caller, name, *action, args,
+                         [&machines, respond = std::move(respond)](const Status& st,
+                                                                   const core::Machine* m) {
+                             if (!st) {
+                                 return respond(error_response(st));
+                             }
+                             respond(m ? json_response(200, machines.to_json(*m))
+                                       : json_response(200, "{}"));
+                         });
+        });
+
+    router.add(
+        "GET", "/v1/machines/{name}/console/log", [&machines](Request& req, Respond respond) {
+            const core::Machine* m = nullptr;
+            if (Status st = machines.get(req.caller, req.params["name"], &m); !st) {
+                return respond(error_response(st));
+            }
+            uint64_t tail = kMaxConsoleLog;
+            if (auto it = req.query.find("tail"); it != req.query.end()) {
+                char* end = nullptr;
+                tail = std::strtoull(it->second.c_str(), &end, 10);
+                if (it->second.empty() || *end != '\0') {
+                    return respond(
+                        error_response({Errc::bad_request, "tail must be a number of bytes"}));
+                }
+                tail = std::min<uint64_t>(tail, kMaxConsoleLog);
+            }
+            Response res;
+            res.content_type = "text/plain; charset=utf-8";
+            std::ifstream in(machines.machine_dir(m->spec.name) / "console.log", std::ios::binary);
+            if (in) {
+                in.seekg(0, std::ios::end);
+                auto size = static_cast<uint64_t>(in.tellg());
+                uint64_t start = size > tail ? size - tail : 0;
+                in.seekg(static_cast<std::streamoff>(start));
+                res.body.resize(size - start);
+                in.read(res.body.data(), static_cast<std::streamsize>(res.body.size()));
+            }
+            respond(std::move(res));
+        });
+}
+
+}  // namespace hangar::api

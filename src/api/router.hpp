@@ -1,0 +1,60 @@
+#pragma once
+// Transport-neutral HTTP request/response types and the one routing table. Nothing here
+// depends on Beast, so handlers compile quickly and the fuzz target can drive the router.
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/machines.hpp"
+#include "hangar/error.hpp"
+
+namespace hangar::api {
+
+struct Request {
+    std::string method;
+    std::string path;  // percent-decoded, without the query
+    std::map<std::string, std::string> query;
+    std::map<std::string, std::string> params;  // from {placeholders} in the route
+    std::string body;
+    core::Caller caller;
+};
+
+struct Response {
+    int status = 200;
+    std::string body;
+    std::string content_type = "application/json";
+    std::vector<std::pair<std::string, std::string>> headers;
+};
+
+using Respond = std::function<void(Response)>;
+using Handler = std::function<void(Request& req, Respond respond)>;
+
+// The JSON error shape {"error": {"code", "message"}} with its status. The only place where
+// errors become HTTP.
+Response error_response(const Status& st);
+Response json_response(int status, std::string body);
+
+// Splits "/a/b?x=1&y=%20" into a decoded path and query. false when the target is malformed.
+bool parse_target(const std::string& target, std::string& path,
+                  std::map<std::string, std::string>& query);
+
+class Router {
+  public:
+    void add(std::string method, std::string pattern, Handler handler);
+    // Calls the handler of the matching route, or answers 404 / 405 itself.
+    void dispatch(Request req, Respond respond) const;
+    std::vector<std::pair<std::string, std::string>> routes() const;
+
+  private:
+    struct Route {
+        std::string method;
+        std::string pattern;
+        std::vector<std::string> segments;
+        Handler handler;
+    };
+    std::vector<Route> routes_;
+};
+
+}  // namespace hangar::api

@@ -1,0 +1,134 @@
+#pragma once
+// The machine registry and the state machine of each machine. REST handlers (and later the
+// D-Bus adaptor) are thin faces over this class; every business rule lives here.
+//
+// State is driven only by what QEMU reports: QMP events (STOP, RESUME, SHUTDOWN, RESET,
+// POWERDOWN, GUEST_PANICKED) and the exit seen through the process's pidfd. An operation in
+// flight holds the machine's operation lock; a conflicting request fails at once with `busy`.
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "core/event_bus.hpp"
+#include "drivers/qemu/argv.hpp"
+#include "hangar/error.hpp"
+#include "hangar/machine.hpp"
+
+namespace hangar::store {
+class Db;
+}
+namespace hangar::qemu {
+class QemuProcess;
+}
+
+namespace hangar::core {
+
+// Who is asking: over the unix socket, the peer's uid.
+struct Caller {
+    uint32_t uid = 0;
+    bool admin = false;
+};
+
+enum class Action { start, stop, kill, restart, pause, resume };
+std::optional<Action> parse_action(std::string_view s);
+
+struct ActionArgs {
+    std::chrono::seconds stop_timeout{60};  // graceful stop: then quit, then SIGKILL
+    bool reset = false;                     // restart through system_reset
+};
+
+struct Machine {
+    MachineSpec spec;
+    MachineState state = MachineState::stopped;
+    std::string state_reason;
+    bool unresponsive = false;
+    std::shared_ptr<qemu::QemuProcess> proc;
+    pid_t pid = 0;
+
+    // Operation lock: the operation in flight ("" when none) and who waits for it.
+    std::string op;
+    std::vector<std::pair<std::string, std::function<void(const Status&)>>> waiters;
+    // What the next exit of QEMU means (set by SHUTDOWN, api:kill, a forced stop...).
+    std::string exit_reason;
+    bool exit_is_crash = false;
+    bool restart_pending = false;
+    bool delete_after_exit = false;
+    bool quit_sent = false;  // "quit" went out for the current QEMU
+    std::unique_ptr<boost::asio::steady_timer> stop_timer;
+    uint64_t generation = 0;  // identifies the current QEMU; stale callbacks compare it
+};
+
+struct MachinesConfig {
+    std::filesystem::path machines_dir;  // <state dir>/machines
+    qemu::Settings qemu;
+    BootSpec default_boot;  // the built-in guest; empty kernel when none was found
+    size_t max_machines_per_owner = 4096;
+};
+
+class Machines {
+  public:
+    using Done = std::function<void(const Status&, const Machine*)>;
+
+    Machines(boost::asio::io_context& io, store::Db& db, EventBus& events, MachinesConfig cfg);
+    ~Machines();
+
+    // Loads the store and adopts every QEMU left running; `done(adopted, total)` when all
+    // machines are settled. The API may serve meanwhile: machines being adopted are `busy`.
+    void load_and_adopt(std::function<void(size_t adopted, size_t total)> done);
+    // Leaves every QEMU running and lets go of it (daemon shutdown).
+    void detach_all();
+
+    Status create(const Caller& caller, MachineSpec spec, const Machine** out);
+    Status get(const Caller& caller, const std::string& name, const Machine** out) const;
+    std::vector<const Machine*> list(const Caller& caller, std::optional<MachineState> state,
+                                     const std::string& type) const;
+    void act(const Caller& caller, const std::string& name, Action action, ActionArgs args,
+             Done done);
+    void remove(const Caller& caller, const std::string& name, bool force,
+                std::function<void(const Status&)> done);
+
+    std::string to_json(const Machine& m) const;
+    uint64_t revision() const { return events_.revision(); }
+    const std::map<std::string, std::unique_ptr<Machine>>& all() const { return machines_; }
+    const MachinesConfig& config() const { return cfg_; }
+    std::filesystem::path machine_dir(const std::string& name) const {
+        return cfg_.machines_dir / name;
+    }
+
+  private:
+    Machine* find_visible(const Caller& caller, const std::string& name) const;
+    void set_state(Machine& m, MachineState to, const std::string& reason);
+    void begin_op(Machine& m, const std::string& op, std::function<void(const Status&)> done);
+    void finish_op(Machine& m, const Status& st);
+    void launch(Machine& m, const std::string& reason);
+    void graceful_stop(Machine& m, std::chrono::seconds timeout);
+    void force_quit(Machine& m, const std::string& why);
+    void on_qmp_event(Machine& m, std::string_view event, const std::string& detail);
+    void on_exit(Machine& m, const std::string& how, bool clean);
+    void on_responsive(Machine& m, bool responsive, const std::string& why);
+    void adopted(Machine& m, const std::string& status);
+    void erase(Machine& m);
+    // Runs `fn(machine)` if the machine still exists with the same QEMU generation.
+    template <typename Fn>
+    void with_machine(const std::string& name, uint64_t generation, Fn&& fn);
+
+    boost::asio::io_context& io_;
+    store::Db& db_;
+    EventBus& events_;
+    MachinesConfig cfg_;
+    std::map<std::string, std::unique_ptr<Machine>> machines_;
+};
+
+}  // namespace hangar::core

@@ -1,0 +1,227 @@
+// hangard: one thread, one io_context for QMP, process exits, and the API.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include "api/handlers.hpp"
+#include "api/http_server.hpp"
+#include "core/event_bus.hpp"
+#include "core/machines.hpp"
+#include "daemon/logging.hpp"
+#include "daemon/options.hpp"
+#include "drivers/qemu/argv.hpp"
+#include "store/db.hpp"
+
+namespace fs = std::filesystem;
+using namespace hangar;
+
+namespace {
+
+// The built-in guest: --guest-dir, else share/hangar/guest next to or above the executable,
+// else the installed locations.
+BootSpec find_guest(const std::string& configured) {
+    std::vector<fs::path> candidates;
+    if (!configured.empty()) {
+        candidates.push_back(configured);
+    } else {
+        std::error_code ec;
+        fs::path exe = fs::read_symlink("/proc/self/exe", ec).parent_path();
+        candidates = {exe / "share/hangar/guest", exe.parent_path() / "share/hangar/guest",
+                      "/usr/local/share/hangar/guest", "/usr/share/hangar/guest"};
+    }
+    for (const auto& dir : candidates) {
+        if (fs::is_regular_file(dir / "vmlinuz") && fs::is_regular_file(dir / "initrd.img")) {
+            auto abs = fs::absolute(dir).lexically_normal();
+            return {(abs / "vmlinuz").string(), (abs / "initrd.img").string(),
+                    "console=ttyS0 panic=-1", ""};
+        }
+    }
+    return {};
+}
+
+// Without --foreground (and outside systemd) the daemon detaches; the parent exits only once
+// the child reports that it serves, or with the child's error.
+int g_ready_fd = -1;
+
+void report_ready(const std::string& msg) {
+    if (g_ready_fd >= 0) {
+        (void)!write(g_ready_fd, msg.data(), msg.size());
+        close(g_ready_fd);
+        g_ready_fd = -1;
+    }
+}
+
+[[noreturn]] void fatal(const std::string& msg) {
+    spdlog::critical("{}", msg);
+    report_ready("hangard: " + msg + "\n");
+    std::cerr << "hangard: " << msg << "\n";
+    _exit(1);
+}
+
+void daemonize() {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+        std::cerr << "hangard: pipe: " << strerror(errno) << "\n";
+        exit(1);
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        std::cerr << "hangard: fork: " << strerror(errno) << "\n";
+        exit(1);
+    }
+    if (pid > 0) {
+        close(p[1]);
+        std::string msg;
+        char buf[512];
+        ssize_t n;
+        while ((n = read(p[0], buf, sizeof buf)) > 0) {
+            msg.append(buf, static_cast<size_t>(n));
+        }
+        bool ok = msg.rfind("OK ", 0) == 0;
+        std::cerr << (ok            ? msg.substr(3)
+                      : msg.empty() ? "hangard: exited before it was ready\n"
+                                    : msg);
+        _exit(ok ? 0 : 1);
+    }
+    close(p[0]);
+    g_ready_fd = p[1];
+    setsid();
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 0);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    if (devnull > 2) {
+        close(devnull);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    daemon::Options opts;
+    std::string err;
+    int rc = daemon::parse_options(argc, argv, opts, err);
+    if (rc == 1) {
+        return 0;
+    }
+    if (rc == 2) {
+        std::cerr << "hangard: " << err << "\n" << daemon::usage();
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    std::error_code ec;
+    fs::create_directories(opts.state_dir, ec);
+    if (ec) {
+        std::cerr << "hangard: cannot create state dir " << opts.state_dir << ": " << ec.message()
+                  << "\n";
+        return 1;
+    }
+    opts.state_dir = fs::canonical(opts.state_dir).string();
+    bool under_systemd = getenv("NOTIFY_SOCKET") || getenv("JOURNAL_STREAM");
+    if (!opts.foreground && !under_systemd) {
+        daemonize();
+    }
+    daemon::setup_logging(opts.state_dir, opts.log_level, opts.foreground);
+
+    // One hangard per state dir.
+    std::string lock_path = opts.state_dir + "/hangard.lock";
+    int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        fatal("another hangard is already using " + opts.state_dir);
+    }
+    fs::create_directories(opts.state_dir + "/machines", ec);
+    chmod((opts.state_dir + "/machines").c_str(), 0700);
+
+    boost::asio::io_context io(1);
+    store::Db db;
+    if (Status st =
+            db.open(opts.state_dir + "/hangar.db",
+                    [&io](std::function<void()> fn) { boost::asio::post(io, std::move(fn)); });
+        !st) {
+        fatal(st.message());
+    }
+    core::EventBus events(db, opts.event_ring);
+
+    core::MachinesConfig cfg;
+    cfg.machines_dir = opts.state_dir + "/machines";
+    cfg.qemu.binary = opts.qemu;
+    cfg.qemu.accel = qemu::detect_accel();
+    cfg.qemu.command_timeout = std::chrono::milliseconds(opts.qmp_timeout_ms);
+    cfg.qemu.handshake_timeout =
+        std::chrono::milliseconds(std::max<uint32_t>(opts.qmp_timeout_ms, 10000));
+    cfg.default_boot = find_guest(opts.guest_dir);
+    if (cfg.default_boot.kernel.empty()) {
+        spdlog::warn("built-in guest not found; machines need an explicit boot source");
+    }
+    core::Machines machines(io, db, events, cfg);
+
+    if (opts.listen != "127.0.0.1:8443" || !opts.tls_cert.empty() || opts.insecure_http) {
+        spdlog::warn(
+            "HTTPS listener options are accepted but not served by this build; "
+            "use the unix socket {}",
+            opts.socket);
+    }
+    std::string dbus_mode = opts.dbus.empty() ? "none" : opts.dbus;
+    if (dbus_mode != "none") {
+        spdlog::warn("--dbus {}: D-Bus is not served by this build", dbus_mode);
+    }
+
+    api::Router router;
+    api::ServerInfo info{opts.state_dir, cfg.qemu.accel, dbus_mode};
+    api::register_routes(router, machines, info);
+    api::UnixServer server(io, router, {});
+    if (Status st = server.listen(opts.socket); !st) {
+        fatal(st.message());
+    }
+
+    boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+    stop_signals.async_wait([&](boost::system::error_code e, int sig) {
+        if (e) {
+            return;
+        }
+        spdlog::info("signal {}: shutting down, leaving machines running", strsignal(sig));
+        server.close();
+        machines.detach_all();
+        io.stop();
+    });
+    boost::asio::signal_set hup(io, SIGHUP);
+    std::function<void()> wait_hup = [&] {
+        hup.async_wait([&](boost::system::error_code e, int) {
+            if (!e) {
+                daemon::reopen_logs();
+                wait_hup();
+            }
+        });
+    };
+    wait_hup();
+
+    auto t0 = std::chrono::steady_clock::now();
+    machines.load_and_adopt([&](size_t adopted, size_t total) {
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                        .count();
+        spdlog::info(
+            "ready: {} machines, {} running QEMU adopted in {:.1f} ms; accelerator {}; "
+            "socket {}",
+            total, adopted, ms, cfg.qemu.accel, opts.socket);
+        report_ready("OK hangard: running (pid " + std::to_string(getpid()) + "), socket " +
+                     opts.socket + ", log " + opts.state_dir + "/hangard.log\n");
+    });
+
+    io.run();
+    db.flush();
+    spdlog::info("stopped");
+    return 0;
+}

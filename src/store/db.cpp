@@ -1,0 +1,314 @@
+#include "store/db.hpp"
+
+#include <sqlite3.h>
+
+#include <simdjson.h>
+#include <spdlog/spdlog.h>
+
+#include "util/json.hpp"
+
+namespace hangar::store {
+
+namespace {
+// Each entry moves the schema from version i to i + 1. Never edit a released entry: append.
+const char* const kMigrations[] = {
+    R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE machines(
+    name TEXT PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    owner INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_reason TEXT NOT NULL DEFAULT '',
+    pid INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE events(
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    type TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    data TEXT NOT NULL);
+INSERT INTO meta(key, value) VALUES('seq', '0');
+)sql",
+};
+
+struct Stmt {
+    sqlite3_stmt* st;
+    ~Stmt() { sqlite3_finalize(st); }
+};
+
+std::string column_text(sqlite3_stmt* st, int i) {
+    auto p = sqlite3_column_text(st, i);
+    return p ? std::string(reinterpret_cast<const char*>(p)) : std::string();
+}
+
+void bind_text(sqlite3_stmt* st, int i, const std::string& s) {
+    sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+}
+}  // namespace
+
+Db::~Db() {
+    if (db_) {
+        flush();
+        for (auto* st : {st_update_state_, st_insert_event_, st_set_seq_}) {
+            sqlite3_finalize(st);
+        }
+        sqlite3_close(db_);
+    }
+}
+
+Status Db::open(const std::string& path, Scheduler schedule) {
+    schedule_ = std::move(schedule);
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+        SQLITE_OK) {
+        std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+        return {Errc::internal, "cannot open store " + path + ": " + msg};
+    }
+    sqlite3_busy_timeout(db_, 2000);
+    char* err = nullptr;
+    // WAL + synchronous=NORMAL: a commit survives a crash of this process (kill -9) at once;
+    // after a power loss the last commits before the crash may be lost, never corrupted.
+    if (sqlite3_exec(db_,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                     "PRAGMA foreign_keys=ON;",
+                     nullptr, nullptr, &err) != SQLITE_OK) {
+        std::string msg = err ? err : "unknown";
+        sqlite3_free(err);
+        return {Errc::internal, "cannot configure store " + path + ": " + msg};
+    }
+    if (Status st = migrate(); !st) {
+        return st;
+    }
+    {
+        Stmt s{prepare("SELECT value FROM meta WHERE key='seq'")};
+        if (sqlite3_step(s.st) == SQLITE_ROW) {
+            last_seq_ = std::stoull(column_text(s.st, 0));
+        }
+    }
+    st_update_state_ = prepare("UPDATE machines SET state=?, state_reason=?, pid=? WHERE name=?");
+    st_insert_event_ =
+        prepare("INSERT INTO events(seq, time, type, machine, data) VALUES(?,?,?,?,?)");
+    st_set_seq_ = prepare("UPDATE meta SET value=? WHERE key='seq'");
+    return {};
+}
+
+Status Db::migrate() {
+    Stmt s{prepare("PRAGMA user_version")};
+    sqlite3_step(s.st);
+    version_ = sqlite3_column_int(s.st, 0);
+    const int target = static_cast<int>(std::size(kMigrations));
+    if (version_ > target) {
+        return {Errc::internal, "store schema version " + std::to_string(version_) +
+                                    " is newer than this hangard (" + std::to_string(target) +
+                                    "); refusing to touch it"};
+    }
+    for (int v = version_; v < target; ++v) {
+        std::string sql = std::string("BEGIN IMMEDIATE;") + kMigrations[v] +
+                          "PRAGMA user_version=" + std::to_string(v + 1) + ";COMMIT;";
+        char* err = nullptr;
+        if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+            std::string msg = err ? err : "unknown";
+            sqlite3_free(err);
+            sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+            return {Errc::internal,
+                    "store migration to version " + std::to_string(v + 1) + " failed: " + msg};
+        }
+        spdlog::info("store: migrated schema to version {}", v + 1);
+        version_ = v + 1;
+    }
+    return {};
+}
+
+sqlite3_stmt* Db::prepare(const char* sql) {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK) {
+        spdlog::critical("store: cannot prepare '{}': {}", sql, sqlite3_errmsg(db_));
+        std::abort();  // a statement of our own that does not compile is a programming error
+    }
+    return st;
+}
+
+void Db::exec(const char* sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+        spdlog::error("store: {} failed: {}", sql, err ? err : "unknown");
+        sqlite3_free(err);
+    }
+}
+
+void Db::step_done(sqlite3_stmt* st, const char* what) {
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) {
+        spdlog::error("store: {} failed: {}", what, sqlite3_errmsg(db_));
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+void Db::begin() {
+    if (in_txn_) {
+        return;
+    }
+    exec("BEGIN");
+    in_txn_ = true;
+    if (schedule_) {
+        schedule_([this] { flush(); });
+    }
+}
+
+bool Db::flush() {
+    if (!in_txn_) {
+        return true;
+    }
+    in_txn_ = false;
+    char* err = nullptr;
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, &err) != SQLITE_OK) {
+        spdlog::error("store: commit failed: {}", err ? err : "unknown");
+        sqlite3_free(err);
+        sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        return false;
+    }
+    return true;
+}
+
+std::string Db::spec_to_json(const MachineSpec& s) {
+    json::Writer w;
+    w.begin_object()
+        .field("cpus", s.cpus)
+        .field("memory_mib", s.memory_mib)
+        .key("boot")
+        .begin_object()
+        .field("kernel", s.boot.kernel)
+        .field("initrd", s.boot.initrd)
+        .field("cmdline", s.boot.cmdline)
+        .field("disk", s.boot.disk)
+        .end_object()
+        .field("autostart", s.autostart)
+        .field("description", s.description)
+        .end_object();
+    return w.take();
+}
+
+bool Db::spec_from_json(const std::string& text, MachineSpec& s) {
+    simdjson::dom::parser parser;
+    simdjson::dom::element e;
+    if (parser.parse(text).get(e) != simdjson::SUCCESS) {
+        return false;
+    }
+    uint64_t u = 0;
+    if (e["cpus"].get(u) == simdjson::SUCCESS) {
+        s.cpus = static_cast<uint32_t>(u);
+    }
+    if (e["memory_mib"].get(u) == simdjson::SUCCESS) {
+        s.memory_mib = static_cast<uint32_t>(u);
+    }
+    std::string_view v;
+    if (e.at_pointer("/boot/kernel").get(v) == simdjson::SUCCESS)
+        s.boot.kernel = v;
+    if (e.at_pointer("/boot/initrd").get(v) == simdjson::SUCCESS)
+        s.boot.initrd = v;
+    if (e.at_pointer("/boot/cmdline").get(v) == simdjson::SUCCESS)
+        s.boot.cmdline = v;
+    if (e.at_pointer("/boot/disk").get(v) == simdjson::SUCCESS)
+        s.boot.disk = v;
+    bool b = false;
+    if (e["autostart"].get(b) == simdjson::SUCCESS)
+        s.autostart = b;
+    if (e["description"].get(v) == simdjson::SUCCESS)
+        s.description = v;
+    return true;
+}
+
+std::vector<MachineRow> Db::load_machines() {
+    std::vector<MachineRow> rows;
+    Stmt s{
+        prepare("SELECT name, uuid, type, owner, created_at, spec, state, state_reason, pid "
+                "FROM machines ORDER BY name")};
+    while (sqlite3_step(s.st) == SQLITE_ROW) {
+        MachineRow r;
+        r.spec.name = column_text(s.st, 0);
+        r.spec.uuid = column_text(s.st, 1);
+        r.spec.type = column_text(s.st, 2);
+        r.spec.owner = static_cast<uint32_t>(sqlite3_column_int64(s.st, 3));
+        r.spec.created_at = column_text(s.st, 4);
+        if (!spec_from_json(column_text(s.st, 5), r.spec)) {
+            spdlog::error("store: machine {} has an unreadable spec; using defaults", r.spec.name);
+        }
+        r.state = parse_machine_state(column_text(s.st, 6)).value_or(MachineState::stopped);
+        r.state_reason = column_text(s.st, 7);
+        r.pid = sqlite3_column_int64(s.st, 8);
+        rows.push_back(std::move(r));
+    }
+    return rows;
+}
+
+void Db::insert_machine(const MachineRow& r) {
+    begin();
+    Stmt s{
+        prepare("INSERT INTO machines(name, uuid, type, owner, created_at, spec, state, "
+                "state_reason, pid) VALUES(?,?,?,?,?,?,?,?,?)")};
+    bind_text(s.st, 1, r.spec.name);
+    bind_text(s.st, 2, r.spec.uuid);
+    bind_text(s.st, 3, r.spec.type);
+    sqlite3_bind_int64(s.st, 4, r.spec.owner);
+    bind_text(s.st, 5, r.spec.created_at);
+    bind_text(s.st, 6, spec_to_json(r.spec));
+    bind_text(s.st, 7, std::string(to_string(r.state)));
+    bind_text(s.st, 8, r.state_reason);
+    sqlite3_bind_int64(s.st, 9, r.pid);
+    step_done(s.st, "insert machine");
+}
+
+void Db::update_state(const std::string& name, MachineState state, const std::string& reason,
+                      int64_t pid) {
+    begin();
+    bind_text(st_update_state_, 1, std::string(to_string(state)));
+    bind_text(st_update_state_, 2, reason);
+    sqlite3_bind_int64(st_update_state_, 3, pid);
+    bind_text(st_update_state_, 4, name);
+    step_done(st_update_state_, "update machine state");
+}
+
+void Db::delete_machine(const std::string& name) {
+    begin();
+    Stmt s{prepare("DELETE FROM machines WHERE name=?")};
+    bind_text(s.st, 1, name);
+    step_done(s.st, "delete machine");
+}
+
+void Db::append_event(const EventRow& ev, size_t keep) {
+    begin();
+    sqlite3_bind_int64(st_insert_event_, 1, static_cast<int64_t>(ev.seq));
+    bind_text(st_insert_event_, 2, ev.time);
+    bind_text(st_insert_event_, 3, ev.type);
+    bind_text(st_insert_event_, 4, ev.machine);
+    bind_text(st_insert_event_, 5, ev.data);
+    step_done(st_insert_event_, "insert event");
+    last_seq_ = ev.seq;
+    bind_text(st_set_seq_, 1, std::to_string(ev.seq));
+    step_done(st_set_seq_, "store event seq");
+    if (++trim_countdown_ >= 256) {
+        trim_countdown_ = 0;
+        Stmt s{prepare("DELETE FROM events WHERE seq <= ?")};
+        sqlite3_bind_int64(s.st, 1, static_cast<int64_t>(ev.seq) - static_cast<int64_t>(keep));
+        step_done(s.st, "trim events");
+    }
+}
+
+std::vector<EventRow> Db::load_events_after(uint64_t seq, size_t limit) {
+    std::vector<EventRow> out;
+    Stmt s{
+        prepare("SELECT seq, time, type, machine, data FROM events WHERE seq > ? "
+                "ORDER BY seq LIMIT ?")};
+    sqlite3_bind_int64(s.st, 1, static_cast<int64_t>(seq));
+    sqlite3_bind_int64(s.st, 2, static_cast<int64_t>(limit));
+    while (sqlite3_step(s.st) == SQLITE_ROW) {
+        out.push_back({static_cast<uint64_t>(sqlite3_column_int64(s.st, 0)), column_text(s.st, 1),
+                       column_text(s.st, 2), column_text(s.st, 3), column_text(s.st, 4)});
+    }
+    return out;
+}
+
+}  // namespace hangar::store

@@ -1,0 +1,79 @@
+#pragma once
+// The SQLite store (WAL) in the state dir: machines, the event sequence and the most recent
+// events. Writes made during one reactor turn share one transaction, committed at the end of
+// that turn or earlier by flush(); an action is acknowledged only after flush().
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hangar/error.hpp"
+#include "hangar/machine.hpp"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace hangar::store {
+
+struct MachineRow {
+    MachineSpec spec;
+    MachineState state = MachineState::stopped;
+    std::string state_reason;
+    int64_t pid = 0;
+};
+
+struct EventRow {
+    uint64_t seq = 0;
+    std::string time, type, machine, data;
+};
+
+class Db {
+  public:
+    // `schedule` runs a callback at the end of the current reactor turn (asio::post).
+    using Scheduler = std::function<void(std::function<void()>)>;
+
+    Db() = default;
+    ~Db();
+    Db(const Db&) = delete;
+    Db& operator=(const Db&) = delete;
+
+    Status open(const std::string& path, Scheduler schedule);
+    int schema_version() const { return version_; }
+
+    std::vector<MachineRow> load_machines();
+    void insert_machine(const MachineRow& row);
+    void update_state(const std::string& name, MachineState state, const std::string& reason,
+                      int64_t pid);
+    void delete_machine(const std::string& name);
+
+    uint64_t last_seq() const { return last_seq_; }
+    // Records an event; its seq must be last_seq() + 1. Keeps only the newest `keep` events.
+    void append_event(const EventRow& ev, size_t keep);
+    std::vector<EventRow> load_events_after(uint64_t seq, size_t limit);
+
+    // Commits what this turn wrote. Returns false (and logs) if the commit failed.
+    bool flush();
+
+    static std::string spec_to_json(const MachineSpec& spec);
+    static bool spec_from_json(const std::string& json, MachineSpec& spec);
+
+  private:
+    void begin();
+    void exec(const char* sql);
+    sqlite3_stmt* prepare(const char* sql);
+    void step_done(sqlite3_stmt* st, const char* what);
+    Status migrate();
+
+    sqlite3* db_ = nullptr;
+    Scheduler schedule_;
+    bool in_txn_ = false;
+    int version_ = 0;
+    uint64_t last_seq_ = 0;
+    uint64_t trim_countdown_ = 0;
+    sqlite3_stmt* st_update_state_ = nullptr;
+    sqlite3_stmt* st_insert_event_ = nullptr;
+    sqlite3_stmt* st_set_seq_ = nullptr;
+};
+
+}  // namespace hangar::store
