@@ -338,8 +338,14 @@ void Machines::set_state(Machine& m, MachineState to, const std::string& reason)
 
 void Machines::act(const Caller& caller, const std::string& name, Action action, ActionArgs args,
                    Done done) {
+    // Completion hands back the machine if it still exists.
+    auto complete = [this, name, done = std::move(done)](const Status& st) {
+        auto it = machines_.find(name);
+        done(st, it == machines_.end() ? nullptr : it->second.get());
+    };
+    // Refusals are answered asynchronously too, so callers see one behaviour.
     auto fail = [&](Status st) {
-        boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st, nullptr); });
+        boost::asio::post(io_, [complete, st = std::move(st)] { complete(st); });
     };
     if (Status st = check_name("machine", name); !st) {
         return fail(st);
@@ -348,11 +354,6 @@ void Machines::act(const Caller& caller, const std::string& name, Action action,
     if (!m) {
         return fail({Errc::not_found, "no machine named " + name});
     }
-    // Completion hands back the machine if it still exists.
-    auto complete = [this, name, done = std::move(done)](const Status& st) {
-        auto it = machines_.find(name);
-        done(st, it == machines_.end() ? nullptr : it->second.get());
-    };
     if (action == Action::kill) {
         // kill preempts any operation in flight (a hung stop, a start...).
         if (!m->proc) {

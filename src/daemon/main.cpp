@@ -220,7 +220,15 @@ int main(int argc, char** argv) {
                      opts.socket + ", log " + opts.state_dir + "/hangard.log\n");
     });
 
-    io.run();
+    // A handler that throws is a bug; log it and keep serving every other machine.
+    for (;;) {
+        try {
+            io.run();
+            break;
+        } catch (const std::exception& e) {
+            spdlog::critical("unhandled exception in the reactor: {}", e.what());
+        }
+    }
     db.flush();
     spdlog::info("stopped");
     return 0;

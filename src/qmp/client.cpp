@@ -56,8 +56,10 @@ void Client::read_more() {
                 return;
             }
             if (ec) {
-                self->close(ec == boost::asio::error::eof ? "QMP connection closed by QEMU"
-                                                          : "QMP read failed: " + ec.message());
+                bool closed =
+                    ec == boost::asio::error::eof || ec == boost::asio::error::connection_reset;
+                self->close(closed ? "QMP connection closed by QEMU"
+                                   : "QMP read failed: " + ec.message());
                 return;
             }
             self->inbuf_.append(self->chunk_.get(), n);

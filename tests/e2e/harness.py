@@ -1,0 +1,155 @@
+"""Runs hangard as a real process and talks to it with curl over its unix socket.
+
+Environment (set by CTest): HANGARD, FAKE_QEMU, GUEST_DIR.
+Every process a test starts is ended by PID at teardown; nothing else is touched.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+HANGARD = os.environ.get("HANGARD", "build/hangard")
+FAKE_QEMU = os.environ.get("FAKE_QEMU", "build/tests/fake_qemu")
+GUEST_DIR = os.environ.get("GUEST_DIR", "build/share/hangar/guest")
+
+
+def pid_alive(pid):
+    """True while PID exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def pids_with_argument(arg):
+    """PIDs of live processes whose command line holds `arg` as one argument."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if arg.encode() in f.read().split(b"\0") and pid_alive(int(d)):
+                    out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
+def wait_for(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, state_dir, qemu=None, extra=()):
+        self.state_dir = state_dir
+        self.socket = os.path.join(state_dir, "hangar.sock")
+        self.qemu = qemu
+        self.extra = list(extra)
+        self.pid = None
+
+    def start(self):
+        args = [HANGARD, "--state-dir", self.state_dir, "--guest-dir", GUEST_DIR,
+                "--log-level", "debug"] + self.extra
+        if self.qemu:
+            args += ["--qemu", self.qemu]
+        # Without --foreground, hangard returns once it serves (and has adopted its machines).
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise AssertionError(f"hangard failed to start: {out.stderr}")
+        self.pid = int(out.stderr.split("(pid ")[1].split(")")[0])
+        return out.stderr
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.pid and pid_alive(self.pid):
+            os.kill(self.pid, sig)
+            wait_for(lambda: not pid_alive(self.pid), 10, "hangard to exit")
+        self.pid = None
+
+    def log(self):
+        try:
+            with open(os.path.join(self.state_dir, "hangard.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def request(self, method, path, body=None, raw=None, timeout=120):
+        """Returns (status, parsed JSON or text)."""
+        args = ["curl", "-s", "-m", str(timeout), "--unix-socket", self.socket, "-X", method,
+                "-w", "\n%{http_code}", f"http://hangar{path}"]
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        if data is not None:
+            args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        out = subprocess.run(args, input=data.encode() if isinstance(data, str) else data,
+                             capture_output=True, timeout=timeout + 5)
+        text = out.stdout.decode(errors="replace")
+        body_text, _, code = text.rpartition("\n")
+        try:
+            parsed = json.loads(body_text) if body_text else None
+        except ValueError:
+            parsed = body_text
+        return int(code or 0), parsed
+
+    def machine(self, name):
+        status, m = self.request("GET", f"/v1/machines/{name}")
+        assert status == 200, (status, m)
+        return m
+
+    def action(self, name, action, body=None, expect=200):
+        status, m = self.request("POST", f"/v1/machines/{name}/actions/{action}", body)
+        assert status == expect, (action, status, m)
+        return m
+
+    def wait_state(self, name, state, timeout=30):
+        return wait_for(lambda: (lambda m: m if m["state"] == state else None)(self.machine(name)),
+                        timeout, f"{name} to be {state}")
+
+
+class DaemonTest(unittest.TestCase):
+    """A fresh state dir and daemon per test; every QEMU it left is killed at the end."""
+    qemu = None
+    extra = ()
+
+    def setUp(self):
+        self.state_dir = tempfile.mkdtemp(prefix="hangar-e2e-")
+        self.daemon = Daemon(self.state_dir, self.qemu, self.extra)
+        self.daemon.start()
+
+    def tearDown(self):
+        uuids = []
+        if self.daemon.pid:
+            status, lst = self.daemon.request("GET", "/v1/machines")
+            if status == 200:
+                uuids = [m["uuid"] for m in lst["machines"]]
+        uuids += getattr(self, "extra_uuids", [])
+        self.daemon.kill()
+        for u in uuids:
+            for pid in pids_with_argument(u):
+                os.kill(pid, signal.SIGKILL)
+        if self._outcome_failed():
+            print(self.daemon.log()[-6000:])
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _outcome_failed(self):
+        result = getattr(self._outcome, "result", None)
+        return bool(result and (result.failures or result.errors))
+
+    def create(self, name, **spec):
+        status, m = self.daemon.request("POST", "/v1/machines", {"name": name, **spec})
+        self.assertEqual(status, 201, m)
+        return m
+
+
+def main():
+    unittest.main(verbosity=2)
