@@ -82,10 +82,11 @@ bool parse_target(const std::string& target, std::string& path,
         return false;
     }
     size_t q = target.find('?');
-    if (!decode(std::string_view(target).substr(0, q), path, false)) {
-        return false;
-    }
-    if (path.find('\0') != std::string::npos) {
+    // The path stays encoded so that an encoded '/' cannot create segments; segments are
+    // decoded one by one when routed. Here it must merely decode cleanly.
+    path = target.substr(0, q);
+    std::string decoded;
+    if (!decode(path, decoded, false) || decoded.find('\0') != std::string::npos) {
         return false;
     }
     if (q == std::string::npos) {
@@ -137,7 +138,9 @@ void Router::dispatch(Request req, Respond respond) const {
         for (size_t i = 0; i < segments.size() && match; ++i) {
             const auto& p = r.segments[i];
             if (p.size() > 2 && p.front() == '{' && p.back() == '}') {
-                params[p.substr(1, p.size() - 2)] = segments[i];
+                std::string value;
+                decode(segments[i], value, false);  // parse_target checked the encoding
+                params[p.substr(1, p.size() - 2)] = std::move(value);
             } else {
                 match = p == segments[i];
             }

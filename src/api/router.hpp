@@ -14,7 +14,7 @@ namespace hangar::api {
 
 struct Request {
     std::string method;
-    std::string path;  // percent-decoded, without the query
+    std::string path;  // as sent (percent-encoded), without the query; params are decoded
     std::map<std::string, std::string> query;
     std::map<std::string, std::string> params;  // from {placeholders} in the route
     std::string body;
@@ -36,7 +36,8 @@ using Handler = std::function<void(Request& req, Respond respond)>;
 Response error_response(const Status& st);
 Response json_response(int status, std::string body);
 
-// Splits "/a/b?x=1&y=%20" into a decoded path and query. false when the target is malformed.
+// Splits "/a/b?x=1&y=%20" into the path and the decoded query. false when the target is
+// malformed (bad percent-encoding, an encoded NUL, not starting with '/').
 bool parse_target(const std::string& target, std::string& path,
                   std::map<std::string, std::string>& query);
 

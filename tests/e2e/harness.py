@@ -84,10 +84,12 @@ class Daemon:
         except OSError:
             return ""
 
-    def request(self, method, path, body=None, raw=None, timeout=120):
+    def request(self, method, path, body=None, raw=None, timeout=120, headers=()):
         """Returns (status, parsed JSON or text)."""
         args = ["curl", "-s", "-m", str(timeout), "--unix-socket", self.socket, "-X", method,
                 "-w", "\n%{http_code}", f"http://hangar{path}"]
+        for h in headers:
+            args += ["-H", h]
         data = raw if raw is not None else (json.dumps(body) if body is not None else None)
         if data is not None:
             args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]

@@ -159,6 +159,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "fake-qemu: no QMP chardev fd\n");
         return 1;
     }
+    signal(SIGPIPE, SIG_IGN);  // as QEMU does: a dropped QMP peer is not fatal
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGUSR1);

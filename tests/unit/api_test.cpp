@@ -40,7 +40,7 @@ TEST(Router, TargetParsing) {
     EXPECT_EQ(q["x"], "a b c");
     EXPECT_EQ(q.count("flag"), 1u);
     EXPECT_TRUE(api::parse_target("/v1/machines/%2e%2e%2fx", path, q));
-    EXPECT_EQ(path, "/v1/machines/../x");
+    EXPECT_EQ(path, "/v1/machines/%2e%2e%2fx");
     EXPECT_FALSE(api::parse_target("/v1/%zz", path, q));
     EXPECT_FALSE(api::parse_target("/v1/%2", path, q));
     EXPECT_FALSE(api::parse_target("/v1/%00", path, q));
@@ -67,6 +67,9 @@ TEST(Router, MatchesParamsAnd404And405) {
     };
     EXPECT_EQ(call("GET", "/v1/machines/web1").status, 200);
     EXPECT_EQ(seen, "web1");
+    // An encoded '/' stays inside its segment and reaches the handler decoded.
+    EXPECT_EQ(call("GET", "/v1/machines/..%2fx").status, 200);
+    EXPECT_EQ(seen, "../x");
     auto nf = call("GET", "/v1/nope");
     EXPECT_EQ(nf.status, 404);
     EXPECT_NE(nf.body.find("\"not_found\""), std::string::npos);

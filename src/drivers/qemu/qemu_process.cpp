@@ -212,17 +212,31 @@ void QemuProcess::launch(boost::asio::io_context& io, const Settings& settings,
         }
         // No usable QMP: stop the process, and report once it is really gone.
         spdlog::warn("QEMU pid {}: {}; killing it", s->pid(), st.message());
+        // QMP closing first is also how a QEMU that exits by itself looks: the exit
+        // status tells which it was.
         s->after_exit_ = [s, pending, st] {
             if (!*pending) {
                 return;
             }
             auto r = std::move(*pending);
             *pending = nullptr;
-            r({st.code() == Errc::unavailable ? Errc::timeout : st.code(),
-               "QEMU did not become ready: " + st.message()},
+            if (s->exit_info_.known && s->exit_info_.signal == SIGKILL) {
+                r({Errc::timeout, "QEMU did not become ready: " + st.message()}, nullptr);
+                return;
+            }
+            std::string tail = s->qemu_log_tail();
+            r({Errc::unavailable, "QEMU exited during start (" + s->exit_info_.describe() + ")" +
+                                      (tail.empty() ? "" : ": " + tail)},
               nullptr);
         };
-        s->signal(SIGKILL);
+        // Give a QEMU that is exiting by itself a moment to be seen doing so.
+        auto grace = std::make_shared<boost::asio::steady_timer>(s->io_);
+        grace->expires_after(std::chrono::milliseconds(st.code() == Errc::timeout ? 0 : 200));
+        grace->async_wait([s, grace](boost::system::error_code) {
+            if (!s->exited_) {
+                s->signal(SIGKILL);
+            }
+        });
     });
 }
 

@@ -1,0 +1,103 @@
+"""hangard killed with SIGKILL and started again: running VMs are adopted, never restarted."""
+import os
+import signal
+import time
+
+import harness
+from harness import DaemonTest, pid_alive, wait_for
+
+
+class DaemonRestart(DaemonTest):
+    def test_kill9_and_adopt_three_vms(self):
+        d = self.daemon
+        names = ["vm-a", "vm-b", "vm-c", "vm-d"]
+        for n in names:
+            self.create(n)
+        pids = {n: d.action(n, "start")["pid"] for n in names}
+        status, before = d.request("GET", "/v1/machines")
+        revision = before["revision"]
+
+        d.kill(signal.SIGKILL)
+        for n in names:
+            self.assertTrue(pid_alive(pids[n]), f"{n} died with the daemon")
+        # One VM dies while the daemon is down.
+        os.kill(pids["vm-d"], signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pids["vm-d"]), 5, "vm-d to die")
+
+        d.start()
+        status, after = d.request("GET", "/v1/machines")
+        by_name = {m["name"]: m for m in after["machines"]}
+        for n in ["vm-a", "vm-b", "vm-c"]:
+            self.assertEqual(by_name[n]["state"], "running", by_name[n])
+            self.assertEqual(by_name[n]["pid"], pids[n])
+            self.assertNotIn("operation", by_name[n])
+        self.assertEqual(by_name["vm-d"]["state"], "crashed")
+        self.assertIn("exited while hangard was down", by_name["vm-d"]["state_reason"])
+        # Only the difference became an event; the sequence kept growing.
+        self.assertEqual(after["revision"], revision + 1)
+
+        # Still controllable.
+        m = d.action("vm-a", "pause")
+        self.assertEqual(m["state"], "paused")
+        m = d.action("vm-b", "kill")
+        self.assertEqual(m["state"], "stopped")
+        self.assertFalse(pid_alive(pids["vm-b"]))
+        # The adopted QEMU is not our child: its exit is still seen through the pidfd.
+        os.kill(pids["vm-c"], signal.SIGKILL)
+        m = d.wait_state("vm-c", "crashed", timeout=3)
+        self.assertIn("pidfd:exit", m["state_reason"])
+        m = d.action("vm-d", "start")
+        self.assertEqual(m["state"], "running")
+
+    def test_sigterm_leaves_vms_running_and_paused_state_survives(self):
+        d = self.daemon
+        self.create("keep")
+        pid = d.action("keep", "start")["pid"]
+        d.action("keep", "pause")
+        d.kill(signal.SIGTERM)
+        self.assertTrue(pid_alive(pid))
+        self.assertIn("leaving machines running", d.log())
+        d.start()
+        m = d.machine("keep")
+        self.assertEqual((m["state"], m["pid"]), ("paused", pid))
+        m = d.action("keep", "resume")
+        self.assertEqual(m["state"], "running")
+
+    def test_guest_shutdown_while_daemon_down_is_a_clean_stop(self):
+        d = self.daemon
+        self.create("quiet")
+        pid = d.action("quiet", "start")["pid"]
+        console = os.path.join(self.state_dir, "machines", "quiet", "console.log")
+        def marker():
+            with open(console, "rb") as f:
+                return b"HANGAR-GUEST-READY" in f.read()
+
+        wait_for(marker, 60, "the guest's marker")
+        d.kill(signal.SIGKILL)
+        # Press the power button behind hangard's back, through QMP, while it is down.
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(os.path.join(self.state_dir, "machines", "quiet", "qmp.sock"))
+        f = s.makefile("rwb")
+        f.readline()
+        f.write(b'{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n')
+        f.flush()
+        while b"SHUTDOWN" not in f.readline():
+            pass
+        f.close()
+        s.close()
+        self.assertTrue(pid_alive(pid))  # -no-shutdown: QEMU waits for hangard
+        d.start()
+        m = d.wait_state("quiet", "stopped", timeout=10)
+        self.assertIn("SHUTDOWN", m["state_reason"])
+        wait_for(lambda: not pid_alive(pid), 5, "QEMU to quit")
+
+    def test_second_daemon_on_same_state_dir_is_refused(self):
+        other = harness.Daemon(self.state_dir)
+        with self.assertRaises(AssertionError) as ctx:
+            other.start()
+        self.assertIn("another hangard", str(ctx.exception))
+
+
+if __name__ == "__main__":
+    harness.main()
