@@ -431,14 +431,7 @@ void Machines::act(const Caller& caller, const std::string& name, Action action,
     }
 }
 
-void Machines::launch(Machine& m, const std::string& reason) {
-    m.quit_sent = false;
-    m.exit_reason.clear();
-    m.exit_is_crash = false;
-    m.unresponsive = false;
-    set_state(m, MachineState::starting, reason);
-    uint64_t gen = ++m.generation;
-    std::string name = m.spec.name;
+qemu::QemuProcess::Callbacks Machines::callbacks(const std::string& name, uint64_t gen) {
     qemu::QemuProcess::Callbacks cb;
     cb.on_event = [this, name, gen](std::string_view event, simdjson::dom::element msg) {
         std::string detail;
@@ -455,14 +448,26 @@ void Machines::launch(Machine& m, const std::string& reason) {
         with_machine(name, gen, [&](Machine& m) { on_qmp_event(m, event, detail); });
     };
     cb.on_exit = [this, name, gen](const ExitInfo& info) {
+        // An adopted QEMU is not our child: its status is unknown, so never "clean".
         bool clean = info.known && info.signal == 0 && info.code == 0;
         with_machine(name, gen, [&](Machine& m) { on_exit(m, info.describe(), clean); });
     };
     cb.on_responsive = [this, name, gen](bool ok, const std::string& why) {
         with_machine(name, gen, [&](Machine& m) { on_responsive(m, ok, why); });
     };
+    return cb;
+}
+
+void Machines::launch(Machine& m, const std::string& reason) {
+    m.quit_sent = false;
+    m.exit_reason.clear();
+    m.exit_is_crash = false;
+    m.unresponsive = false;
+    set_state(m, MachineState::starting, reason);
+    uint64_t gen = ++m.generation;
+    std::string name = m.spec.name;
     qemu::QemuProcess::launch(
-        io_, cfg_.qemu, m.spec, qemu::MachinePaths(machine_dir(name)), std::move(cb),
+        io_, cfg_.qemu, m.spec, qemu::MachinePaths(machine_dir(name)), callbacks(name, gen),
         [this, name, gen](const Status& st, std::shared_ptr<qemu::QemuProcess> proc) {
             auto it = machines_.find(name);
             if (it == machines_.end() || it->second->generation != gen) {
@@ -678,24 +683,8 @@ void Machines::load_and_adopt(std::function<void(size_t, size_t)> done) {
         ++*remaining;
         std::string name = ref.spec.name;
         uint64_t gen = ++ref.generation;
-        qemu::QemuProcess::Callbacks cb;
-        cb.on_event = [this, name, gen](std::string_view event, simdjson::dom::element msg) {
-            std::string detail;
-            if (event == "SHUTDOWN") {
-                bool guest = false;
-                json::try_get(msg.at_pointer("/data/guest"), guest);
-                detail = std::string("guest=") + (guest ? "true" : "false");
-            }
-            with_machine(name, gen, [&](Machine& m) { on_qmp_event(m, event, detail); });
-        };
-        cb.on_exit = [this, name, gen](const ExitInfo& info) {
-            with_machine(name, gen, [&](Machine& m) { on_exit(m, info.describe(), false); });
-        };
-        cb.on_responsive = [this, name, gen](bool ok, const std::string& why) {
-            with_machine(name, gen, [&](Machine& m) { on_responsive(m, ok, why); });
-        };
         qemu::QemuProcess::adopt(
-            io_, cfg_.qemu, ref.spec, paths, std::move(cb),
+            io_, cfg_.qemu, ref.spec, paths, callbacks(name, gen),
             [this, name, gen, adopted_count, settle](const Status& st,
                                                      std::shared_ptr<qemu::QemuProcess> proc,
                                                      const std::string& status) {

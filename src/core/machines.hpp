@@ -23,16 +23,13 @@
 
 #include "core/event_bus.hpp"
 #include "drivers/qemu/argv.hpp"
+#include "drivers/qemu/qemu_process.hpp"
 #include "hangar/error.hpp"
 #include "hangar/machine.hpp"
 
 namespace hangar::store {
 class Db;
 }
-namespace hangar::qemu {
-class QemuProcess;
-}
-
 namespace hangar::core {
 
 // Who is asking: over the unix socket, the peer's uid.
@@ -113,6 +110,8 @@ class Machines {
     void begin_op(Machine& m, const std::string& op, std::function<void(const Status&)> done);
     void finish_op(Machine& m, const Status& st);
     void launch(Machine& m, const std::string& reason);
+    // What a QEMU of machine `name` (generation `gen`) reports, routed to the handlers below.
+    qemu::QemuProcess::Callbacks callbacks(const std::string& name, uint64_t gen);
     void graceful_stop(Machine& m, std::chrono::seconds timeout);
     void force_quit(Machine& m, const std::string& why);
     void on_qmp_event(Machine& m, std::string_view event, const std::string& detail);

@@ -92,6 +92,15 @@ class DaemonRestart(DaemonTest):
         self.assertIn("SHUTDOWN", m["state_reason"])
         wait_for(lambda: not pid_alive(pid), 5, "QEMU to quit")
 
+    def test_sighup_reopens_the_log(self):
+        log = os.path.join(self.state_dir, "hangard.log")
+        os.rename(log, log + ".1")  # as logrotate does
+        os.kill(self.daemon.pid, signal.SIGHUP)
+        wait_for(lambda: os.path.exists(log) and "log reopened" in open(log).read(), 5,
+                 "a new log file after SIGHUP")
+        status, _ = self.daemon.request("GET", "/v1/health")
+        self.assertEqual(status, 200)
+
     def test_second_daemon_on_same_state_dir_is_refused(self):
         other = harness.Daemon(self.state_dir)
         with self.assertRaises(AssertionError) as ctx:
