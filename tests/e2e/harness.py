@@ -126,15 +126,12 @@ class DaemonTest(unittest.TestCase):
     def setUp(self):
         self.state_dir = tempfile.mkdtemp(prefix="hangar-e2e-")
         self.daemon = Daemon(self.state_dir, self.qemu, self.extra)
+        self.created_uuids = []
         self.daemon.start()
 
     def tearDown(self):
-        uuids = []
-        if self.daemon.pid:
-            status, lst = self.daemon.request("GET", "/v1/machines")
-            if status == 200:
-                uuids = [m["uuid"] for m in lst["machines"]]
-        uuids += getattr(self, "extra_uuids", [])
+        # Every machine this test created, known even if the daemon died.
+        uuids = list(self.created_uuids)
         self.daemon.kill()
         for u in uuids:
             for pid in pids_with_argument(u):
@@ -150,6 +147,7 @@ class DaemonTest(unittest.TestCase):
     def create(self, name, **spec):
         status, m = self.daemon.request("POST", "/v1/machines", {"name": name, **spec})
         self.assertEqual(status, 201, m)
+        self.created_uuids.append(m["uuid"])
         return m
 
 
