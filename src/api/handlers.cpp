@@ -7,6 +7,7 @@
 
 #include <simdjson.h>
 
+#include "api/event_filter.hpp"
 #include "hangar/names.hpp"
 #include "util/json.hpp"
 
@@ -329,6 +330,16 @@ void register_routes(Router& router, core::Machines& machines, const ServerInfo&
                                        : json_response(200, "{}"));
                          });
         });
+
+    router.add("GET", "/v1/events", [](Request& req, Respond respond) {
+        EventFilter filter;
+        std::optional<uint64_t> since;
+        if (Status st = parse_event_query(req.query, req.caller, filter, since); !st) {
+            return respond(error_response(st));
+        }
+        respond(error_response(
+            {Errc::bad_request, "GET /v1/events is a WebSocket: send an Upgrade request"}));
+    });
 
     router.add(
         "GET", "/v1/machines/{name}/console/log", [&machines](Request& req, Respond respond) {

@@ -1,5 +1,7 @@
 #include "api/http_server.hpp"
 
+#include "api/event_stream.hpp"
+
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +13,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
 
 namespace hangar::api {
 
@@ -30,14 +33,15 @@ std::string reason_message(const boost::system::error_code& ec) {
 }  // namespace
 
 struct UnixServer::Impl : std::enable_shared_from_this<UnixServer::Impl> {
-    Impl(boost::asio::io_context& io, const Router& r, ServerLimits l)
-        : io(io), router(r), limits(l), acceptor(io) {}
+    Impl(boost::asio::io_context& io, const Router& r, ServerLimits l, EventStreams* e)
+        : io(io), router(r), limits(l), events(e), acceptor(io) {}
 
     void accept();
 
     boost::asio::io_context& io;
     const Router& router;
     ServerLimits limits;
+    EventStreams* events;
     local::acceptor acceptor;
     size_t sessions = 0;
     bool closed = false;
@@ -119,6 +123,10 @@ class Session : public std::enable_shared_from_this<Session> {
         if (!parse_target(std::string(msg.target()), req.path, req.query)) {
             return write(error_response({Errc::bad_request, "malformed request target"}));
         }
+        if (boost::beast::websocket::is_upgrade(msg) && req.path == "/v1/events" &&
+            req.method == "GET" && server_->events) {
+            return upgrade_events(req);
+        }
         if (msg.count(http::field::upgrade) != 0) {
             return write(error_response(
                 {Errc::bad_request, "this route does not accept a protocol upgrade"}));
@@ -127,6 +135,21 @@ class Session : public std::enable_shared_from_this<Session> {
         server_->router.dispatch(std::move(req), [self = shared_from_this()](Response res) {
             self->write(std::move(res));
         });
+    }
+
+    void upgrade_events(const Request& req) {
+        EventFilter filter;
+        std::optional<uint64_t> since;
+        if (Status st = parse_event_query(req.query, caller_, filter, since); !st) {
+            return write(error_response(st));
+        }
+        if (server_->events->full()) {
+            return write(
+                error_response({Errc::unavailable, "too many event subscribers; try again later"}));
+        }
+        timer_.cancel();
+        // The WebSocket session takes the connection over; this HTTP session ends here.
+        server_->events->start(std::move(sock_), parser_->release(), std::move(filter), since);
     }
 
     void write(Response res) {
@@ -193,8 +216,9 @@ void UnixServer::Impl::accept() {
     });
 }
 
-UnixServer::UnixServer(boost::asio::io_context& io, const Router& router, ServerLimits limits)
-    : impl_(std::make_shared<Impl>(io, router, limits)) {}
+UnixServer::UnixServer(boost::asio::io_context& io, const Router& router, ServerLimits limits,
+                       EventStreams* events)
+    : impl_(std::make_shared<Impl>(io, router, limits, events)) {}
 
 UnixServer::~UnixServer() {
     close();

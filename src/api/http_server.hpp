@@ -22,9 +22,13 @@ struct ServerLimits {
     size_t max_connections = 512;
 };
 
+class EventStreams;
+
 class UnixServer {
   public:
-    UnixServer(boost::asio::io_context& io, const Router& router, ServerLimits limits);
+    // `events` serves GET /v1/events upgrades; without it they are refused.
+    UnixServer(boost::asio::io_context& io, const Router& router, ServerLimits limits,
+               EventStreams* events = nullptr);
     ~UnixServer();
     // Binds `path` (mode 0660), replacing a stale socket file.
     Status listen(const std::string& path);

@@ -9,27 +9,14 @@ namespace hangar::core {
 EventBus::EventBus(store::Db& db, size_t ring_size)
     : db_(db), ring_size_(ring_size), seq_(db.last_seq()) {
     for (auto& row : db_.load_events_after(seq_ > ring_size ? seq_ - ring_size : 0, ring_size)) {
-        std::string frame;
-        frame.reserve(row.data.size() + 128);
-        json::Writer w;
-        w.begin_object()
-            .field("seq", row.seq)
-            .field("time", row.time)
-            .field("type", row.type)
-            .field("machine", row.machine)
-            .key("data")
-            .raw(row.data)
-            .end_object();
-        ring_.push_back(
-            {row.seq, row.type, row.machine, std::make_shared<const std::string>(w.take())});
+        ring_.push_back({row.seq, row.type, row.machine, row.owner,
+                         std::make_shared<const std::string>(
+                             frame(row.seq, row.time, row.type, row.machine, row.data))});
     }
 }
 
-uint64_t EventBus::publish(std::string_view type, std::string_view machine,
-                           std::string_view data_json) {
-    uint64_t seq = ++seq_;
-    ++published_;
-    std::string time = now_rfc3339_us();
+std::string EventBus::frame(uint64_t seq, std::string_view time, std::string_view type,
+                            std::string_view machine, std::string_view data_json) {
     json::Writer w;
     w.begin_object()
         .field("seq", seq)
@@ -39,9 +26,17 @@ uint64_t EventBus::publish(std::string_view type, std::string_view machine,
         .key("data")
         .raw(data_json)
         .end_object();
-    Event ev{seq, std::string(type), std::string(machine),
-             std::make_shared<const std::string>(w.take())};
-    db_.append_event({seq, time, ev.type, ev.machine, std::string(data_json)}, ring_size_);
+    return w.take();
+}
+
+uint64_t EventBus::publish(std::string_view type, std::string_view machine, uint32_t owner,
+                           std::string_view data_json) {
+    uint64_t seq = ++seq_;
+    ++published_;
+    std::string time = now_rfc3339_us();
+    Event ev{seq, std::string(type), std::string(machine), owner,
+             std::make_shared<const std::string>(frame(seq, time, type, machine, data_json))};
+    db_.append_event({seq, time, ev.type, ev.machine, std::string(data_json), owner}, ring_size_);
     ring_.push_back(ev);
     if (ring_.size() > ring_size_) {
         ring_.pop_front();

@@ -21,6 +21,7 @@ struct Event {
     uint64_t seq = 0;
     std::string type;
     std::string machine;
+    uint32_t owner = 0;                        // uid owning `machine`
     std::shared_ptr<const std::string> frame;  // the serialized event
 };
 
@@ -30,7 +31,11 @@ class EventBus {
 
     EventBus(store::Db& db, size_t ring_size);
     // Records and delivers an event; `data_json` is a serialized object.
-    uint64_t publish(std::string_view type, std::string_view machine, std::string_view data_json);
+    uint64_t publish(std::string_view type, std::string_view machine, uint32_t owner,
+                     std::string_view data_json);
+    // Serializes one event frame: {"seq","time","type","machine","data"}.
+    static std::string frame(uint64_t seq, std::string_view time, std::string_view type,
+                             std::string_view machine, std::string_view data_json);
     uint64_t revision() const { return seq_; }
     uint64_t published() const { return published_; }
     const std::deque<Event>& ring() const { return ring_; }

@@ -237,7 +237,7 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
     db_.insert_machine({m->spec, m->state, m->state_reason, 0});
     auto& ref = *m;
     machines_.emplace(ref.spec.name, std::move(m));
-    events_.publish("machine.created", ref.spec.name, to_json(ref));
+    events_.publish("machine.created", ref.spec.name, ref.spec.owner, to_json(ref));
     if (!db_.flush()) {
         machines_.erase(ref.spec.name);
         return {Errc::internal, "the store could not record the machine"};
@@ -294,7 +294,7 @@ void Machines::erase(Machine& m) {
         spdlog::warn("{}: removing {}: {}", name, machine_dir(name).string(), ec.message());
     }
     db_.delete_machine(name);
-    events_.publish("machine.deleted", name, "{}");
+    events_.publish("machine.deleted", name, m.spec.owner, "{}");
     db_.flush();
     machines_.erase(name);
     spdlog::info("{}: deleted", name);
@@ -332,7 +332,7 @@ void Machines::set_state(Machine& m, MachineState to, const std::string& reason)
         .field("to", to_string(to))
         .field("reason", reason)
         .end_object();
-    events_.publish("machine.state", m.spec.name, w.str());
+    events_.publish("machine.state", m.spec.name, m.spec.owner, w.str());
     spdlog::info("{}: {} -> {} ({})", m.spec.name, to_string(from), to_string(to), reason);
 }
 
@@ -597,7 +597,7 @@ void Machines::on_responsive(Machine& m, bool responsive, const std::string& why
     m.unresponsive = !responsive;
     json::Writer w;
     w.begin_object().field("unresponsive", m.unresponsive).field("reason", why).end_object();
-    events_.publish("machine.updated", m.spec.name, w.str());
+    events_.publish("machine.updated", m.spec.name, m.spec.owner, w.str());
     spdlog::log(responsive ? spdlog::level::info : spdlog::level::warn, "{}: {}", m.spec.name, why);
 }
 

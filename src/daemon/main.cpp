@@ -16,6 +16,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include "api/event_stream.hpp"
 #include "api/handlers.hpp"
 #include "api/http_server.hpp"
 #include "core/event_bus.hpp"
@@ -123,7 +124,7 @@ int main(int argc, char** argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     // Each running machine holds a pidfd and a QMP socket: use the whole hard limit.
-    if (struct rlimit rl {}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    if (struct rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
@@ -188,7 +189,8 @@ int main(int argc, char** argv) {
     api::Router router;
     api::ServerInfo info{opts.state_dir, cfg.qemu.accel, dbus_mode};
     api::register_routes(router, machines, info);
-    api::UnixServer server(io, router, {});
+    api::EventStreams streams(events, {});
+    api::UnixServer server(io, router, {}, &streams);
     if (Status st = server.listen(opts.socket); !st) {
         fatal(st.message());
     }

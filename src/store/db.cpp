@@ -32,6 +32,10 @@ CREATE TABLE events(
     data TEXT NOT NULL);
 INSERT INTO meta(key, value) VALUES('seq', '0');
 )sql",
+    // 2: events remember the owner of their machine, so that replay can be filtered by uid.
+    R"sql(
+ALTER TABLE events ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 
 struct Stmt {
@@ -89,7 +93,7 @@ Status Db::open(const std::string& path, Scheduler schedule) {
     }
     st_update_state_ = prepare("UPDATE machines SET state=?, state_reason=?, pid=? WHERE name=?");
     st_insert_event_ =
-        prepare("INSERT INTO events(seq, time, type, machine, data) VALUES(?,?,?,?,?)");
+        prepare("INSERT INTO events(seq, time, type, machine, data, owner) VALUES(?,?,?,?,?,?)");
     st_set_seq_ = prepare("UPDATE meta SET value=? WHERE key='seq'");
     return {};
 }
@@ -285,6 +289,7 @@ void Db::append_event(const EventRow& ev, size_t keep) {
     bind_text(st_insert_event_, 3, ev.type);
     bind_text(st_insert_event_, 4, ev.machine);
     bind_text(st_insert_event_, 5, ev.data);
+    sqlite3_bind_int64(st_insert_event_, 6, ev.owner);
     step_done(st_insert_event_, "insert event");
     last_seq_ = ev.seq;
     bind_text(st_set_seq_, 1, std::to_string(ev.seq));
@@ -306,7 +311,8 @@ std::vector<EventRow> Db::load_events_after(uint64_t seq, size_t limit) {
     sqlite3_bind_int64(s.st, 2, static_cast<int64_t>(limit));
     while (sqlite3_step(s.st) == SQLITE_ROW) {
         out.push_back({static_cast<uint64_t>(sqlite3_column_int64(s.st, 0)), column_text(s.st, 1),
-                       column_text(s.st, 2), column_text(s.st, 3), column_text(s.st, 4)});
+                       column_text(s.st, 2), column_text(s.st, 3), column_text(s.st, 4),
+                       static_cast<uint32_t>(sqlite3_column_int64(s.st, 5))});
     }
     return out;
 }

@@ -26,6 +26,7 @@ struct MachineRow {
 struct EventRow {
     uint64_t seq = 0;
     std::string time, type, machine, data;
+    uint32_t owner = 0;  // uid owning the machine the event is about
 };
 
 class Db {

@@ -1,0 +1,265 @@
+#include "api/event_stream.hpp"
+
+#include <deque>
+#include <memory>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include "hangar/names.hpp"
+#include "util/json.hpp"
+#include "util/time.hpp"
+
+namespace hangar::api {
+
+namespace websocket = boost::beast::websocket;
+using local = boost::asio::local::stream_protocol;
+
+namespace {
+const std::set<std::string> kEventTypes = {
+    "machine.created",   "machine.updated", "machine.deleted", "machine.state",
+    "operation.created", "operation.done",  "events.gap"};
+
+class EventSession : public std::enable_shared_from_this<EventSession> {
+  public:
+    EventSession(EventStreams& streams, local::socket sock, EventFilter filter,
+                 std::optional<uint64_t> since)
+        : streams_(streams),
+          ws_(std::move(sock)),
+          hard_close_(ws_.get_executor()),
+          filter_(std::move(filter)),
+          since_(since) {
+        ++streams_.sessions_;
+    }
+    ~EventSession() {
+        unsubscribe();
+        --streams_.sessions_;
+    }
+
+    void run(boost::beast::http::request<boost::beast::http::string_body> req) {
+        // Pings when idle; a peer that answers nothing for the suggested timeout is closed.
+        ws_.set_option(websocket::stream_base::timeout::suggested(boost::beast::role_type::server));
+        ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+            res.set(boost::beast::http::field::server, "hangard/" HANGAR_VERSION);
+        }));
+        ws_.read_message_max(4096);
+        ws_.async_accept(req, [self = shared_from_this()](boost::system::error_code ec) {
+            if (!ec) {
+                self->on_open();
+            }
+        });
+    }
+
+  private:
+    void on_open() {
+        // Subscribe, then replay the ring: both happen in this one turn of the reactor, so no
+        // event can fall between the replay and the live stream.
+        std::weak_ptr<EventSession> weak = weak_from_this();
+        sub_ = streams_.bus().subscribe([weak](const core::Event& e) {
+            if (auto self = weak.lock()) {
+                self->offer(e);
+            }
+        });
+        if (since_) {
+            replay(*since_);
+        }
+        read_loop();
+    }
+
+    void replay(uint64_t since) {
+        const auto& ring = streams_.bus().ring();
+        uint64_t revision = streams_.bus().revision();
+        uint64_t oldest = ring.empty() ? revision + 1 : ring.front().seq;
+        if (since > revision || since + 1 < oldest) {
+            json::Writer w;
+            w.begin_object()
+                .field("since", since)
+                .field("oldest", oldest)
+                .field("revision", revision)
+                .field("message", since > revision
+                                      ? "since is newer than this server's history: re-list"
+                                      : "events after since are no longer kept: re-list, then "
+                                        "continue from the list's revision")
+                .end_object();
+            enqueue(std::make_shared<const std::string>(
+                core::EventBus::frame(0, now_rfc3339_us(), "events.gap", "", w.str())));
+        }
+        for (const auto& e : ring) {
+            if (e.seq > since) {
+                offer(e);
+            }
+        }
+    }
+
+    void offer(const core::Event& e) {
+        if (filter_.matches(e)) {
+            enqueue(e.frame);
+        }
+    }
+
+    void enqueue(std::shared_ptr<const std::string> frame) {
+        if (closing_) {
+            return;
+        }
+        if (queue_.size() >= streams_.limits().queue) {
+            ++streams_.dropped_slow_;
+            spdlog::warn("events: closing a subscriber that is {} events behind", queue_.size());
+            close_with("subscriber too slow: " + std::to_string(queue_.size()) +
+                       " events queued; reconnect with since=" + std::to_string(last_sent_));
+            return;
+        }
+        queue_.push_back(std::move(frame));
+        write_next();
+    }
+
+    void write_next() {
+        if (writing_ || queue_.empty()) {
+            return;
+        }
+        writing_ = true;
+        ws_.text(true);
+        ws_.async_write(boost::asio::buffer(*queue_.front()),
+                        [self = shared_from_this()](boost::system::error_code ec, size_t) {
+                            self->writing_ = false;
+                            if (ec) {
+                                return self->unsubscribe();
+                            }
+                            self->note_sent(*self->queue_.front());
+                            self->queue_.pop_front();
+                            if (self->closing_) {
+                                return self->send_close();
+                            }
+                            self->write_next();
+                        });
+    }
+
+    void note_sent(const std::string& frame) {
+        // Frames begin with {"seq":N,
+        if (frame.rfind("{\"seq\":", 0) == 0) {
+            uint64_t seq = std::strtoull(frame.c_str() + 7, nullptr, 10);
+            if (seq != 0) {
+                last_sent_ = seq;
+            }
+        }
+    }
+
+    void close_with(std::string reason) {
+        closing_ = true;
+        close_reason_ = std::move(reason);
+        unsubscribe();
+        // Drop what is queued but not being written; the close follows the write in flight.
+        while (queue_.size() > (writing_ ? 1u : 0u)) {
+            queue_.pop_back();
+        }
+        if (!writing_) {
+            send_close();
+        }
+        // A peer that reads nothing never lets the close frame out: cut the connection.
+        hard_close_.expires_after(std::chrono::seconds(2));
+        hard_close_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+            if (!ec) {
+                boost::system::error_code ignored;
+                boost::beast::get_lowest_layer(self->ws_).close(ignored);
+            }
+        });
+    }
+
+    void send_close() {
+        if (close_sent_) {
+            return;
+        }
+        close_sent_ = true;
+        websocket::close_reason cr(websocket::close_code::policy_error);
+        cr.reason = close_reason_.substr(0, 120);
+        ws_.async_close(cr, [self = shared_from_this()](boost::system::error_code) {});
+    }
+
+    void read_loop() {
+        ws_.async_read(rbuf_, [self = shared_from_this()](boost::system::error_code ec, size_t n) {
+            if (ec) {
+                return self->unsubscribe();  // closed by the peer, a timeout, or an error
+            }
+            self->rbuf_.consume(n);  // clients have nothing to say; ignore it
+            self->read_loop();
+        });
+    }
+
+    void unsubscribe() {
+        if (sub_) {
+            streams_.bus().unsubscribe(sub_);
+            sub_ = 0;
+        }
+    }
+
+    EventStreams& streams_;
+    websocket::stream<local::socket> ws_;
+    boost::asio::steady_timer hard_close_;
+    EventFilter filter_;
+    std::optional<uint64_t> since_;
+    uint64_t sub_ = 0;
+    std::deque<std::shared_ptr<const std::string>> queue_;
+    boost::beast::flat_buffer rbuf_;
+    bool writing_ = false;
+    bool closing_ = false;
+    bool close_sent_ = false;
+    std::string close_reason_;
+    uint64_t last_sent_ = 0;
+};
+}  // namespace
+
+bool EventFilter::matches(const core::Event& e) const {
+    return (types.empty() || types.count(e.type)) && (machine.empty() || machine == e.machine) &&
+           (!owner || *owner == e.owner);
+}
+
+Status parse_event_query(const std::map<std::string, std::string>& query,
+                         const core::Caller& caller, EventFilter& filter,
+                         std::optional<uint64_t>& since) {
+    for (const auto& [k, v] : query) {
+        if (k == "since") {
+            char* end = nullptr;
+            uint64_t s = std::strtoull(v.c_str(), &end, 10);
+            if (v.empty() || *end != '\0' || v[0] == '-') {
+                return {Errc::bad_request, "since must be an event sequence number"};
+            }
+            since = s;
+        } else if (k == "types") {
+            size_t i = 0;
+            while (i <= v.size()) {
+                size_t j = v.find(',', i);
+                if (j == std::string::npos) {
+                    j = v.size();
+                }
+                std::string t = v.substr(i, j - i);
+                if (!kEventTypes.count(t)) {
+                    return {Errc::bad_request, "unknown event type " + json::quote(t)};
+                }
+                filter.types.insert(t);
+                i = j + 1;
+            }
+        } else if (k == "machine") {
+            if (Status st = check_name("machine", v); !st) {
+                return st;
+            }
+            filter.machine = v;
+        } else {
+            return {Errc::bad_request,
+                    "unknown query parameter " + json::quote(k) + " (since, types, machine)"};
+        }
+    }
+    if (!caller.admin) {
+        filter.owner = caller.uid;
+    }
+    return {};
+}
+
+void EventStreams::start(local::socket socket,
+                         boost::beast::http::request<boost::beast::http::string_body> req,
+                         EventFilter filter, std::optional<uint64_t> since) {
+    std::make_shared<EventSession>(*this, std::move(socket), std::move(filter), since)
+        ->run(std::move(req));
+}
+
+}  // namespace hangar::api

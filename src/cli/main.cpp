@@ -1,0 +1,543 @@
+// hangarctl: the command line of hangar, over the unix socket (HTTPS comes with --url).
+// Exit status: 0 success, 1 an API error (its message printed), 2 a usage error.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <simdjson.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include "util/json.hpp"
+
+namespace http = boost::beast::http;
+namespace websocket = boost::beast::websocket;
+using local = boost::asio::local::stream_protocol;
+
+namespace {
+
+const char* kUsage =
+    "usage: hangarctl [--socket PATH] [--json] COMMAND [ARGS]\n"
+    "commands:\n"
+    "  info                         server information\n"
+    "  list [--state S] [--type T]  machines\n"
+    "  create NAME [--cpus N] [--memory MIB] [--kernel F] [--initrd F] [--cmdline S]\n"
+    "              [--disk F] [--description S] [--autostart]\n"
+    "  show NAME                    one machine\n"
+    "  start|kill|pause|resume NAME\n"
+    "  stop NAME [--timeout S]      graceful: ACPI power button, forced after S seconds\n"
+    "  restart NAME [--timeout S] [--reset]\n"
+    "  delete NAME [--force]\n"
+    "  console-log NAME [--tail BYTES]\n"
+    "  events [--since SEQ] [--types a,b] [--machine NAME]   live tail\n"
+    "environment: HANGAR_SOCKET\n";
+
+struct UsageError {
+    std::string msg;
+};
+
+// The server answered the WebSocket request with an HTTP error.
+struct UpgradeDeclined {};
+
+std::string default_socket() {
+    if (const char* s = getenv("HANGAR_SOCKET"); s && *s) {
+        return s;
+    }
+    if (geteuid() == 0) {
+        return "/var/lib/hangar/hangar.sock";
+    }
+    if (const char* x = getenv("XDG_STATE_HOME"); x && *x) {
+        return std::string(x) + "/hangar/hangar.sock";
+    }
+    const char* h = getenv("HOME");
+    return std::string(h ? h : "") + "/.local/state/hangar/hangar.sock";
+}
+
+std::string url_encode(const std::string& s) {
+    static const char* hex = "0123456789ABCDEF";
+    std::string out;
+    for (unsigned char c : s) {
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == ',') {
+            out += static_cast<char>(c);
+        } else {
+            out += '%';
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        }
+    }
+    return out;
+}
+
+simdjson::dom::parser& parser() {
+    static simdjson::dom::parser p;
+    return p;
+}
+
+class Client {
+  public:
+    explicit Client(std::string socket) : socket_(std::move(socket)) {}
+
+    // Returns the status; throws std::runtime_error when the daemon cannot be reached.
+    int call(http::verb method, const std::string& target, const std::string& body,
+             std::string& out) {
+        local::socket sock(io_);
+        connect(sock);
+        http::request<http::string_body> req{method, target, 11};
+        req.set(http::field::host, "hangar");
+        req.set(http::field::user_agent, "hangarctl");
+        if (!body.empty()) {
+            req.set(http::field::content_type, "application/json");
+            req.body() = body;
+        }
+        req.prepare_payload();
+        http::write(sock, req);
+        boost::beast::flat_buffer buf;
+        http::response_parser<http::string_body> parser;
+        parser.body_limit(64 * 1024 * 1024);
+        http::read(sock, buf, parser);
+        out = parser.get().body();
+        return parser.get().result_int();
+    }
+
+    // Streams event frames to `on_frame` until the server closes the stream.
+    void events(const std::string& target,
+                const std::function<void(const std::string&)>& on_frame) {
+        local::socket sock(io_);
+        connect(sock);
+        websocket::stream<local::socket> ws(std::move(sock));
+        websocket::response_type res;
+        boost::system::error_code hec;
+        ws.handshake(res, "hangar", target, hec);
+        if (hec) {
+            // The server refused the upgrade: its answer is the API's JSON error.
+            simdjson::dom::element e;
+            std::string_view msg;
+            if (parser().parse(res.body()).get(e) == simdjson::SUCCESS &&
+                e.at_pointer("/error/message").get(msg) == simdjson::SUCCESS) {
+                throw std::runtime_error(std::string(msg));
+            }
+            if (hec == websocket::error::upgrade_declined) {
+                throw UpgradeDeclined{};
+            }
+            throw boost::system::system_error(hec);
+        }
+        boost::beast::flat_buffer buf;
+        for (;;) {
+            boost::system::error_code ec;
+            ws.read(buf, ec);
+            if (ec == websocket::error::closed) {
+                auto reason = ws.reason();
+                if (!reason.reason.empty()) {
+                    throw std::runtime_error("event stream closed: " +
+                                             std::string(reason.reason.c_str()));
+                }
+                return;
+            }
+            if (ec) {
+                throw boost::system::system_error(ec);
+            }
+            on_frame(boost::beast::buffers_to_string(buf.data()));
+            buf.consume(buf.size());
+        }
+    }
+
+  private:
+    void connect(local::socket& sock) {
+        boost::system::error_code ec;
+        sock.connect(local::endpoint(socket_), ec);
+        if (ec) {
+            throw std::runtime_error("cannot connect to hangard at " + socket_ + ": " +
+                                     ec.message() + " (is it running? see --socket)");
+        }
+    }
+
+    std::string socket_;
+    boost::asio::io_context io_;
+};
+
+std::string str(simdjson::dom::element e, const char* key) {
+    std::string_view v;
+    if (e[key].get(v) == simdjson::SUCCESS) {
+        return std::string(v);
+    }
+    int64_t i = 0;
+    if (e[key].get(i) == simdjson::SUCCESS) {
+        return std::to_string(i);
+    }
+    bool b = false;
+    if (e[key].get(b) == simdjson::SUCCESS) {
+        return b ? "true" : "false";
+    }
+    return "";
+}
+
+void print_table(const std::vector<std::string>& head,
+                 const std::vector<std::vector<std::string>>& rows) {
+    std::vector<size_t> w(head.size());
+    for (size_t i = 0; i < head.size(); ++i) {
+        w[i] = head[i].size();
+        for (const auto& r : rows) {
+            w[i] = std::max(w[i], r[i].size());
+        }
+    }
+    auto line = [&](const std::vector<std::string>& r) {
+        for (size_t i = 0; i < r.size(); ++i) {
+            std::cout << std::left << std::setw(static_cast<int>(i + 1 < r.size() ? w[i] + 2 : 0))
+                      << r[i];
+        }
+        std::cout << "\n";
+    };
+    line(head);
+    for (const auto& r : rows) {
+        line(r);
+    }
+}
+
+void print_machine(simdjson::dom::element m) {
+    for (const char* k : {"name", "uuid", "type", "state", "state_reason", "unresponsive", "owner",
+                          "created_at", "cpus", "memory_mib", "autostart", "description", "pid"}) {
+        std::cout << std::left << std::setw(14) << (std::string(k) + ":") << str(m, k) << "\n";
+    }
+    simdjson::dom::element boot;
+    if (m["boot"].get(boot) == simdjson::SUCCESS) {
+        for (const char* k : {"kernel", "initrd", "cmdline", "disk"}) {
+            std::string v = str(boot, k);
+            if (!v.empty()) {
+                std::cout << std::left << std::setw(14) << ("boot." + std::string(k) + ":") << v
+                          << "\n";
+            }
+        }
+    }
+}
+
+// Parses "--flag value" options after the positional arguments.
+struct Args {
+    std::vector<std::string> pos;
+    std::map<std::string, std::string> opt;
+    std::set<std::string> flags;
+};
+
+Args parse_args(const std::vector<std::string>& in, const std::set<std::string>& with_value,
+                const std::set<std::string>& without_value) {
+    Args a;
+    for (size_t i = 0; i < in.size(); ++i) {
+        const auto& s = in[i];
+        if (s.rfind("--", 0) == 0) {
+            if (with_value.count(s)) {
+                if (i + 1 >= in.size()) {
+                    throw UsageError{s + " needs a value"};
+                }
+                a.opt[s] = in[++i];
+            } else if (without_value.count(s)) {
+                a.flags.insert(s);
+            } else {
+                throw UsageError{"unknown option " + s};
+            }
+        } else {
+            a.pos.push_back(s);
+        }
+    }
+    return a;
+}
+
+uint64_t to_number(const std::string& opt, const std::string& v) {
+    char* end = nullptr;
+    uint64_t n = std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || v[0] == '-') {
+        throw UsageError{opt + " needs a non-negative number"};
+    }
+    return n;
+}
+
+int run(int argc, char** argv) {
+    std::string socket = default_socket();
+    bool as_json = false;
+    std::vector<std::string> rest;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--socket") {
+            if (i + 1 >= argc) {
+                throw UsageError{"--socket needs a path"};
+            }
+            socket = argv[++i];
+        } else if (a == "--json") {
+            as_json = true;
+        } else if (a == "--help" || a == "-h") {
+            std::cout << kUsage;
+            return 0;
+        } else {
+            rest.push_back(a);
+        }
+    }
+    if (rest.empty()) {
+        throw UsageError{"no command given"};
+    }
+    std::string cmd = rest[0];
+    std::vector<std::string> args(rest.begin() + 1, rest.end());
+    Client client(socket);
+    std::string out;
+
+    // Answers an API call: prints the error and returns 1, or hands the parsed body on.
+    auto request = [&](http::verb v, const std::string& target, const std::string& body,
+                       simdjson::dom::element* doc) -> int {
+        int status = client.call(v, target, body, out);
+        simdjson::dom::element e;
+        bool parsed = parser().parse(out).get(e) == simdjson::SUCCESS;
+        if (status >= 300) {
+            std::string_view m;
+            std::string msg = parsed && e.at_pointer("/error/message").get(m) == simdjson::SUCCESS
+                                  ? std::string(m)
+                                  : out;
+            std::cerr << "hangarctl: " << (msg.empty() ? "HTTP " + std::to_string(status) : msg)
+                      << "\n";
+            return 1;
+        }
+        if (doc && parsed) {
+            *doc = e;
+        }
+        return 0;
+    };
+    auto need_name = [&](const Args& a) {
+        if (a.pos.size() != 1) {
+            throw UsageError{cmd + " needs exactly one machine NAME"};
+        }
+        return url_encode(a.pos[0]);
+    };
+
+    simdjson::dom::element doc;
+    if (cmd == "info") {
+        parse_args(args, {}, {});
+        if (int rc = request(http::verb::get, "/v1", "", &doc)) {
+            return rc;
+        }
+        simdjson::dom::element auth;
+        if (doc["auth"].get(auth) != simdjson::SUCCESS) {
+            auth = doc;
+        }
+        if (as_json) {
+            std::cout << out << "\n";
+        } else {
+            std::cout << "version:      " << str(doc, "version")
+                      << "\narch:         " << str(doc, "host_arch")
+                      << "\naccelerator:  " << str(doc, "accelerator")
+                      << "\nrevision:     " << str(doc, "revision") << "\nyou:          uid "
+                      << str(auth, "uid") << (str(auth, "admin") == "true" ? " (admin)" : "")
+                      << "\n";
+        }
+        return 0;
+    }
+    if (cmd == "list") {
+        auto a = parse_args(args, {"--state", "--type"}, {});
+        if (!a.pos.empty()) {
+            throw UsageError{"list takes no arguments"};
+        }
+        std::string q;
+        for (auto& [k, v] : a.opt) {
+            q += (q.empty() ? "?" : "&") + k.substr(2) + "=" + url_encode(v);
+        }
+        if (int rc = request(http::verb::get, "/v1/machines" + q, "", &doc)) {
+            return rc;
+        }
+        if (as_json) {
+            std::cout << out << "\n";
+            return 0;
+        }
+        std::vector<std::vector<std::string>> rows;
+        simdjson::dom::array machines;
+        if (doc["machines"].get(machines) != simdjson::SUCCESS) {
+            std::cerr << "hangarctl: unexpected answer from hangard\n";
+            return 1;
+        }
+        for (auto m : machines) {
+            rows.push_back({str(m, "name"), str(m, "type"), str(m, "state"), str(m, "cpus"),
+                            str(m, "memory_mib"), str(m, "pid") == "0" ? "-" : str(m, "pid"),
+                            str(m, "state_reason")});
+        }
+        print_table({"NAME", "TYPE", "STATE", "CPUS", "MEMORY", "PID", "REASON"}, rows);
+        return 0;
+    }
+    if (cmd == "create") {
+        auto a = parse_args(args,
+                            {"--cpus", "--memory", "--kernel", "--initrd", "--cmdline", "--disk",
+                             "--description", "--type"},
+                            {"--autostart"});
+        if (a.pos.size() != 1) {
+            throw UsageError{"create needs exactly one NAME"};
+        }
+        hangar::json::Writer w;
+        w.begin_object().field("name", a.pos[0]);
+        if (a.opt.count("--type"))
+            w.field("type", a.opt["--type"]);
+        if (a.opt.count("--cpus"))
+            w.field("cpus", to_number("--cpus", a.opt["--cpus"]));
+        if (a.opt.count("--memory"))
+            w.field("memory_mib", to_number("--memory", a.opt["--memory"]));
+        if (a.opt.count("--description"))
+            w.field("description", a.opt["--description"]);
+        if (a.flags.count("--autostart"))
+            w.field("autostart", true);
+        if (a.opt.count("--kernel") || a.opt.count("--initrd") || a.opt.count("--cmdline") ||
+            a.opt.count("--disk")) {
+            w.key("boot").begin_object();
+            for (const char* k : {"kernel", "initrd", "cmdline", "disk"}) {
+                if (a.opt.count(std::string("--") + k)) {
+                    w.field(k, a.opt[std::string("--") + k]);
+                }
+            }
+            w.end_object();
+        }
+        w.end_object();
+        if (int rc = request(http::verb::post, "/v1/machines", w.str(), &doc)) {
+            return rc;
+        }
+        if (as_json) {
+            std::cout << out << "\n";
+        } else {
+            print_machine(doc);
+        }
+        return 0;
+    }
+    if (cmd == "show") {
+        auto name = need_name(parse_args(args, {}, {}));
+        if (int rc = request(http::verb::get, "/v1/machines/" + name, "", &doc)) {
+            return rc;
+        }
+        if (as_json) {
+            std::cout << out << "\n";
+        } else {
+            print_machine(doc);
+        }
+        return 0;
+    }
+    if (cmd == "start" || cmd == "stop" || cmd == "kill" || cmd == "restart" || cmd == "pause" ||
+        cmd == "resume") {
+        bool stops = cmd == "stop" || cmd == "restart";
+        auto a = parse_args(
+            args, stops ? std::set<std::string>{"--timeout"} : std::set<std::string>{},
+            cmd == "restart" ? std::set<std::string>{"--reset"} : std::set<std::string>{});
+        auto name = need_name(a);
+        hangar::json::Writer w;
+        w.begin_object();
+        if (a.opt.count("--timeout"))
+            w.field("timeout_s", to_number("--timeout", a.opt["--timeout"]));
+        if (a.flags.count("--reset"))
+            w.field("reset", true);
+        w.end_object();
+        std::string body = w.str() == "{}" ? "" : w.str();
+        if (int rc =
+                request(http::verb::post, "/v1/machines/" + name + "/actions/" + cmd, body, &doc)) {
+            return rc;
+        }
+        if (as_json) {
+            std::cout << out << "\n";
+        } else {
+            std::cout << str(doc, "name") << ": " << str(doc, "state") << " ("
+                      << str(doc, "state_reason") << ")\n";
+        }
+        return 0;
+    }
+    if (cmd == "delete") {
+        auto a = parse_args(args, {}, {"--force"});
+        auto name = need_name(a);
+        if (int rc =
+                request(http::verb::delete_,
+                        "/v1/machines/" + name + (a.flags.count("--force") ? "?force=true" : ""),
+                        "", nullptr)) {
+            return rc;
+        }
+        if (as_json) {
+            std::cout << "{}\n";
+        }
+        return 0;
+    }
+    if (cmd == "console-log") {
+        auto a = parse_args(args, {"--tail"}, {});
+        auto name = need_name(a);
+        std::string q = a.opt.count("--tail")
+                            ? "?tail=" + std::to_string(to_number("--tail", a.opt["--tail"]))
+                            : "";
+        int status =
+            client.call(http::verb::get, "/v1/machines/" + name + "/console/log" + q, "", out);
+        if (status >= 300) {
+            return request(http::verb::get, "/v1/machines/" + name + "/console/log" + q, "",
+                           nullptr);
+        }
+        std::cout << out;
+        return 0;
+    }
+    if (cmd == "events") {
+        auto a = parse_args(args, {"--since", "--types", "--machine"}, {});
+        if (!a.pos.empty()) {
+            throw UsageError{"events takes no arguments"};
+        }
+        std::string q;
+        if (a.opt.count("--since"))
+            q += "&since=" + std::to_string(to_number("--since", a.opt["--since"]));
+        if (a.opt.count("--types"))
+            q += "&types=" + url_encode(a.opt["--types"]);
+        if (a.opt.count("--machine"))
+            q += "&machine=" + url_encode(a.opt["--machine"]);
+        if (!q.empty()) {
+            q[0] = '?';
+        }
+        auto on_frame = [&](const std::string& frame) {
+            if (as_json) {
+                std::cout << frame << std::endl;
+                return;
+            }
+            simdjson::dom::element e;
+            if (parser().parse(frame).get(e) != simdjson::SUCCESS) {
+                return;
+            }
+            std::string type = str(e, "type");
+            std::cout << str(e, "seq") << "  " << str(e, "time") << "  " << type << "  "
+                      << str(e, "machine");
+            simdjson::dom::element data;
+            if (e["data"].get(data) != simdjson::SUCCESS) {
+                data = e;
+            }
+            if (type == "machine.state") {
+                std::cout << "  " << str(data, "from") << " -> " << str(data, "to") << " ("
+                          << str(data, "reason") << ")";
+            } else if (type == "machine.updated" || type == "events.gap") {
+                std::cout << "  " << simdjson::minify(data);
+            }
+            std::cout << std::endl;
+        };
+        try {
+            client.events("/v1/events" + q, on_frame);
+        } catch (const UpgradeDeclined&) {
+            // The same request without the upgrade answers with the API's error message.
+            return request(http::verb::get, "/v1/events" + q, "", nullptr);
+        }
+        return 0;
+    }
+    throw UsageError{"unknown command " + cmd};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const UsageError& e) {
+        std::cerr << "hangarctl: " << e.msg << "\n" << kUsage;
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "hangarctl: " << e.what() << "\n";
+        return 1;
+    }
+}
