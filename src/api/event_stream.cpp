@@ -4,9 +4,12 @@
 #include <memory>
 
 #include <spdlog/spdlog.h>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 
 #include "hangar/names.hpp"
 #include "util/json.hpp"
@@ -22,9 +25,10 @@ const std::set<std::string> kEventTypes = {
     "machine.created",   "machine.updated", "machine.deleted", "machine.state",
     "operation.created", "operation.done",  "events.gap"};
 
-class EventSession : public std::enable_shared_from_this<EventSession> {
+template <typename Stream>
+class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
   public:
-    EventSession(EventStreams& streams, local::socket sock, EventFilter filter,
+    EventSession(EventStreams& streams, Stream sock, EventFilter filter,
                  std::optional<uint64_t> since)
         : streams_(streams),
           ws_(std::move(sock)),
@@ -45,7 +49,7 @@ class EventSession : public std::enable_shared_from_this<EventSession> {
             res.set(boost::beast::http::field::server, "hangard/" HANGAR_VERSION);
         }));
         ws_.read_message_max(4096);
-        ws_.async_accept(req, [self = shared_from_this()](boost::system::error_code ec) {
+        ws_.async_accept(req, [self = this->shared_from_this()](boost::system::error_code ec) {
             if (!ec) {
                 self->on_open();
             }
@@ -56,7 +60,7 @@ class EventSession : public std::enable_shared_from_this<EventSession> {
     void on_open() {
         // Subscribe, then replay the ring: both happen in this one turn of the reactor, so no
         // event can fall between the replay and the live stream.
-        std::weak_ptr<EventSession> weak = weak_from_this();
+        std::weak_ptr<EventSession> weak = this->weak_from_this();
         sub_ = streams_.bus().subscribe([weak](const core::Event& e) {
             if (auto self = weak.lock()) {
                 self->offer(e);
@@ -121,7 +125,7 @@ class EventSession : public std::enable_shared_from_this<EventSession> {
         writing_ = true;
         ws_.text(true);
         ws_.async_write(boost::asio::buffer(*queue_.front()),
-                        [self = shared_from_this()](boost::system::error_code ec, size_t) {
+                        [self = this->shared_from_this()](boost::system::error_code ec, size_t) {
                             self->writing_ = false;
                             if (ec) {
                                 return self->unsubscribe();
@@ -158,7 +162,7 @@ class EventSession : public std::enable_shared_from_this<EventSession> {
         }
         // A peer that reads nothing never lets the close frame out: cut the connection.
         hard_close_.expires_after(std::chrono::seconds(2));
-        hard_close_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        hard_close_.async_wait([self = this->shared_from_this()](boost::system::error_code ec) {
             if (!ec) {
                 boost::system::error_code ignored;
                 boost::beast::get_lowest_layer(self->ws_).close(ignored);
@@ -173,17 +177,18 @@ class EventSession : public std::enable_shared_from_this<EventSession> {
         close_sent_ = true;
         websocket::close_reason cr(websocket::close_code::policy_error);
         cr.reason = close_reason_.substr(0, 120);
-        ws_.async_close(cr, [self = shared_from_this()](boost::system::error_code) {});
+        ws_.async_close(cr, [self = this->shared_from_this()](boost::system::error_code) {});
     }
 
     void read_loop() {
-        ws_.async_read(rbuf_, [self = shared_from_this()](boost::system::error_code ec, size_t n) {
-            if (ec) {
-                return self->unsubscribe();  // closed by the peer, a timeout, or an error
-            }
-            self->rbuf_.consume(n);  // clients have nothing to say; ignore it
-            self->read_loop();
-        });
+        ws_.async_read(
+            rbuf_, [self = this->shared_from_this()](boost::system::error_code ec, size_t n) {
+                if (ec) {
+                    return self->unsubscribe();  // closed by the peer, a timeout, or an error
+                }
+                self->rbuf_.consume(n);  // clients have nothing to say; ignore it
+                self->read_loop();
+            });
     }
 
     void unsubscribe() {
@@ -194,7 +199,7 @@ class EventSession : public std::enable_shared_from_this<EventSession> {
     }
 
     EventStreams& streams_;
-    websocket::stream<local::socket> ws_;
+    websocket::stream<Stream> ws_;
     boost::asio::steady_timer hard_close_;
     EventFilter filter_;
     std::optional<uint64_t> since_;
@@ -255,11 +260,19 @@ Status parse_event_query(const std::map<std::string, std::string>& query,
     return {};
 }
 
-void EventStreams::start(local::socket socket,
+template <typename Stream>
+void EventStreams::start(Stream stream,
                          boost::beast::http::request<boost::beast::http::string_body> req,
                          EventFilter filter, std::optional<uint64_t> since) {
-    std::make_shared<EventSession>(*this, std::move(socket), std::move(filter), since)
+    std::make_shared<EventSession<Stream>>(*this, std::move(stream), std::move(filter), since)
         ->run(std::move(req));
 }
+
+using Req = boost::beast::http::request<boost::beast::http::string_body>;
+template void EventStreams::start(local::socket, Req, EventFilter, std::optional<uint64_t>);
+template void EventStreams::start(boost::asio::ip::tcp::socket, Req, EventFilter,
+                                  std::optional<uint64_t>);
+template void EventStreams::start(boost::beast::ssl_stream<boost::asio::ip::tcp::socket>, Req,
+                                  EventFilter, std::optional<uint64_t>);
 
 }  // namespace hangar::api

@@ -25,10 +25,11 @@ struct EventStreamLimits {
 class EventStreams {
   public:
     EventStreams(core::EventBus& bus, EventStreamLimits limits) : bus_(bus), limits_(limits) {}
-    // Completes the WebSocket handshake of `req` on `socket` and streams events.
-    void start(boost::asio::local::stream_protocol::socket socket,
-               boost::beast::http::request<boost::beast::http::string_body> req, EventFilter filter,
-               std::optional<uint64_t> since);
+    // Completes the WebSocket handshake of `req` on `stream` and streams events. Defined for
+    // the unix socket, plain TCP and TLS streams.
+    template <typename Stream>
+    void start(Stream stream, boost::beast::http::request<boost::beast::http::string_body> req,
+               EventFilter filter, std::optional<uint64_t> since);
     size_t subscribers() const { return sessions_; }
     bool full() const { return sessions_ >= limits_.max_subscribers; }
     uint64_t dropped_slow() const { return dropped_slow_; }

@@ -189,7 +189,8 @@ Status parse_action_args(core::Action action, const std::string& body, core::Act
 }
 }  // namespace
 
-void register_routes(Router& router, core::Machines& machines, const ServerInfo& info) {
+void register_routes(Router& router, core::Machines& machines, core::Tokens& tokens,
+                     const ServerInfo& info) {
     router.add("GET", "/v1", [&machines, info](Request& req, Respond respond) {
         struct utsname u {};
         uname(&u);
@@ -205,7 +206,7 @@ void register_routes(Router& router, core::Machines& machines, const ServerInfo&
             .field("revision", machines.revision())
             .key("auth")
             .begin_object()
-            .field("method", "unix")
+            .field("method", req.caller.local ? "unix" : "token")
             .field("uid", req.caller.uid)
             .field("admin", req.caller.admin)
             .end_object()
@@ -330,6 +331,51 @@ void register_routes(Router& router, core::Machines& machines, const ServerInfo&
                                        : json_response(200, "{}"));
                          });
         });
+
+    auto token_json = [](json::Writer& w, const store::TokenRow& t) {
+        w.field("name", t.name).field("uid", t.uid).field("admin", t.admin);
+        w.field("created_at", t.created_at);
+    };
+    router.add("POST", "/v1/tokens", [&tokens, token_json](Request& req, Respond respond) {
+        simdjson::dom::parser parser;
+        element doc;
+        if (Status st = parse_object(parser, req.body, doc, false); !st) {
+            return respond(error_response(st));
+        }
+        std::string name;
+        simdjson::dom::object fields = doc.get_object().value_unsafe();
+        for (auto [key, v] : fields) {
+            Status st = key == "name" ? get_string(v, key, name) : unknown_field("", key);
+            if (!st) {
+                return respond(error_response(st));
+            }
+        }
+        std::string token;
+        store::TokenRow row;
+        if (Status st = tokens.create(req.caller, name, token, row); !st) {
+            return respond(error_response(st));
+        }
+        json::Writer w;
+        w.begin_object();
+        token_json(w, row);
+        w.field("token", token).end_object();
+        respond(json_response(201, w.take()));
+    });
+    router.add("GET", "/v1/tokens", [&tokens, token_json](Request& req, Respond respond) {
+        json::Writer w;
+        w.begin_object().key("tokens").begin_array();
+        for (const auto& t : tokens.list(req.caller)) {
+            w.begin_object();
+            token_json(w, t);
+            w.end_object();
+        }
+        w.end_array().end_object();
+        respond(json_response(200, w.take()));
+    });
+    router.add("DELETE", "/v1/tokens/{name}", [&tokens](Request& req, Respond respond) {
+        Status st = tokens.revoke(req.caller, req.params["name"]);
+        respond(st ? json_response(200, "{}") : error_response(st));
+    });
 
     router.add("GET", "/v1/events", [](Request& req, Respond respond) {
         EventFilter filter;

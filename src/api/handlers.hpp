@@ -5,6 +5,7 @@
 
 #include "api/router.hpp"
 #include "core/machines.hpp"
+#include "core/tokens.hpp"
 
 namespace hangar::api {
 
@@ -15,7 +16,8 @@ struct ServerInfo {
 };
 
 // Registers every route of the API on `router`.
-void register_routes(Router& router, core::Machines& machines, const ServerInfo& info);
+void register_routes(Router& router, core::Machines& machines, core::Tokens& tokens,
+                     const ServerInfo& info);
 
 // Parses a create body into `spec`. Unknown fields and wrong types are errors.
 Status parse_machine_spec(const std::string& body, MachineSpec& spec);

@@ -1,7 +1,5 @@
 #include "api/http_server.hpp"
 
-#include "api/event_stream.hpp"
-
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,16 +7,23 @@
 #include <optional>
 
 #include <spdlog/spdlog.h>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
+
+#include "api/event_stream.hpp"
 
 namespace hangar::api {
 
 namespace http = boost::beast::http;
 using local = boost::asio::local::stream_protocol;
+using tcp = boost::asio::ip::tcp;
+using TlsStream = boost::beast::ssl_stream<tcp::socket>;
 
 namespace {
 std::string reason_message(const boost::system::error_code& ec) {
@@ -30,45 +35,85 @@ std::string reason_message(const boost::system::error_code& ec) {
     }
     return "malformed HTTP request: " + ec.message();
 }
+
+tcp::socket& lowest(tcp::socket& s) {
+    return s;
+}
+tcp::socket& lowest(TlsStream& s) {
+    return s.next_layer();
+}
+local::socket& lowest(local::socket& s) {
+    return s;
+}
 }  // namespace
 
-struct UnixServer::Impl : std::enable_shared_from_this<UnixServer::Impl> {
-    Impl(boost::asio::io_context& io, const Router& r, ServerLimits l, EventStreams* e)
-        : io(io), router(r), limits(l), events(e), acceptor(io) {}
+struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
+    Impl(boost::asio::io_context& io, const Router& r, ServerLimits l, EventStreams* e,
+         Authenticate a)
+        : io(io),
+          router(r),
+          limits(l),
+          events(e),
+          authenticate(std::move(a)),
+          unix_acceptor(io),
+          tcp_acceptor(io) {}
 
-    void accept();
+    void accept_unix();
+    void accept_tcp();
 
     boost::asio::io_context& io;
     const Router& router;
     ServerLimits limits;
     EventStreams* events;
-    local::acceptor acceptor;
+    Authenticate authenticate;
+    local::acceptor unix_acceptor;
+    tcp::acceptor tcp_acceptor;
+    boost::asio::ssl::context* tls = nullptr;
     size_t sessions = 0;
     bool closed = false;
 };
 
 namespace {
 
-class Session : public std::enable_shared_from_this<Session> {
+// One HTTP connection. On the unix socket `caller_` is known from SO_PEERCRED; on TCP every
+// request must carry a bearer token (except GET /v1/health).
+template <typename Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
   public:
-    Session(std::shared_ptr<UnixServer::Impl> server, local::socket sock, core::Caller caller)
+    Session(std::shared_ptr<HttpServer::Impl> server, Stream stream,
+            std::optional<core::Caller> caller)
         : server_(std::move(server)),
-          sock_(std::move(sock)),
-          timer_(sock_.get_executor()),
-          caller_(caller) {
+          stream_(std::move(stream)),
+          timer_(lowest(stream_).get_executor()),
+          peer_caller_(caller) {
         ++server_->sessions;
     }
     ~Session() { --server_->sessions; }
 
-    void start() { read(server_->limits.idle_timeout); }
+    void start() {
+        if constexpr (std::is_same_v<Stream, TlsStream>) {
+            arm(server_->limits.read_timeout);
+            stream_.async_handshake(
+                boost::asio::ssl::stream_base::server,
+                [self = this->shared_from_this()](boost::system::error_code ec) {
+                    if (ec) {
+                        spdlog::debug("api: TLS handshake failed: {}", ec.message());
+                        return self->close();
+                    }
+                    self->read(self->server_->limits.idle_timeout);
+                });
+        } else {
+            read(server_->limits.idle_timeout);
+        }
+    }
 
   private:
     void arm(std::chrono::seconds timeout) {
         timer_.expires_after(timeout);
-        timer_.async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+        timer_.async_wait([weak = this->weak_from_this()](boost::system::error_code ec) {
             if (auto self = weak.lock(); self && !ec) {
                 boost::system::error_code ignored;
-                self->sock_.close(ignored);
+                lowest(self->stream_).close(ignored);
             }
         });
     }
@@ -78,10 +123,9 @@ class Session : public std::enable_shared_from_this<Session> {
         parser_->header_limit(static_cast<uint32_t>(server_->limits.header_limit));
         parser_->body_limit(server_->limits.body_limit);
         arm(timeout);
-        http::async_read_header(sock_, buffer_, *parser_,
-                                [self = shared_from_this()](boost::system::error_code ec, size_t) {
-                                    self->on_header(ec);
-                                });
+        http::async_read_header(stream_, buffer_, *parser_,
+                                [self = this->shared_from_this()](boost::system::error_code ec,
+                                                                  size_t) { self->on_header(ec); });
     }
 
     void on_header(boost::system::error_code ec) {
@@ -90,8 +134,8 @@ class Session : public std::enable_shared_from_this<Session> {
         }
         // The request has begun: the rest must arrive within the read timeout.
         arm(server_->limits.read_timeout);
-        http::async_read(sock_, buffer_, *parser_,
-                         [self = shared_from_this()](boost::system::error_code ec, size_t) {
+        http::async_read(stream_, buffer_, *parser_,
+                         [self = this->shared_from_this()](boost::system::error_code ec, size_t) {
                              self->on_read(ec);
                          });
     }
@@ -99,15 +143,42 @@ class Session : public std::enable_shared_from_this<Session> {
     void on_read_error(boost::system::error_code ec) {
         if (ec == http::error::end_of_stream || ec == boost::asio::error::operation_aborted ||
             ec == boost::asio::error::eof || ec == boost::asio::error::connection_reset ||
-            !sock_.is_open()) {
+            !lowest(stream_).is_open()) {
             return close();
         }
-        Status st{ec == http::error::body_limit     ? Errc::too_large
-                  : ec == http::error::header_limit ? Errc::too_large
-                                                    : Errc::bad_request,
+        Status st{ec == http::error::body_limit || ec == http::error::header_limit
+                      ? Errc::too_large
+                      : Errc::bad_request,
                   reason_message(ec)};
         keep_alive_ = false;
         write(error_response(st));
+    }
+
+    // The one place where a request gets its caller.
+    std::optional<core::Caller> identify(const http::request<http::string_body>& msg,
+                                         const std::string& path, Response& refusal) {
+        if (peer_caller_) {
+            return peer_caller_;
+        }
+        auto header = msg[http::field::authorization];
+        std::string_view auth(header.data(), header.size());
+        constexpr std::string_view kBearer = "Bearer ";
+        if (auth.size() > kBearer.size() && auth.substr(0, kBearer.size()) == kBearer &&
+            server_->authenticate) {
+            std::string_view token(auth.data() + kBearer.size(), auth.size() - kBearer.size());
+            if (auto caller = server_->authenticate(token)) {
+                return caller;
+            }
+        }
+        if (path == "/v1/health") {
+            return core::Caller{static_cast<uint32_t>(-1), false, false};
+        }
+        refusal =
+            error_response({Errc::unauthorized, auth.empty() ? "this request needs a bearer token "
+                                                               "(Authorization: Bearer ...)"
+                                                             : "the bearer token is not valid"});
+        refusal.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"hangar\"");
+        return std::nullopt;
     }
 
     void on_read(boost::system::error_code ec) {
@@ -119,10 +190,15 @@ class Session : public std::enable_shared_from_this<Session> {
         keep_alive_ = msg.keep_alive();
         Request req;
         req.method = std::string(msg.method_string());
-        req.caller = caller_;
         if (!parse_target(std::string(msg.target()), req.path, req.query)) {
             return write(error_response({Errc::bad_request, "malformed request target"}));
         }
+        Response refusal;
+        auto caller = identify(msg, req.path, refusal);
+        if (!caller) {
+            return write(std::move(refusal));
+        }
+        req.caller = *caller;
         if (boost::beast::websocket::is_upgrade(msg) && req.path == "/v1/events" &&
             req.method == "GET" && server_->events) {
             return upgrade_events(req);
@@ -132,7 +208,7 @@ class Session : public std::enable_shared_from_this<Session> {
                 {Errc::bad_request, "this route does not accept a protocol upgrade"}));
         }
         req.body = std::move(msg.body());
-        server_->router.dispatch(std::move(req), [self = shared_from_this()](Response res) {
+        server_->router.dispatch(std::move(req), [self = this->shared_from_this()](Response res) {
             self->write(std::move(res));
         });
     }
@@ -140,7 +216,7 @@ class Session : public std::enable_shared_from_this<Session> {
     void upgrade_events(const Request& req) {
         EventFilter filter;
         std::optional<uint64_t> since;
-        if (Status st = parse_event_query(req.query, caller_, filter, since); !st) {
+        if (Status st = parse_event_query(req.query, req.caller, filter, since); !st) {
             return write(error_response(st));
         }
         if (server_->events->full()) {
@@ -149,7 +225,7 @@ class Session : public std::enable_shared_from_this<Session> {
         }
         timer_.cancel();
         // The WebSocket session takes the connection over; this HTTP session ends here.
-        server_->events->start(std::move(sock_), parser_->release(), std::move(filter), since);
+        server_->events->start(std::move(stream_), parser_->release(), std::move(filter), since);
     }
 
     void write(Response res) {
@@ -164,67 +240,94 @@ class Session : public std::enable_shared_from_this<Session> {
         out->keep_alive(keep_alive_);
         out->prepare_payload();
         arm(server_->limits.read_timeout);
-        http::async_write(sock_, *out,
-                          [self = shared_from_this(), out](boost::system::error_code ec, size_t) {
-                              if (ec || !self->keep_alive_ || self->server_->closed) {
-                                  return self->close();
-                              }
-                              self->read(self->server_->limits.idle_timeout);
-                          });
+        http::async_write(
+            stream_, *out,
+            [self = this->shared_from_this(), out](boost::system::error_code ec, size_t) {
+                if (ec || !self->keep_alive_ || self->server_->closed) {
+                    return self->close();
+                }
+                self->read(self->server_->limits.idle_timeout);
+            });
     }
 
     void close() {
         timer_.cancel();
         boost::system::error_code ec;
-        sock_.shutdown(local::socket::shutdown_both, ec);
-        sock_.close(ec);
+        lowest(stream_).shutdown(std::remove_reference_t<decltype(lowest(stream_))>::shutdown_both,
+                                 ec);
+        lowest(stream_).close(ec);
     }
 
-    std::shared_ptr<UnixServer::Impl> server_;
-    local::socket sock_;
+    std::shared_ptr<HttpServer::Impl> server_;
+    Stream stream_;
     boost::asio::steady_timer timer_;
     boost::beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::string_body>> parser_;
-    core::Caller caller_;
+    std::optional<core::Caller> peer_caller_;
     bool keep_alive_ = true;
 };
 
 }  // namespace
 
-void UnixServer::Impl::accept() {
-    acceptor.async_accept([self = shared_from_this()](boost::system::error_code ec,
-                                                      local::socket sock) {
+void HttpServer::Impl::accept_unix() {
+    unix_acceptor.async_accept([self = shared_from_this()](boost::system::error_code ec,
+                                                           local::socket sock) {
         if (self->closed) {
             return;
         }
-        if (!ec) {
-            if (self->sessions >= self->limits.max_connections) {
-                spdlog::warn("api: connection limit ({}) reached; refusing a connection",
-                             self->limits.max_connections);
-            } else {
-                ucred cred{};
-                socklen_t len = sizeof cred;
-                if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-                    core::Caller caller{cred.uid, cred.uid == 0};
-                    std::make_shared<Session>(self, std::move(sock), caller)->start();
-                }
-            }
-        } else {
+        if (ec) {
             spdlog::warn("api: accept failed: {}", ec.message());
+        } else if (self->sessions >= self->limits.max_connections) {
+            spdlog::warn("api: connection limit ({}) reached; refusing a connection",
+                         self->limits.max_connections);
+        } else {
+            ucred cred{};
+            socklen_t len = sizeof cred;
+            if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+                core::Caller caller{cred.uid, cred.uid == 0, true};
+                std::make_shared<Session<local::socket>>(self, std::move(sock), caller)->start();
+            }
         }
-        self->accept();
+        self->accept_unix();
     });
 }
 
-UnixServer::UnixServer(boost::asio::io_context& io, const Router& router, ServerLimits limits,
-                       EventStreams* events)
-    : impl_(std::make_shared<Impl>(io, router, limits, events)) {}
+void HttpServer::Impl::accept_tcp() {
+    tcp_acceptor.async_accept(
+        [self = shared_from_this()](boost::system::error_code ec, tcp::socket sock) {
+            if (self->closed) {
+                return;
+            }
+            if (ec) {
+                spdlog::warn("api: accept failed: {}", ec.message());
+            } else if (self->sessions >= self->limits.max_connections) {
+                spdlog::warn("api: connection limit ({}) reached; refusing a connection",
+                             self->limits.max_connections);
+            } else {
+                boost::system::error_code ignored;
+                sock.set_option(tcp::no_delay(true), ignored);
+                if (self->tls) {
+                    std::make_shared<Session<TlsStream>>(
+                        self, TlsStream(std::move(sock), *self->tls), std::nullopt)
+                        ->start();
+                } else {
+                    std::make_shared<Session<tcp::socket>>(self, std::move(sock), std::nullopt)
+                        ->start();
+                }
+            }
+            self->accept_tcp();
+        });
+}
 
-UnixServer::~UnixServer() {
+HttpServer::HttpServer(boost::asio::io_context& io, const Router& router, ServerLimits limits,
+                       EventStreams* events, Authenticate authenticate)
+    : impl_(std::make_shared<Impl>(io, router, limits, events, std::move(authenticate))) {}
+
+HttpServer::~HttpServer() {
     close();
 }
 
-Status UnixServer::listen(const std::string& path) {
+Status HttpServer::listen_unix(const std::string& path) {
     boost::system::error_code ec;
     struct stat st {};
     if (lstat(path.c_str(), &st) == 0) {
@@ -233,28 +336,70 @@ Status UnixServer::listen(const std::string& path) {
         }
         unlink(path.c_str());
     }
-    impl_->acceptor.open(local(), ec);
+    auto& a = impl_->unix_acceptor;
+    a.open(local(), ec);
     if (!ec) {
-        impl_->acceptor.bind(local::endpoint(path), ec);
+        a.bind(local::endpoint(path), ec);
     }
     if (!ec) {
-        impl_->acceptor.listen(boost::asio::socket_base::max_listen_connections, ec);
+        a.listen(boost::asio::socket_base::max_listen_connections, ec);
     }
     if (ec) {
         return {Errc::internal, "cannot listen on " + path + ": " + ec.message()};
     }
     chmod(path.c_str(), 0660);
-    impl_->accept();
+    impl_->accept_unix();
     return {};
 }
 
-void UnixServer::close() {
-    impl_->closed = true;
+Status HttpServer::listen_tcp(const std::string& addr_port, boost::asio::ssl::context* tls) {
+    size_t colon = addr_port.rfind(':');
+    if (colon == std::string::npos) {
+        return {Errc::bad_request, "--listen needs ADDR:PORT, got " + addr_port};
+    }
+    std::string host = addr_port.substr(0, colon);
+    if (host.size() > 1 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+    }
+    char* end = nullptr;
+    unsigned long port = std::strtoul(addr_port.c_str() + colon + 1, &end, 10);
     boost::system::error_code ec;
-    impl_->acceptor.close(ec);
+    auto addr = boost::asio::ip::make_address(host, ec);
+    if (ec || *end != '\0' || colon + 1 == addr_port.size() || port > 65535) {
+        return {Errc::bad_request, "--listen needs a numeric ADDR:PORT, got " + addr_port};
+    }
+    tcp::endpoint ep(addr, static_cast<uint16_t>(port));
+    auto& a = impl_->tcp_acceptor;
+    a.open(ep.protocol(), ec);
+    if (!ec) {
+        a.set_option(boost::asio::socket_base::reuse_address(true), ec);
+        a.bind(ep, ec);
+    }
+    if (!ec) {
+        a.listen(boost::asio::socket_base::max_listen_connections, ec);
+    }
+    if (ec) {
+        return {Errc::internal, "cannot listen on " + addr_port + ": " + ec.message()};
+    }
+    impl_->tls = tls;
+    impl_->accept_tcp();
+    return {};
 }
 
-size_t UnixServer::connections() const {
+uint16_t HttpServer::bound_port() const {
+    boost::system::error_code ec;
+    auto ep = impl_->tcp_acceptor.local_endpoint(ec);
+    return ec ? 0 : ep.port();
+}
+
+void HttpServer::close() {
+    impl_->closed = true;
+    boost::system::error_code ec;
+    impl_->unix_acceptor.close(ec);
+    impl_->tcp_acceptor.close(ec);
+}
+
+size_t HttpServer::connections() const {
     return impl_->sessions;
 }
 

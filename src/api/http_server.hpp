@@ -1,16 +1,25 @@
 #pragma once
-// HTTP/1.1 over a unix socket (Boost.Beast, on the daemon's one reactor). The caller is the
-// peer's uid from SO_PEERCRED. Every session has a header limit, a body limit, a read timeout
-// and an idle timeout; the number of sessions is bounded. Beast stays inside the .cpp file.
+// HTTP/1.1 listeners (Boost.Beast, on the daemon's one reactor): the unix socket, where the
+// caller is the peer's uid from SO_PEERCRED, and TCP — HTTPS, or plain HTTP only when asked
+// for — where the caller is whoever the bearer token stands for. Every session has a header
+// limit, a body limit, a read timeout and an idle timeout; the number of sessions is bounded.
+// Beast stays inside the .cpp files.
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <boost/asio/io_context.hpp>
 
 #include "api/router.hpp"
 #include "hangar/error.hpp"
+
+namespace boost::asio::ssl {
+class context;
+}
 
 namespace hangar::api {
 
@@ -24,14 +33,21 @@ struct ServerLimits {
 
 class EventStreams;
 
-class UnixServer {
+// The caller a bearer token stands for, or nothing when the token is unknown or revoked.
+using Authenticate = std::function<std::optional<core::Caller>(std::string_view token)>;
+
+class HttpServer {
   public:
     // `events` serves GET /v1/events upgrades; without it they are refused.
-    UnixServer(boost::asio::io_context& io, const Router& router, ServerLimits limits,
-               EventStreams* events = nullptr);
-    ~UnixServer();
+    HttpServer(boost::asio::io_context& io, const Router& router, ServerLimits limits,
+               EventStreams* events, Authenticate authenticate);
+    ~HttpServer();
     // Binds `path` (mode 0660), replacing a stale socket file.
-    Status listen(const std::string& path);
+    Status listen_unix(const std::string& path);
+    // Listens on "ADDR:PORT" ("[::1]:8443" for IPv6); HTTPS with `tls`, plain HTTP without.
+    // PORT 0 picks a free port; bound_port() tells which.
+    Status listen_tcp(const std::string& addr_port, boost::asio::ssl::context* tls);
+    uint16_t bound_port() const;
     void close();
     size_t connections() const;
 

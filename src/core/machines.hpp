@@ -36,6 +36,7 @@ namespace hangar::core {
 struct Caller {
     uint32_t uid = 0;
     bool admin = false;
+    bool local = false;  // over the unix socket (not through a token)
 };
 
 enum class Action { start, stop, kill, restart, pause, resume };

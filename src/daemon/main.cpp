@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
@@ -19,8 +20,10 @@
 #include "api/event_stream.hpp"
 #include "api/handlers.hpp"
 #include "api/http_server.hpp"
+#include "api/tls.hpp"
 #include "core/event_bus.hpp"
 #include "core/machines.hpp"
+#include "core/tokens.hpp"
 #include "daemon/logging.hpp"
 #include "daemon/options.hpp"
 #include "drivers/qemu/argv.hpp"
@@ -175,24 +178,47 @@ int main(int argc, char** argv) {
     }
     core::Machines machines(io, db, events, cfg);
 
-    if (opts.listen != "127.0.0.1:8443" || !opts.tls_cert.empty() || opts.insecure_http) {
-        spdlog::warn(
-            "HTTPS listener options are accepted but not served by this build; "
-            "use the unix socket {}",
-            opts.socket);
-    }
     std::string dbus_mode = opts.dbus.empty() ? "none" : opts.dbus;
     if (dbus_mode != "none") {
         spdlog::warn("--dbus {}: D-Bus is not served by this build", dbus_mode);
     }
 
+    core::Tokens tokens(db);
     api::Router router;
     api::ServerInfo info{opts.state_dir, cfg.qemu.accel, dbus_mode};
-    api::register_routes(router, machines, info);
+    api::register_routes(router, machines, tokens, info);
     api::EventStreams streams(events, {});
-    api::UnixServer server(io, router, {}, &streams);
-    if (Status st = server.listen(opts.socket); !st) {
+    api::HttpServer server(io, router, {}, &streams,
+                           [&tokens](std::string_view t) { return tokens.authenticate(t); });
+    if (Status st = server.listen_unix(opts.socket); !st) {
         fatal(st.message());
+    }
+    std::optional<boost::asio::ssl::context> tls;
+    std::string tcp_url;
+    if (opts.listen != "none") {
+        if (!opts.insecure_http) {
+            std::string cert = opts.tls_cert, key = opts.tls_key;
+            if (cert.empty()) {
+                fs::create_directories(opts.state_dir + "/tls", ec);
+                chmod((opts.state_dir + "/tls").c_str(), 0700);
+                cert = opts.state_dir + "/tls/cert.pem";
+                key = opts.state_dir + "/tls/key.pem";
+                if (Status st = api::ensure_self_signed(cert, key); !st) {
+                    fatal(st.message());
+                }
+            }
+            tls.emplace(boost::asio::ssl::context::tls_server);
+            if (Status st = api::configure_server_tls(*tls, cert, key); !st) {
+                fatal(st.message());
+            }
+        } else {
+            spdlog::warn("--insecure-http: the API is served over plain HTTP on {}", opts.listen);
+        }
+        if (Status st = server.listen_tcp(opts.listen, tls ? &*tls : nullptr); !st) {
+            fatal(st.message());
+        }
+        std::string host = opts.listen.substr(0, opts.listen.rfind(':'));
+        tcp_url = (tls ? "https://" : "http://") + host + ":" + std::to_string(server.bound_port());
     }
 
     boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
@@ -222,10 +248,11 @@ int main(int argc, char** argv) {
                         .count();
         spdlog::info(
             "ready: {} machines, {} running QEMU adopted in {:.1f} ms; accelerator {}; "
-            "socket {}",
-            total, adopted, ms, cfg.qemu.accel, opts.socket);
+            "socket {} {}",
+            total, adopted, ms, cfg.qemu.accel, opts.socket, tcp_url);
         report_ready("OK hangard: running (pid " + std::to_string(getpid()) + "), socket " +
-                     opts.socket + ", log " + opts.state_dir + "/hangard.log\n");
+                     opts.socket + (tcp_url.empty() ? "" : ", " + tcp_url) + ", log " +
+                     opts.state_dir + "/hangard.log\n");
     });
 
     // A handler that throws is a bug; log it and keep serving every other machine.

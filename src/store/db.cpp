@@ -36,6 +36,15 @@ INSERT INTO meta(key, value) VALUES('seq', '0');
     R"sql(
 ALTER TABLE events ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // 3: API tokens, stored only as the SHA-256 of the token.
+    R"sql(
+CREATE TABLE tokens(
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    uid INTEGER NOT NULL,
+    admin INTEGER NOT NULL,
+    created_at TEXT NOT NULL);
+)sql",
 };
 
 struct Stmt {
@@ -300,6 +309,35 @@ void Db::append_event(const EventRow& ev, size_t keep) {
         sqlite3_bind_int64(s.st, 1, static_cast<int64_t>(ev.seq) - static_cast<int64_t>(keep));
         step_done(s.st, "trim events");
     }
+}
+
+std::vector<TokenRow> Db::load_tokens() {
+    std::vector<TokenRow> out;
+    Stmt s{prepare("SELECT name, hash, uid, admin, created_at FROM tokens ORDER BY name")};
+    while (sqlite3_step(s.st) == SQLITE_ROW) {
+        out.push_back({column_text(s.st, 0), column_text(s.st, 1),
+                       static_cast<uint32_t>(sqlite3_column_int64(s.st, 2)),
+                       sqlite3_column_int(s.st, 3) != 0, column_text(s.st, 4)});
+    }
+    return out;
+}
+
+void Db::insert_token(const TokenRow& t) {
+    begin();
+    Stmt s{prepare("INSERT INTO tokens(name, hash, uid, admin, created_at) VALUES(?,?,?,?,?)")};
+    bind_text(s.st, 1, t.name);
+    bind_text(s.st, 2, t.hash);
+    sqlite3_bind_int64(s.st, 3, t.uid);
+    sqlite3_bind_int(s.st, 4, t.admin ? 1 : 0);
+    bind_text(s.st, 5, t.created_at);
+    step_done(s.st, "insert token");
+}
+
+void Db::delete_token(const std::string& name) {
+    begin();
+    Stmt s{prepare("DELETE FROM tokens WHERE name=?")};
+    bind_text(s.st, 1, name);
+    step_done(s.st, "delete token");
 }
 
 std::vector<EventRow> Db::load_events_after(uint64_t seq, size_t limit) {

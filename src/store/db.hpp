@@ -29,6 +29,14 @@ struct EventRow {
     uint32_t owner = 0;  // uid owning the machine the event is about
 };
 
+struct TokenRow {
+    std::string name;
+    std::string hash;  // hex SHA-256 of the token
+    uint32_t uid = 0;
+    bool admin = false;
+    std::string created_at;
+};
+
 class Db {
   public:
     // `schedule` runs a callback at the end of the current reactor turn (asio::post).
@@ -52,6 +60,10 @@ class Db {
     // Records an event; its seq must be last_seq() + 1. Keeps only the newest `keep` events.
     void append_event(const EventRow& ev, size_t keep);
     std::vector<EventRow> load_events_after(uint64_t seq, size_t limit);
+
+    std::vector<TokenRow> load_tokens();
+    void insert_token(const TokenRow& t);
+    void delete_token(const std::string& name);
 
     // Commits what this turn wrote. Returns false (and logs) if the commit failed.
     bool flush();

@@ -1,4 +1,6 @@
-// The one translation unit that compiles Boost.Asio (BOOST_ASIO_SEPARATE_COMPILATION).
+// The one translation unit that compiles Boost.Asio and its SSL support
+// (BOOST_ASIO_SEPARATE_COMPILATION).
 #include <utility>
 
 #include <boost/asio/impl/src.hpp>
+#include <boost/asio/ssl/impl/src.hpp>

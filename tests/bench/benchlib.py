@@ -50,7 +50,7 @@ class Daemon:
 
     def start(self):
         args = [HANGARD, "--state-dir", self.state_dir, "--guest-dir", GUEST_DIR,
-                "--log-level", "warning"] + self.extra
+                "--log-level", "warning", "--listen", "127.0.0.1:0"] + self.extra
         if self.qemu:
             args += ["--qemu", self.qemu]
         t0 = time.monotonic()
@@ -59,6 +59,8 @@ class Daemon:
         if out.returncode != 0:
             sys.exit(f"hangard failed: {out.stderr}")
         self.pid = int(out.stderr.split("(pid ")[1].split(")")[0])
+        self.url = next((w.rstrip(",") for w in out.stderr.split()
+                         if w.startswith(("https://", "http://"))), None)
         return elapsed
 
     def rss_kib(self):

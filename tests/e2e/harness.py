@@ -61,7 +61,7 @@ class Daemon:
 
     def start(self):
         args = [HANGARD, "--state-dir", self.state_dir, "--guest-dir", GUEST_DIR,
-                "--log-level", "debug"] + self.extra
+                "--log-level", "debug", "--listen", "127.0.0.1:0"] + self.extra
         if self.qemu:
             args += ["--qemu", self.qemu]
         # Without --foreground, hangard returns once it serves (and has adopted its machines).
@@ -69,6 +69,8 @@ class Daemon:
         if out.returncode != 0:
             raise AssertionError(f"hangard failed to start: {out.stderr}")
         self.pid = int(out.stderr.split("(pid ")[1].split(")")[0])
+        self.url = next((w.rstrip(",") for w in out.stderr.split()
+                         if w.startswith(("https://", "http://"))), None)
         return out.stderr
 
     def kill(self, sig=signal.SIGKILL):

@@ -25,7 +25,7 @@ TEST(Store, MachinesAndSequenceSurviveReopen) {
     {
         store::Db db;
         ASSERT_TRUE(db.open(db_path, nullptr).ok());
-        EXPECT_EQ(db.schema_version(), 2);
+        EXPECT_EQ(db.schema_version(), 3);
         EXPECT_EQ(db.last_seq(), 0u);
         store::MachineRow row;
         row.spec.name = "web1";
