@@ -15,22 +15,30 @@
 
 #include <simdjson.h>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 
 #include "util/json.hpp"
 
 namespace http = boost::beast::http;
 namespace websocket = boost::beast::websocket;
 using local = boost::asio::local::stream_protocol;
+using tcp = boost::asio::ip::tcp;
+namespace ssl = boost::asio::ssl;
 
 namespace {
 
 const char* kUsage =
-    "usage: hangarctl [--socket PATH] [--json] COMMAND [ARGS]\n"
+    "usage: hangarctl [--socket PATH | --url https://HOST:PORT --token T [--insecure]] [--json]\n"
+    "                 COMMAND [ARGS]\n"
     "commands:\n"
     "  info                         server information\n"
     "  list [--state S] [--type T]  machines\n"
@@ -43,7 +51,8 @@ const char* kUsage =
     "  delete NAME [--force]\n"
     "  console-log NAME [--tail BYTES]\n"
     "  events [--since SEQ] [--types a,b] [--machine NAME]   live tail\n"
-    "environment: HANGAR_SOCKET\n";
+    "  token create NAME | token list | token revoke NAME   (over the unix socket)\n"
+    "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN\n";
 
 struct UsageError {
     std::string msg;
@@ -86,28 +95,54 @@ simdjson::dom::parser& parser() {
     return p;
 }
 
+// Where hangard is: its unix socket, or an HTTPS/HTTP URL with a token.
+struct Target {
+    std::string socket;
+    std::string host, port;
+    bool tls = false, insecure = false;
+    std::string token;
+};
+
 class Client {
   public:
-    explicit Client(std::string socket) : socket_(std::move(socket)) {}
+    explicit Client(Target t) : t_(std::move(t)), tls_ctx_(ssl::context::tls_client) {
+        if (t_.tls) {
+            tls_ctx_.set_default_verify_paths();
+            tls_ctx_.set_verify_mode(t_.insecure ? ssl::verify_none : ssl::verify_peer);
+        }
+    }
 
     // Returns the status; throws std::runtime_error when the daemon cannot be reached.
     int call(http::verb method, const std::string& target, const std::string& body,
              std::string& out) {
-        local::socket sock(io_);
-        connect(sock);
         http::request<http::string_body> req{method, target, 11};
-        req.set(http::field::host, "hangar");
+        req.set(http::field::host, t_.socket.empty() ? t_.host : "hangar");
         req.set(http::field::user_agent, "hangarctl");
+        if (!t_.token.empty()) {
+            req.set(http::field::authorization, "Bearer " + t_.token);
+        }
         if (!body.empty()) {
             req.set(http::field::content_type, "application/json");
             req.body() = body;
         }
         req.prepare_payload();
-        http::write(sock, req);
-        boost::beast::flat_buffer buf;
         http::response_parser<http::string_body> parser;
         parser.body_limit(64 * 1024 * 1024);
-        http::read(sock, buf, parser);
+        auto exchange = [&](auto& stream) {
+            http::write(stream, req);
+            boost::beast::flat_buffer buf;
+            http::read(stream, buf, parser);
+        };
+        if (!t_.socket.empty()) {
+            auto sock = connect_unix();
+            exchange(sock);
+        } else if (t_.tls) {
+            auto stream = connect_tls();
+            exchange(stream);
+        } else {
+            auto sock = connect_tcp();
+            exchange(sock);
+        }
         out = parser.get().body();
         return parser.get().result_int();
     }
@@ -115,20 +150,32 @@ class Client {
     // Streams event frames to `on_frame` until the server closes the stream.
     void events(const std::string& target,
                 const std::function<void(const std::string&)>& on_frame) {
-        local::socket sock(io_);
-        connect(sock);
-        websocket::stream<local::socket> ws(std::move(sock));
+        if (!t_.socket.empty()) {
+            websocket::stream<local::socket> ws(connect_unix());
+            tail(ws, target, on_frame);
+        } else if (t_.tls) {
+            websocket::stream<boost::beast::ssl_stream<tcp::socket>> ws(connect_tls());
+            tail(ws, target, on_frame);
+        } else {
+            websocket::stream<tcp::socket> ws(connect_tcp());
+            tail(ws, target, on_frame);
+        }
+    }
+
+  private:
+    template <typename Ws>
+    void tail(Ws& ws, const std::string& target,
+              const std::function<void(const std::string&)>& on_frame) {
+        std::string token = t_.token;
+        ws.set_option(websocket::stream_base::decorator([token](websocket::request_type& req) {
+            if (!token.empty()) {
+                req.set(http::field::authorization, "Bearer " + token);
+            }
+        }));
         websocket::response_type res;
         boost::system::error_code hec;
-        ws.handshake(res, "hangar", target, hec);
+        ws.handshake(res, t_.socket.empty() ? t_.host : "hangar", target, hec);
         if (hec) {
-            // The server refused the upgrade: its answer is the API's JSON error.
-            simdjson::dom::element e;
-            std::string_view msg;
-            if (parser().parse(res.body()).get(e) == simdjson::SUCCESS &&
-                e.at_pointer("/error/message").get(msg) == simdjson::SUCCESS) {
-                throw std::runtime_error(std::string(msg));
-            }
             if (hec == websocket::error::upgrade_declined) {
                 throw UpgradeDeclined{};
             }
@@ -154,18 +201,51 @@ class Client {
         }
     }
 
-  private:
-    void connect(local::socket& sock) {
+    local::socket connect_unix() {
+        local::socket sock(io_);
         boost::system::error_code ec;
-        sock.connect(local::endpoint(socket_), ec);
+        sock.connect(local::endpoint(t_.socket), ec);
         if (ec) {
-            throw std::runtime_error("cannot connect to hangard at " + socket_ + ": " +
+            throw std::runtime_error("cannot connect to hangard at " + t_.socket + ": " +
                                      ec.message() + " (is it running? see --socket)");
         }
+        return sock;
     }
 
-    std::string socket_;
+    tcp::socket connect_tcp() {
+        tcp::resolver resolver(io_);
+        tcp::socket sock(io_);
+        boost::system::error_code ec;
+        auto results = resolver.resolve(t_.host, t_.port, ec);
+        if (!ec) {
+            boost::asio::connect(sock, results, ec);
+        }
+        if (ec) {
+            throw std::runtime_error("cannot connect to hangard at " + t_.host + ":" + t_.port +
+                                     ": " + ec.message());
+        }
+        return sock;
+    }
+
+    boost::beast::ssl_stream<tcp::socket> connect_tls() {
+        boost::beast::ssl_stream<tcp::socket> stream(connect_tcp(), tls_ctx_);
+        SSL_set_tlsext_host_name(stream.native_handle(), t_.host.c_str());
+        if (!t_.insecure) {
+            stream.set_verify_callback(ssl::host_name_verification(t_.host));
+        }
+        boost::system::error_code ec;
+        stream.handshake(ssl::stream_base::client, ec);
+        if (ec) {
+            throw std::runtime_error(
+                "TLS handshake with " + t_.host + " failed: " + ec.message() +
+                (t_.insecure ? "" : " (a self-signed server needs --insecure)"));
+        }
+        return stream;
+    }
+
+    Target t_;
     boost::asio::io_context io_;
+    ssl::context tls_ctx_;
 };
 
 std::string str(simdjson::dom::element e, const char* key) {
@@ -263,16 +343,27 @@ uint64_t to_number(const std::string& opt, const std::string& v) {
 }
 
 int run(int argc, char** argv) {
-    std::string socket = default_socket();
+    Target target;
+    std::string socket, url = getenv("HANGAR_URL") ? getenv("HANGAR_URL") : "";
+    target.token = getenv("HANGAR_TOKEN") ? getenv("HANGAR_TOKEN") : "";
     bool as_json = false;
     std::vector<std::string> rest;
+    auto value = [&](int& i, const char* what) {
+        if (i + 1 >= argc) {
+            throw UsageError{std::string(what) + " needs a value"};
+        }
+        return std::string(argv[++i]);
+    };
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--socket") {
-            if (i + 1 >= argc) {
-                throw UsageError{"--socket needs a path"};
-            }
-            socket = argv[++i];
+            socket = value(i, "--socket");
+        } else if (a == "--url") {
+            url = value(i, "--url");
+        } else if (a == "--token") {
+            target.token = value(i, "--token");
+        } else if (a == "--insecure") {
+            target.insecure = true;
         } else if (a == "--json") {
             as_json = true;
         } else if (a == "--help" || a == "-h") {
@@ -285,9 +376,33 @@ int run(int argc, char** argv) {
     if (rest.empty()) {
         throw UsageError{"no command given"};
     }
+    if (!socket.empty() && !url.empty()) {
+        throw UsageError{"--socket and --url exclude each other"};
+    }
+    if (!url.empty() && socket.empty()) {
+        bool tls = url.rfind("https://", 0) == 0;
+        if (!tls && url.rfind("http://", 0) != 0) {
+            throw UsageError{"--url must start with https:// (or http:// for --insecure-http)"};
+        }
+        std::string hostport = url.substr(tls ? 8 : 7);
+        hostport = hostport.substr(0, hostport.find('/'));
+        size_t colon = hostport.rfind(':');
+        target.tls = tls;
+        target.host = colon == std::string::npos ? hostport : hostport.substr(0, colon);
+        target.port =
+            colon == std::string::npos ? (tls ? "443" : "80") : hostport.substr(colon + 1);
+        if (target.host.size() > 2 && target.host.front() == '[') {
+            target.host = target.host.substr(1, target.host.size() - 2);
+        }
+        if (target.token.empty()) {
+            throw UsageError{"--url needs --token (or HANGAR_TOKEN)"};
+        }
+    } else {
+        target.socket = socket.empty() ? default_socket() : socket;
+    }
     std::string cmd = rest[0];
     std::vector<std::string> args(rest.begin() + 1, rest.end());
-    Client client(socket);
+    Client client(target);
     std::string out;
 
     // Answers an API call: prints the error and returns 1, or hands the parsed body on.
@@ -524,6 +639,49 @@ int run(int argc, char** argv) {
             return request(http::verb::get, "/v1/events" + q, "", nullptr);
         }
         return 0;
+    }
+    if (cmd == "token") {
+        auto a = parse_args(args, {}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        if (sub == "create" && a.pos.size() == 2) {
+            hangar::json::Writer w;
+            w.begin_object().field("name", a.pos[1]).end_object();
+            if (int rc = request(http::verb::post, "/v1/tokens", w.str(), &doc)) {
+                return rc;
+            }
+            if (as_json) {
+                hangar::json::Writer o;
+                o.begin_object().field("name", str(doc, "name")).field("token", str(doc, "token"));
+                std::cout << o.end_object().str() << "\n";
+            } else {
+                std::cout << str(doc, "token") << "\n";
+            }
+            return 0;
+        }
+        if (sub == "list" && a.pos.size() == 1) {
+            if (int rc = request(http::verb::get, "/v1/tokens", "", &doc)) {
+                return rc;
+            }
+            if (as_json) {
+                std::cout << out << "\n";
+                return 0;
+            }
+            simdjson::dom::array list;
+            std::vector<std::vector<std::string>> rows;
+            if (doc["tokens"].get(list) == simdjson::SUCCESS) {
+                for (auto t : list) {
+                    rows.push_back({str(t, "name"), str(t, "uid"),
+                                    str(t, "admin") == "true" ? "yes" : "no",
+                                    str(t, "created_at")});
+                }
+            }
+            print_table({"NAME", "UID", "ADMIN", "CREATED"}, rows);
+            return 0;
+        }
+        if (sub == "revoke" && a.pos.size() == 2) {
+            return request(http::verb::delete_, "/v1/tokens/" + url_encode(a.pos[1]), "", nullptr);
+        }
+        throw UsageError{"token create NAME | token list | token revoke NAME"};
     }
     throw UsageError{"unknown command " + cmd};
 }

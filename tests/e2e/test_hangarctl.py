@@ -88,6 +88,49 @@ class Hangarctl(DaemonTest):
         _, err = self.ctl("events", "--types", "machine.bogus", expect=1)
         self.assertIn("unknown event type", err)
 
+    def test_tokens_and_https(self):
+        token = self.ctl("token", "create", "cli")[0].strip()
+        self.assertTrue(token.startswith("hgr_") and len(token) == 68, token)
+        j = json.loads(self.ctl("--json", "token", "create", "cli2")[0])
+        self.assertEqual(sorted(j), ["name", "token"])
+        out, _ = self.ctl("token", "list")
+        self.assertIn("cli2", out)
+        self.ctl("create", "remote")
+        url = self.daemon.url
+        remote = [HANGARCTL, "--url", url, "--token", token, "--insecure"]
+        out = subprocess.run(remote + ["list"], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("remote", out.stdout)
+        out = subprocess.run(remote + ["start", "remote"], capture_output=True, text=True)
+        self.assertEqual(out.stdout, "remote: running (qmp:RESUME)\n", out.stderr)
+        self.created_uuids.append(json.loads(self.ctl("--json", "show", "remote")[0])["uuid"])
+        p = subprocess.Popen(remote + ["events", "--since", "0"], stdout=subprocess.PIPE, text=True)
+        first = p.stdout.readline()
+        p.kill()
+        p.wait()
+        self.assertIn("machine.created  remote", first)
+        # The self-signed certificate is refused unless --insecure.
+        out = subprocess.run([HANGARCTL, "--url", url, "--token", token, "list"],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("--insecure", out.stderr)
+        out = subprocess.run(remote + ["token", "create", "x"], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("unix socket only", out.stderr)
+        out = subprocess.run([HANGARCTL, "--url", url, "list"], capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if k != "HANGAR_TOKEN"})
+        self.assertEqual(out.returncode, 2)
+        self.ctl("token", "revoke", "cli")
+        out = subprocess.run(remote + ["list"], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("not valid", out.stderr)
+        # HANGAR_URL + HANGAR_TOKEN work like the flags.
+        out = subprocess.run([HANGARCTL, "--insecure", "info"], capture_output=True, text=True,
+                             env={**os.environ, "HANGAR_URL": url, "HANGAR_TOKEN": j["token"]})
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.ctl("token", "revoke", "nothere", expect=1)
+        self.ctl("token", "frob", expect=2)
+
     def test_exit_codes(self):
         self.ctl(expect=2)
         self.ctl("frobnicate", expect=2)
