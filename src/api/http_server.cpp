@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <optional>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/ip/tcp.hpp>
@@ -60,6 +62,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
 
     void accept_unix();
     void accept_tcp();
+    bool in_admin_group(local::socket& sock, unsigned gid) const;
 
     boost::asio::io_context& io;
     const Router& router;
@@ -69,6 +72,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     local::acceptor unix_acceptor;
     tcp::acceptor tcp_acceptor;
     boost::asio::ssl::context* tls = nullptr;
+    std::optional<unsigned> admin_gid;
     size_t sessions = 0;
     bool closed = false;
 };
@@ -269,6 +273,27 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
 }  // namespace
 
+bool HttpServer::Impl::in_admin_group(local::socket& sock, unsigned gid) const {
+    if (!admin_gid) {
+        return false;
+    }
+    if (gid == *admin_gid) {
+        return true;
+    }
+    std::vector<gid_t> groups(64);
+    socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0 &&
+        errno == ERANGE) {
+        groups.resize(len / sizeof(gid_t) + 1);
+        len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) {
+            return false;
+        }
+    }
+    groups.resize(len / sizeof(gid_t));
+    return std::find(groups.begin(), groups.end(), *admin_gid) != groups.end();
+}
+
 void HttpServer::Impl::accept_unix() {
     unix_acceptor.async_accept([self = shared_from_this()](boost::system::error_code ec,
                                                            local::socket sock) {
@@ -284,7 +309,8 @@ void HttpServer::Impl::accept_unix() {
             ucred cred{};
             socklen_t len = sizeof cred;
             if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-                core::Caller caller{cred.uid, cred.uid == 0, true};
+                core::Caller caller{cred.uid, cred.uid == 0 || self->in_admin_group(sock, cred.gid),
+                                    true};
                 std::make_shared<Session<local::socket>>(self, std::move(sock), caller)->start();
             }
         }
@@ -390,6 +416,10 @@ uint16_t HttpServer::bound_port() const {
     boost::system::error_code ec;
     auto ep = impl_->tcp_acceptor.local_endpoint(ec);
     return ec ? 0 : ep.port();
+}
+
+void HttpServer::set_admin_gid(std::optional<unsigned> gid) {
+    impl_->admin_gid = gid;
 }
 
 void HttpServer::close() {

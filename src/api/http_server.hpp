@@ -48,6 +48,8 @@ class HttpServer {
     // PORT 0 picks a free port; bound_port() tells which.
     Status listen_tcp(const std::string& addr_port, boost::asio::ssl::context* tls);
     uint16_t bound_port() const;
+    // Unix-socket peers in this group (primary or supplementary) are admins, like uid 0.
+    void set_admin_gid(std::optional<unsigned> gid);
     void close();
     size_t connections() const;
 

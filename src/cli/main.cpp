@@ -14,8 +14,8 @@
 #include <vector>
 
 #include <simdjson.h>
-#include <boost/asio/io_context.hpp>
 #include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/ssl.hpp>

@@ -1,5 +1,6 @@
 // hangard: one thread, one io_context for QMP, process exits, and the API.
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/resource.h>
@@ -190,6 +191,10 @@ int main(int argc, char** argv) {
     api::EventStreams streams(events, {});
     api::HttpServer server(io, router, {}, &streams,
                            [&tokens](std::string_view t) { return tokens.authenticate(t); });
+    if (struct group* g = getgrnam(opts.admin_group.c_str())) {
+        server.set_admin_gid(g->gr_gid);
+        spdlog::info("members of group {} ({}) are admins", opts.admin_group, g->gr_gid);
+    }
     if (Status st = server.listen_unix(opts.socket); !st) {
         fatal(st.message());
     }

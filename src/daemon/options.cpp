@@ -12,7 +12,7 @@ std::string usage() {
            "               [--dbus none|session|system|ADDRESS] [--tls-cert F --tls-key F]\n"
            "               [--insecure-http] [--log-level LEVEL] [--foreground]\n"
            "               [--qemu PATH] [--guest-dir DIR] [--qmp-timeout-ms N]\n"
-           "               [--event-ring N] [--help] [--version]\n";
+           "               [--event-ring N] [--admin-group NAME] [--help] [--version]\n";
 }
 
 int parse_options(int argc, char** argv, Options& o, std::string& err) {
@@ -84,6 +84,8 @@ int parse_options(int argc, char** argv, Options& o, std::string& err) {
             o.foreground = true;
         } else if (a == "--qemu") {
             ok = need(o.qemu);
+        } else if (a == "--admin-group") {
+            ok = need(o.admin_group);
         } else if (a == "--guest-dir") {
             ok = need(o.guest_dir);
         } else if (a == "--qmp-timeout-ms") {

@@ -17,6 +17,7 @@ struct Options {
     std::string guest_dir;  // default: found next to the executable or under share/
     uint32_t qmp_timeout_ms = 5000;
     uint32_t event_ring = 10000;
+    std::string admin_group = "hangar-admin";  // its members manage every machine
 };
 
 // 0: run; 1: printed help or version, exit 0; 2: usage error (message in `err`).
