@@ -1,5 +1,7 @@
 #include "api/router.hpp"
 
+#include <chrono>
+
 #include "util/json.hpp"
 
 namespace hangar::api {
@@ -126,6 +128,43 @@ std::vector<std::pair<std::string, std::string>> Router::routes() const {
     return out;
 }
 
+Respond Router::measured(const std::string& key, Respond respond) const {
+    auto start = std::chrono::steady_clock::now();
+    return [this, key, start, respond = std::move(respond)](Response res) {
+        auto& st = stats_[key];
+        ++st.by_status[res.status];
+        st.latency.observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        respond(std::move(res));
+    };
+}
+
+void Router::render_metrics(std::string& out) const {
+    metrics::header(out, "hangar_api_requests_total", "counter",
+                    "API requests answered, by route, method and status");
+    for (const auto& [key, st] : stats_) {
+        size_t sp = key.find(' ');
+        std::string labels = sp == std::string::npos
+                                 ? "route=\"unmatched\",method=\"\""
+                                 : "route=\"" + metrics::label(key.substr(sp + 1)) +
+                                       "\",method=\"" + key.substr(0, sp) + "\"";
+        for (const auto& [code, n] : st.by_status) {
+            out += "hangar_api_requests_total{" + labels + ",code=\"" + std::to_string(code) +
+                   "\"} " + std::to_string(n) + "\n";
+        }
+    }
+    metrics::header(out, "hangar_api_request_duration_seconds", "histogram",
+                    "Time from a routed request to its answer (operations included)");
+    for (const auto& [key, st] : stats_) {
+        size_t sp = key.find(' ');
+        std::string labels = sp == std::string::npos
+                                 ? "route=\"unmatched\",method=\"\""
+                                 : "route=\"" + metrics::label(key.substr(sp + 1)) +
+                                       "\",method=\"" + key.substr(0, sp) + "\"";
+        st.latency.render(out, "hangar_api_request_duration_seconds", labels);
+    }
+}
+
 void Router::dispatch(Request req, Respond respond) const {
     auto segments = split_path(req.path);
     std::string allowed;
@@ -153,9 +192,10 @@ void Router::dispatch(Request req, Respond respond) const {
             continue;
         }
         req.params = std::move(params);
-        r.handler(req, std::move(respond));
+        r.handler(req, measured(r.method + " " + r.pattern, std::move(respond)));
         return;
     }
+    respond = measured("unmatched", std::move(respond));
     if (!allowed.empty()) {
         auto res = error_response({Errc::method_not_allowed, "method " + req.method +
                                                                  " is not allowed on " + req.path +

@@ -9,6 +9,7 @@
 
 #include "core/machines.hpp"
 #include "hangar/error.hpp"
+#include "util/metrics.hpp"
 
 namespace hangar::api {
 
@@ -47,8 +48,18 @@ class Router {
     // Calls the handler of the matching route, or answers 404 / 405 itself.
     void dispatch(Request req, Respond respond) const;
     std::vector<std::pair<std::string, std::string>> routes() const;
+    // Appends hangar_api_requests_total and hangar_api_request_duration_seconds.
+    void render_metrics(std::string& out) const;
 
   private:
+    struct Stats {
+        std::map<int, uint64_t> by_status;
+        metrics::Histogram latency{metrics::latency_buckets()};
+    };
+    // Keyed by "METHOD pattern" ("unmatched" for 404/405 answers of the router itself).
+    mutable std::map<std::string, Stats> stats_;
+    Respond measured(const std::string& key, Respond respond) const;
+
     struct Route {
         std::string method;
         std::string pattern;

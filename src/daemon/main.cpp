@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <optional>
 
 #include <spdlog/spdlog.h>
@@ -28,7 +29,9 @@
 #include "daemon/logging.hpp"
 #include "daemon/options.hpp"
 #include "drivers/qemu/argv.hpp"
+#include "qmp/client.hpp"
 #include "store/db.hpp"
+#include "util/metrics.hpp"
 
 namespace fs = std::filesystem;
 using namespace hangar;
@@ -225,6 +228,57 @@ int main(int argc, char** argv) {
         std::string host = opts.listen.substr(0, opts.listen.rfind(':'));
         tcp_url = (tls ? "https://" : "http://") + host + ":" + std::to_string(server.bound_port());
     }
+
+    router.add("GET", "/v1/metrics", [&](api::Request& req, api::Respond respond) {
+        if (!req.caller.admin) {
+            return respond(
+                api::error_response({Errc::forbidden, "metrics are for root and the admin group"}));
+        }
+        std::string out;
+        metrics::header(out, "hangar_machines", "gauge", "Machines by state and type");
+        std::map<std::pair<std::string, std::string>, int> by_state;
+        for (auto s : {MachineState::stopped, MachineState::starting, MachineState::running,
+                       MachineState::paused, MachineState::stopping, MachineState::crashed}) {
+            by_state[{std::string(to_string(s)), "vm"}] = 0;
+        }
+        for (const auto& [name, m] : machines.all()) {
+            ++by_state[{std::string(to_string(m->state)), m->spec.type}];
+        }
+        for (const auto& [key, n] : by_state) {
+            out += "hangar_machines{state=\"" + key.first + "\",type=\"" + key.second + "\"} " +
+                   std::to_string(n) + "\n";
+        }
+        size_t unresponsive = 0;
+        for (const auto& [name, m] : machines.all()) {
+            unresponsive += m->unresponsive;
+        }
+        metrics::header(out, "hangar_machines_unresponsive", "gauge",
+                        "Machines whose QMP missed a deadline or dropped");
+        out += "hangar_machines_unresponsive " + std::to_string(unresponsive) + "\n";
+        metrics::header(out, "hangar_events_total", "counter",
+                        "Events emitted (the event sequence number; survives restarts)");
+        out += "hangar_events_total " + std::to_string(events.revision()) + "\n";
+        metrics::header(out, "hangar_event_subscribers", "gauge", "Open event WebSockets");
+        out += "hangar_event_subscribers " + std::to_string(streams.subscribers()) + "\n";
+        metrics::header(out, "hangar_event_subscribers_dropped_total", "counter",
+                        "Event subscribers closed for being too slow");
+        out += "hangar_event_subscribers_dropped_total " + std::to_string(streams.dropped_slow()) +
+               "\n";
+        metrics::header(out, "hangar_api_connections", "gauge", "Open API connections");
+        out += "hangar_api_connections " + std::to_string(server.connections()) + "\n";
+        metrics::header(out, "hangar_tokens", "gauge", "API tokens");
+        out += "hangar_tokens " + std::to_string(tokens.size()) + "\n";
+        router.render_metrics(out);
+        metrics::header(out, "hangar_qmp_command_duration_seconds", "histogram",
+                        "Time from sending a QMP command to its reply");
+        qmp::command_latency().render(out, "hangar_qmp_command_duration_seconds", "");
+        metrics::header(out, "hangar_build_info", "gauge", "Version of this hangard");
+        out += "hangar_build_info{version=\"" HANGAR_VERSION "\"} 1\n";
+        api::Response res;
+        res.body = std::move(out);
+        res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        respond(std::move(res));
+    });
 
     boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
     stop_signals.async_wait([&](boost::system::error_code e, int sig) {

@@ -19,6 +19,11 @@ simdjson::dom::parser& shared_parser() {
 }
 }  // namespace
 
+metrics::Histogram& command_latency() {
+    static metrics::Histogram h(metrics::latency_buckets());
+    return h;
+}
+
 std::shared_ptr<Client> Client::create(Socket socket, Options options) {
     return std::shared_ptr<Client>(new Client(std::move(socket), options));
 }
@@ -165,6 +170,8 @@ void Client::handle_reply(uint64_t id, simdjson::dom::element msg) {
     }
     Pending p = std::move(it->second);
     pending_.erase(it);
+    command_latency().observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - p.sent).count());
     simdjson::dom::element ret;
     if (msg["return"].get(ret) == simdjson::SUCCESS) {
         std::string result = simdjson::minify(ret);
@@ -197,7 +204,7 @@ void Client::execute(std::string_view command, std::string_view arguments_json,
     }
     line += ",\"id\":" + std::to_string(id) + "}\n";
 
-    Pending p{std::string(command), std::move(done),
+    Pending p{std::string(command), std::chrono::steady_clock::now(), std::move(done),
               std::make_unique<boost::asio::steady_timer>(socket_.get_executor())};
     p.timer->expires_after(deadline);
     p.timer->async_wait([weak = weak_from_this(), id, deadline](boost::system::error_code ec) {

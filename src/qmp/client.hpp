@@ -17,6 +17,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "hangar/error.hpp"
+#include "util/metrics.hpp"
 
 namespace hangar::qmp {
 
@@ -24,6 +25,9 @@ struct Options {
     size_t max_line = 1 << 20;                           // bytes in one message
     std::chrono::milliseconds handshake_timeout{10000};  // greeting + capabilities
 };
+
+// Latency of every QMP command answered (all clients), for /v1/metrics.
+metrics::Histogram& command_latency();
 
 class Client : public std::enable_shared_from_this<Client> {
   public:
@@ -60,6 +64,7 @@ class Client : public std::enable_shared_from_this<Client> {
   private:
     struct Pending {
         std::string command;
+        std::chrono::steady_clock::time_point sent;
         ReplyHandler done;
         std::unique_ptr<boost::asio::steady_timer> timer;
     };
