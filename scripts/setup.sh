@@ -7,7 +7,7 @@ pkgs=(
     libboost-dev libsdbus-c++-dev libsdbus-c++-bin libsimdjson-dev libsystemd-dev
     libssl-dev libspdlog-dev libfmt-dev libgtest-dev googletest libsqlite3-dev sqlite3
     qemu-system-x86 qemu-utils busybox-static cpio gzip curl
-    python3 python3-websockets dbus systemd-container
+    python3 python3-websockets dbus systemd-container wrk openssl
 )
 missing=()
 for p in "${pkgs[@]}"; do
