@@ -63,6 +63,8 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     void accept_unix();
     void accept_tcp();
     bool in_admin_group(local::socket& sock, unsigned gid) const;
+    // false (and logged) for a failed accept or one over the connection limit.
+    bool admit(const boost::system::error_code& ec) const;
 
     boost::asio::io_context& io;
     const Router& router;
@@ -294,18 +296,26 @@ bool HttpServer::Impl::in_admin_group(local::socket& sock, unsigned gid) const {
     return std::find(groups.begin(), groups.end(), *admin_gid) != groups.end();
 }
 
+bool HttpServer::Impl::admit(const boost::system::error_code& ec) const {
+    if (ec) {
+        spdlog::warn("api: accept failed: {}", ec.message());
+        return false;
+    }
+    if (sessions >= limits.max_connections) {
+        spdlog::warn("api: connection limit ({}) reached; refusing a connection",
+                     limits.max_connections);
+        return false;
+    }
+    return true;
+}
+
 void HttpServer::Impl::accept_unix() {
     unix_acceptor.async_accept([self = shared_from_this()](boost::system::error_code ec,
                                                            local::socket sock) {
         if (self->closed) {
             return;
         }
-        if (ec) {
-            spdlog::warn("api: accept failed: {}", ec.message());
-        } else if (self->sessions >= self->limits.max_connections) {
-            spdlog::warn("api: connection limit ({}) reached; refusing a connection",
-                         self->limits.max_connections);
-        } else {
+        if (self->admit(ec)) {
             ucred cred{};
             socklen_t len = sizeof cred;
             if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
@@ -324,12 +334,7 @@ void HttpServer::Impl::accept_tcp() {
             if (self->closed) {
                 return;
             }
-            if (ec) {
-                spdlog::warn("api: accept failed: {}", ec.message());
-            } else if (self->sessions >= self->limits.max_connections) {
-                spdlog::warn("api: connection limit ({}) reached; refusing a connection",
-                             self->limits.max_connections);
-            } else {
+            if (self->admit(ec)) {
                 boost::system::error_code ignored;
                 sock.set_option(tcp::no_delay(true), ignored);
                 if (self->tls) {

@@ -139,15 +139,23 @@ Respond Router::measured(const std::string& key, Respond respond) const {
     };
 }
 
+namespace {
+// Prometheus labels of a stats key "METHOD pattern" (or "unmatched").
+std::string route_labels(const std::string& key) {
+    size_t sp = key.find(' ');
+    if (sp == std::string::npos) {
+        return "route=\"unmatched\",method=\"\"";
+    }
+    return "route=\"" + metrics::label(key.substr(sp + 1)) + "\",method=\"" + key.substr(0, sp) +
+           "\"";
+}
+}  // namespace
+
 void Router::render_metrics(std::string& out) const {
     metrics::header(out, "hangar_api_requests_total", "counter",
                     "API requests answered, by route, method and status");
     for (const auto& [key, st] : stats_) {
-        size_t sp = key.find(' ');
-        std::string labels = sp == std::string::npos
-                                 ? "route=\"unmatched\",method=\"\""
-                                 : "route=\"" + metrics::label(key.substr(sp + 1)) +
-                                       "\",method=\"" + key.substr(0, sp) + "\"";
+        std::string labels = route_labels(key);
         for (const auto& [code, n] : st.by_status) {
             out += "hangar_api_requests_total{" + labels + ",code=\"" + std::to_string(code) +
                    "\"} " + std::to_string(n) + "\n";
@@ -156,12 +164,7 @@ void Router::render_metrics(std::string& out) const {
     metrics::header(out, "hangar_api_request_duration_seconds", "histogram",
                     "Time from a routed request to its answer (operations included)");
     for (const auto& [key, st] : stats_) {
-        size_t sp = key.find(' ');
-        std::string labels = sp == std::string::npos
-                                 ? "route=\"unmatched\",method=\"\""
-                                 : "route=\"" + metrics::label(key.substr(sp + 1)) +
-                                       "\",method=\"" + key.substr(0, sp) + "\"";
-        st.latency.render(out, "hangar_api_request_duration_seconds", labels);
+        st.latency.render(out, "hangar_api_request_duration_seconds", route_labels(key));
     }
 }
 

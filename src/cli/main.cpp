@@ -433,6 +433,15 @@ int run(int argc, char** argv) {
     };
 
     simdjson::dom::element doc;
+    // Prints the machine the last request answered with.
+    auto show_machine = [&] {
+        if (as_json) {
+            std::cout << out << "\n";
+        } else {
+            print_machine(doc);
+        }
+        return 0;
+    };
     if (cmd == "info") {
         parse_args(args, {}, {});
         if (int rc = request(http::verb::get, "/v1", "", &doc)) {
@@ -518,24 +527,14 @@ int run(int argc, char** argv) {
         if (int rc = request(http::verb::post, "/v1/machines", w.str(), &doc)) {
             return rc;
         }
-        if (as_json) {
-            std::cout << out << "\n";
-        } else {
-            print_machine(doc);
-        }
-        return 0;
+        return show_machine();
     }
     if (cmd == "show") {
         auto name = need_name(parse_args(args, {}, {}));
         if (int rc = request(http::verb::get, "/v1/machines/" + name, "", &doc)) {
             return rc;
         }
-        if (as_json) {
-            std::cout << out << "\n";
-        } else {
-            print_machine(doc);
-        }
-        return 0;
+        return show_machine();
     }
     if (cmd == "start" || cmd == "stop" || cmd == "kill" || cmd == "restart" || cmd == "pause" ||
         cmd == "resume") {
