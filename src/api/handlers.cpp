@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <set>
 
 #include <simdjson.h>
 
@@ -96,19 +97,18 @@ std::string qemu_path(const std::string& binary) {
 }
 }  // namespace
 
-Status parse_machine_spec(const std::string& body, MachineSpec& spec) {
+Status parse_spec_fields(const std::string& body, MachineSpec& spec, std::set<std::string>& seen) {
     simdjson::dom::parser parser;
     element doc;
     if (Status st = parse_object(parser, body, doc, false); !st) {
         return st;
     }
-    bool has_name = false;
     simdjson::dom::object fields = doc.get_object().value_unsafe();
     for (auto [key, v] : fields) {
         Status st;
+        seen.insert(std::string(key));
         if (key == "name") {
             st = get_string(v, key, spec.name);
-            has_name = true;
         } else if (key == "type") {
             st = get_string(v, key, spec.type);
         } else if (key == "cpus") {
@@ -149,7 +149,15 @@ Status parse_machine_spec(const std::string& body, MachineSpec& spec) {
             return st;
         }
     }
-    if (!has_name) {
+    return {};
+}
+
+Status parse_machine_spec(const std::string& body, MachineSpec& spec) {
+    std::set<std::string> seen;
+    if (Status st = parse_spec_fields(body, spec, seen); !st) {
+        return st;
+    }
+    if (!seen.count("name")) {
         return {Errc::bad_request, "field 'name' is required"};
     }
     return check_name("machine", spec.name);
@@ -190,7 +198,7 @@ Status parse_action_args(core::Action action, const std::string& body, core::Act
 }  // namespace
 
 void register_routes(Router& router, core::Machines& machines, core::Tokens& tokens,
-                     const ServerInfo& info) {
+                     core::Operations& operations, const ServerInfo& info) {
     router.add("GET", "/v1", [&machines, info](Request& req, Respond respond) {
         struct utsname u {};
         uname(&u);
@@ -292,6 +300,24 @@ void register_routes(Router& router, core::Machines& machines, core::Tokens& tok
         respond(json_response(200, machines.to_json(*m)));
     });
 
+    router.add("PATCH", "/v1/machines/{name}", [&machines](Request& req, Respond respond) {
+        const core::Machine* m = nullptr;
+        if (Status st = machines.get(req.caller, req.params["name"], &m); !st) {
+            return respond(error_response(st));
+        }
+        MachineSpec spec = m->spec;
+        std::set<std::string> changed;
+        if (Status st = parse_spec_fields(req.body, spec, changed); !st) {
+            return respond(error_response(st));
+        }
+        if (Status st =
+                machines.update(req.caller, req.params["name"], std::move(spec), changed, &m);
+            !st) {
+            return respond(error_response(st));
+        }
+        respond(json_response(200, machines.to_json(*m)));
+    });
+
     router.add("DELETE", "/v1/machines/{name}", [&machines](Request& req, Respond respond) {
         bool force =
             req.query.count("force") && req.query["force"] != "false" && req.query["force"] != "0";
@@ -301,36 +327,74 @@ void register_routes(Router& router, core::Machines& machines, core::Tokens& tok
                         });
     });
 
-    router.add(
-        "POST", "/v1/machines/{name}/actions/{action}", [&machines](Request& req, Respond respond) {
-            const std::string& name = req.params["name"];
-            if (Status st = check_name("machine", name); !st) {
-                return respond(error_response(st));
-            }
-            auto action = core::parse_action(req.params["action"]);
-            if (!action) {
-                return respond(error_response(
-                    {Errc::not_found, "unknown action " + json::quote(req.params["action"]) +
-                                          " (start, stop, kill, restart, pause, resume)"}));
-            }
-            if (auto it = req.query.find("wait"); it != req.query.end() && it->second != "true") {
-                return respond(error_response(
-                    {Errc::bad_request, "wait=false is not supported by this hangard"}));
-            }
-            core::ActionArgs args;
-            if (Status st = parse_action_args(*action, req.body, args); !st) {
-                return respond(error_response(st));
-            }
-            machines.act(req.caller, name, *action, args,
-                         [&machines, respond = std::move(respond)](const Status& st,
-                                                                   const core::Machine* m) {
-                             if (!st) {
-                                 return respond(error_response(st));
-                             }
-                             respond(m ? json_response(200, machines.to_json(*m))
-                                       : json_response(200, "{}"));
-                         });
-        });
+    router.add("POST", "/v1/machines/{name}/actions/{action}",
+               [&machines, &operations](Request& req, Respond respond) {
+                   const std::string& name = req.params["name"];
+                   if (Status st = check_name("machine", name); !st) {
+                       return respond(error_response(st));
+                   }
+                   auto action = core::parse_action(req.params["action"]);
+                   if (!action) {
+                       return respond(error_response(
+                           {Errc::not_found, "unknown action " + json::quote(req.params["action"]) +
+                                                 " (start, stop, kill, restart, pause, resume)"}));
+                   }
+                   bool wait = true;
+                   if (auto it = req.query.find("wait"); it != req.query.end()) {
+                       if (it->second == "false" || it->second == "0") {
+                           wait = false;
+                       } else if (it->second != "true" && it->second != "1") {
+                           return respond(
+                               error_response({Errc::bad_request, "wait must be true or false"}));
+                       }
+                   }
+                   core::ActionArgs args;
+                   if (Status st = parse_action_args(*action, req.body, args); !st) {
+                       return respond(error_response(st));
+                   }
+                   if (!wait) {
+                       // 202 at once; the result arrives as operation.done and at
+                       // /v1/operations/ID.
+                       std::string id = operations.new_id();
+                       Status st = machines.act(
+                           req.caller, name, *action, args,
+                           [&operations, id](const Status& st, const core::Machine* m) {
+                               operations.finish(id, st, m);
+                           });
+                       if (!st) {
+                           return respond(error_response(st));
+                       }
+                       const core::Machine* m = nullptr;
+                       machines.get(req.caller, name, &m);
+                       operations.start(id, name, m ? m->spec.owner : req.caller.uid,
+                                        req.params["action"]);
+                       json::Writer w;
+                       w.begin_object().field("operation", id).end_object();
+                       auto res = json_response(202, w.take());
+                       res.headers.emplace_back("Location", "/v1/operations/" + id);
+                       return respond(std::move(res));
+                   }
+                   Status st =
+                       machines.act(req.caller, name, *action, args,
+                                    [&machines, respond](const Status& st, const core::Machine* m) {
+                                        if (!st) {
+                                            return respond(error_response(st));
+                                        }
+                                        respond(m ? json_response(200, machines.to_json(*m))
+                                                  : json_response(200, "{}"));
+                                    });
+                   if (!st) {
+                       respond(error_response(st));
+                   }
+               });
+
+    router.add("GET", "/v1/operations/{id}", [&operations](Request& req, Respond respond) {
+        const core::Operation* op = nullptr;
+        if (Status st = operations.get(req.caller, req.params["id"], &op); !st) {
+            return respond(error_response(st));
+        }
+        respond(json_response(200, operations.to_json(*op)));
+    });
 
     auto token_json = [](json::Writer& w, const store::TokenRow& t) {
         w.field("name", t.name).field("uid", t.uid).field("admin", t.admin);

@@ -162,7 +162,7 @@ std::string Machines::to_json(const Machine& m) const {
 
 // ---- create / delete -------------------------------------------------------------------
 
-Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** out) {
+Status Machines::validate(MachineSpec& spec) const {
     if (Status st = check_name("machine", spec.name); !st) {
         return st;
     }
@@ -207,6 +207,13 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
             return st;
         }
     }
+    return {};
+}
+
+Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** out) {
+    if (Status st = validate(spec); !st) {
+        return st;
+    }
     if (machines_.count(spec.name)) {
         return {Errc::conflict, "a machine named " + spec.name + " already exists"};
     }
@@ -244,6 +251,44 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
     }
     spdlog::info("{}: created (uid {})", ref.spec.name, ref.spec.owner);
     *out = &ref;
+    return {};
+}
+
+Status Machines::update(const Caller& caller, const std::string& name, MachineSpec spec,
+                        const std::set<std::string>& changed, const Machine** out) {
+    if (Status st = check_name("machine", name); !st) {
+        return st;
+    }
+    Machine* m = find_visible(caller, name);
+    if (!m) {
+        return {Errc::not_found, "no machine named " + name};
+    }
+    if (spec.name != m->spec.name || spec.type != m->spec.type) {
+        return {Errc::bad_request, "name and type cannot be changed"};
+    }
+    for (const char* field : {"cpus", "memory_mib", "boot"}) {
+        if (changed.count(field) && (m->proc || !m->op.empty())) {
+            return {Errc::invalid_state, std::string(field) + " can be changed only while " +
+                                             m->spec.name + " is stopped (it is " +
+                                             std::string(to_string(m->state)) + ")"};
+        }
+    }
+    if (Status st = validate(spec); !st) {
+        return st;
+    }
+    m->spec = std::move(spec);
+    db_.update_spec(m->spec);
+    json::Writer w;
+    w.begin_object().key("changed").begin_array();
+    for (const auto& f : changed) {
+        w.value(f);
+    }
+    w.end_array().key("machine").raw(to_json(*m)).end_object();
+    events_.publish("machine.updated", m->spec.name, m->spec.owner, w.str());
+    if (!db_.flush()) {
+        return {Errc::internal, "the store could not record the change"};
+    }
+    *out = m;
     return {};
 }
 
@@ -336,28 +381,24 @@ void Machines::set_state(Machine& m, MachineState to, const std::string& reason)
     spdlog::info("{}: {} -> {} ({})", m.spec.name, to_string(from), to_string(to), reason);
 }
 
-void Machines::act(const Caller& caller, const std::string& name, Action action, ActionArgs args,
-                   Done done) {
+Status Machines::act(const Caller& caller, const std::string& name, Action action, ActionArgs args,
+                     Done done) {
     // Completion hands back the machine if it still exists.
     auto complete = [this, name, done = std::move(done)](const Status& st) {
         auto it = machines_.find(name);
         done(st, it == machines_.end() ? nullptr : it->second.get());
     };
-    // Refusals are answered asynchronously too, so callers see one behaviour.
-    auto fail = [&](Status st) {
-        boost::asio::post(io_, [complete, st = std::move(st)] { complete(st); });
-    };
     if (Status st = check_name("machine", name); !st) {
-        return fail(st);
+        return st;
     }
     Machine* m = find_visible(caller, name);
     if (!m) {
-        return fail({Errc::not_found, "no machine named " + name});
+        return {Errc::not_found, "no machine named " + name};
     }
     if (action == Action::kill) {
         // kill preempts any operation in flight (a hung stop, a start...).
         if (!m->proc) {
-            return fail({Errc::invalid_state, state_conflict(*m, "kill")});
+            return {Errc::invalid_state, state_conflict(*m, "kill")};
         }
         m->exit_reason = "api:kill";
         m->exit_is_crash = false;
@@ -367,29 +408,29 @@ void Machines::act(const Caller& caller, const std::string& name, Action action,
         }
         m->waiters.emplace_back("kill", std::move(complete));
         m->proc->signal(SIGKILL);
-        return;
+        return {};
     }
     if (!m->op.empty()) {
-        return fail({Errc::busy, "machine " + name + " is busy: " + m->op + " in progress"});
+        return {Errc::busy, "machine " + name + " is busy: " + m->op + " in progress"};
     }
     switch (action) {
         case Action::start:
             if (m->state != MachineState::stopped && m->state != MachineState::crashed) {
-                return fail({Errc::invalid_state, state_conflict(*m, "start")});
+                return {Errc::invalid_state, state_conflict(*m, "start")};
             }
             begin_op(*m, "start", std::move(complete));
             launch(*m, "api:start");
-            return;
+            return {};
         case Action::stop:
             if (m->state != MachineState::running && m->state != MachineState::paused) {
-                return fail({Errc::invalid_state, state_conflict(*m, "stop")});
+                return {Errc::invalid_state, state_conflict(*m, "stop")};
             }
             begin_op(*m, "stop", std::move(complete));
             graceful_stop(*m, args.stop_timeout);
-            return;
+            return {};
         case Action::restart:
             if (m->state != MachineState::running && m->state != MachineState::paused) {
-                return fail({Errc::invalid_state, state_conflict(*m, "restart")});
+                return {Errc::invalid_state, state_conflict(*m, "restart")};
             }
             begin_op(*m, "restart", std::move(complete));
             if (args.reset) {
@@ -406,12 +447,12 @@ void Machines::act(const Caller& caller, const std::string& name, Action action,
                 m->restart_pending = true;
                 graceful_stop(*m, args.stop_timeout);
             }
-            return;
+            return {};
         case Action::pause:
         case Action::resume: {
             bool pause = action == Action::pause;
             if (m->state != (pause ? MachineState::running : MachineState::paused)) {
-                return fail({Errc::invalid_state, state_conflict(*m, pause ? "pause" : "resume")});
+                return {Errc::invalid_state, state_conflict(*m, pause ? "pause" : "resume")};
             }
             begin_op(*m, pause ? "pause" : "resume", std::move(complete));
             // The STOP / RESUME event completes the operation; a failed command fails it.
@@ -424,11 +465,12 @@ void Machines::act(const Caller& caller, const std::string& name, Action action,
                         }
                     });
                 });
-            return;
+            return {};
         }
         case Action::kill:
             break;
     }
+    return {};
 }
 
 qemu::QemuProcess::Callbacks Machines::callbacks(const std::string& name, uint64_t gen) {

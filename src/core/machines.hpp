@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,11 +90,17 @@ class Machines {
     void detach_all();
 
     Status create(const Caller& caller, MachineSpec spec, const Machine** out);
+    // Replaces the spec of `name` with `spec`, whose fields listed in `changed` differ from
+    // the request's view. cpus, memory_mib and boot change only while QEMU is not running.
+    Status update(const Caller& caller, const std::string& name, MachineSpec spec,
+                  const std::set<std::string>& changed, const Machine** out);
     Status get(const Caller& caller, const std::string& name, const Machine** out) const;
     std::vector<const Machine*> list(const Caller& caller, std::optional<MachineState> state,
                                      const std::string& type) const;
-    void act(const Caller& caller, const std::string& name, Action action, ActionArgs args,
-             Done done);
+    // Starts an action. A refusal (bad name, not found, wrong state, busy) is returned at once;
+    // otherwise `done` is called, never from inside this call, when the transition completed.
+    Status act(const Caller& caller, const std::string& name, Action action, ActionArgs args,
+               Done done);
     void remove(const Caller& caller, const std::string& name, bool force,
                 std::function<void(const Status&)> done);
 
@@ -106,6 +113,8 @@ class Machines {
     }
 
   private:
+    // Checks limits and files; fills the built-in guest in when no boot source is given.
+    Status validate(MachineSpec& spec) const;
     Machine* find_visible(const Caller& caller, const std::string& name) const;
     void set_state(Machine& m, MachineState to, const std::string& reason);
     void begin_op(Machine& m, const std::string& op, std::function<void(const Status&)> done);

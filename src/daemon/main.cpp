@@ -25,6 +25,7 @@
 #include "api/tls.hpp"
 #include "core/event_bus.hpp"
 #include "core/machines.hpp"
+#include "core/operations.hpp"
 #include "core/tokens.hpp"
 #include "daemon/logging.hpp"
 #include "daemon/options.hpp"
@@ -190,7 +191,8 @@ int main(int argc, char** argv) {
     core::Tokens tokens(db);
     api::Router router;
     api::ServerInfo info{opts.state_dir, cfg.qemu.accel, dbus_mode};
-    api::register_routes(router, machines, tokens, info);
+    core::Operations operations(events);
+    api::register_routes(router, machines, tokens, operations, info);
     api::EventStreams streams(events, {});
     api::HttpServer server(io, router, {}, &streams,
                            [&tokens](std::string_view t) { return tokens.authenticate(t); });

@@ -284,6 +284,14 @@ void Db::update_state(const std::string& name, MachineState state, const std::st
     step_done(st_update_state_, "update machine state");
 }
 
+void Db::update_spec(const MachineSpec& spec) {
+    begin();
+    Stmt s{prepare("UPDATE machines SET spec=? WHERE name=?")};
+    bind_text(s.st, 1, spec_to_json(spec));
+    bind_text(s.st, 2, spec.name);
+    step_done(s.st, "update machine spec");
+}
+
 void Db::delete_machine(const std::string& name) {
     begin();
     Stmt s{prepare("DELETE FROM machines WHERE name=?")};

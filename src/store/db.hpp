@@ -55,6 +55,7 @@ class Db {
     void update_state(const std::string& name, MachineState state, const std::string& reason,
                       int64_t pid);
     void delete_machine(const std::string& name);
+    void update_spec(const MachineSpec& spec);
 
     uint64_t last_seq() const { return last_seq_; }
     // Records an event; its seq must be last_seq() + 1. Keeps only the newest `keep` events.

@@ -112,6 +112,44 @@ class Events(DaemonTest):
         self.assertEqual((status, body["error"]["code"]), (400, "bad_request"))
 
 
+class Operations(DaemonTest):
+    qemu = harness.FAKE_QEMU
+
+    def test_wait_false_answers_202_and_reports_through_events(self):
+        d = self.daemon
+        self.create("op1")
+        status, lst = d.request("GET", "/v1/machines")
+        rev = lst["revision"]
+        status, body = d.request("POST", "/v1/machines/op1/actions/start?wait=false")
+        self.assertEqual(status, 202, body)
+        op_id = body["operation"]
+        self.assertTrue(op_id.startswith("op-"))
+        evs = run(collect(d.socket, f"since={rev}&types=operation.created,operation.done",
+                          count=2))
+        self.assertEqual([e["type"] for e in evs], ["operation.created", "operation.done"])
+        self.assertEqual(evs[0]["data"], {"id": op_id, "action": "start"})
+        self.assertEqual((evs[1]["data"]["status"], evs[1]["data"]["state"]),
+                         ("succeeded", "running"))
+        status, op = d.request("GET", f"/v1/operations/{op_id}")
+        self.assertEqual((status, op["status"], op["machine"]), (200, "succeeded", "op1"))
+        # Refusals are still answered at once, with no operation.
+        status, body = d.request("POST", "/v1/machines/op1/actions/start?wait=false")
+        self.assertEqual((status, body["error"]["code"]), (409, "invalid_state"))
+        status, body = d.request("POST", "/v1/machines/op1/actions/start?wait=maybe")
+        self.assertEqual(status, 400)
+        # A failing operation reports its error.
+        self.create("stall-op")
+        d.action("stall-op", "start")
+        status, body = d.request("POST", "/v1/machines/stall-op/actions/pause?wait=false")
+        self.assertEqual(status, 202)
+        op_id = body["operation"]
+        op = wait_for(lambda: (lambda o: o if o["status"] != "running" else None)(
+            d.request("GET", f"/v1/operations/{op_id}")[1]), 15, "the operation to end")
+        self.assertEqual((op["status"], op["error"]["code"]), ("failed", "timeout"))
+        status, body = d.request("GET", "/v1/operations/op-nothere")
+        self.assertEqual(status, 404)
+
+
 class EventGap(DaemonTest):
     qemu = harness.FAKE_QEMU
     extra = ("--event-ring", "16")
@@ -184,9 +222,10 @@ class SlowSubscriber(DaemonTest):
             data += chunk
         self.assertLess(len(data), total * 100, "the slow subscriber was not sent everything")
         slow.close()
-        with open(f"/proc/{d.pid}/status") as f:
-            rss = int([l for l in f if l.startswith("VmRSS")][0].split()[1])
-        self.assertLess(rss, 64 * 1024, "daemon memory stays bounded")
+        if os.environ.get("HANGAR_SANITIZED") != "1":
+            with open(f"/proc/{d.pid}/status") as f:
+                rss = int([l for l in f if l.startswith("VmRSS")][0].split()[1])
+            self.assertLess(rss, 64 * 1024, "daemon memory stays bounded")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,8 @@ class BadInput(DaemonTest):
                           {"timeout_s": "soon"})
         self.expect_error("POST", "/v1/machines/base/actions/pause", 400, "bad_request",
                           {"timeout_s": 1})
+        self.expect_error("POST", "/v1/machines/base/actions/start?wait=later", 400,
+                          "bad_request")
         self.assertEqual(self.snapshot(), before)
         self.assertEqual(self.daemon.machine("base")["state"], "stopped")
 
@@ -162,6 +164,38 @@ class BadInput(DaemonTest):
         self.assertEqual(status, 200)
         self.assertFalse(os.path.exists(os.path.join(self.state_dir, "machines", "w1")))
         wait_for(lambda: not harness.pid_alive(pid), 5, "the forced delete's QEMU to die")
+
+    def test_patch(self):
+        d = self.daemon
+        self.create("p1")
+        status, m = d.request("PATCH", "/v1/machines/p1", {"cpus": 2, "memory_mib": 256,
+                                                            "description": "web"})
+        self.assertEqual((status, m["cpus"], m["memory_mib"], m["description"]),
+                         (200, 2, 256, "web"))
+        pid = d.action("p1", "start")["pid"]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        self.assertEqual(argv[argv.index(b"-smp") + 1], b"2")
+        self.assertEqual(argv[argv.index(b"-m") + 1], b"256")
+        # While QEMU runs: description and autostart yes, hardware no.
+        status, m = d.request("PATCH", "/v1/machines/p1", {"autostart": True, "description": "x"})
+        self.assertEqual((status, m["autostart"], m["description"]), (200, True, "x"))
+        self.expect_error("PATCH", "/v1/machines/p1", 409, "invalid_state", {"cpus": 1})
+        self.expect_error("PATCH", "/v1/machines/p1", 400, "bad_request", {"name": "p2"})
+        self.expect_error("PATCH", "/v1/machines/p1", 400, "bad_request", {"colour": "red"})
+        self.expect_error("PATCH", "/v1/machines/p1", 400, "invalid_json", raw="{")
+        self.expect_error("PATCH", "/v1/machines/nothere", 404, "not_found", {"cpus": 1})
+        d.action("p1", "kill")
+        self.expect_error("PATCH", "/v1/machines/p1", 422, "invalid_spec", {"memory_mib": 1})
+        self.expect_error("PATCH", "/v1/machines/p1", 422, "invalid_spec",
+                          {"boot": {"kernel": "/nonexistent"}})
+        self.assertEqual(d.machine("p1")["cpus"], 2)
+        # Stored: a restarted daemon has the new spec.
+        d.kill()
+        d.start()
+        m = d.machine("p1")
+        self.assertEqual((m["cpus"], m["memory_mib"], m["autostart"], m["description"]),
+                         (2, 256, True, "x"))
 
     def test_raw_protocol_abuse_does_not_hurt_the_daemon(self):
         import socket
