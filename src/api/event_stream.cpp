@@ -87,8 +87,9 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
                                       : "events after since are no longer kept: re-list, then "
                                         "continue from the list's revision")
                 .end_object();
-            enqueue(std::make_shared<const std::string>(
-                core::EventBus::frame(0, now_rfc3339_us(), "events.gap", "", w.str())));
+            // Not part of the sequence: seq 0.
+            enqueue(0, std::make_shared<const std::string>(
+                           core::EventBus::frame(0, now_rfc3339_us(), "events.gap", "", w.str())));
         }
         for (const auto& e : ring) {
             if (e.seq > since) {
@@ -99,11 +100,11 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
 
     void offer(const core::Event& e) {
         if (filter_.matches(e)) {
-            enqueue(e.frame);
+            enqueue(e.seq, e.frame);
         }
     }
 
-    void enqueue(std::shared_ptr<const std::string> frame) {
+    void enqueue(uint64_t seq, std::shared_ptr<const std::string> frame) {
         if (closing_) {
             return;
         }
@@ -114,7 +115,7 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
                        " events queued; reconnect with since=" + std::to_string(last_sent_));
             return;
         }
-        queue_.push_back(std::move(frame));
+        queue_.push_back({seq, std::move(frame)});
         write_next();
     }
 
@@ -124,29 +125,21 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
         }
         writing_ = true;
         ws_.text(true);
-        ws_.async_write(boost::asio::buffer(*queue_.front()),
+        ws_.async_write(boost::asio::buffer(*queue_.front().frame),
                         [self = this->shared_from_this()](boost::system::error_code ec, size_t) {
                             self->writing_ = false;
                             if (ec) {
                                 return self->unsubscribe();
                             }
-                            self->note_sent(*self->queue_.front());
+                            if (self->queue_.front().seq != 0) {
+                                self->last_sent_ = self->queue_.front().seq;
+                            }
                             self->queue_.pop_front();
                             if (self->closing_) {
                                 return self->send_close();
                             }
                             self->write_next();
                         });
-    }
-
-    void note_sent(const std::string& frame) {
-        // Frames begin with {"seq":N,
-        if (frame.rfind("{\"seq\":", 0) == 0) {
-            uint64_t seq = std::strtoull(frame.c_str() + 7, nullptr, 10);
-            if (seq != 0) {
-                last_sent_ = seq;
-            }
-        }
     }
 
     void close_with(std::string reason) {
@@ -204,7 +197,11 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
     EventFilter filter_;
     std::optional<uint64_t> since_;
     uint64_t sub_ = 0;
-    std::deque<std::shared_ptr<const std::string>> queue_;
+    struct Queued {
+        uint64_t seq;  // 0 for frames outside the sequence (events.gap)
+        std::shared_ptr<const std::string> frame;
+    };
+    std::deque<Queued> queue_;
     boost::beast::flat_buffer rbuf_;
     bool writing_ = false;
     bool closing_ = false;

@@ -100,12 +100,19 @@ Machine* Machines::find_visible(const Caller& caller, const std::string& name) c
     return it->second.get();
 }
 
-Status Machines::get(const Caller& caller, const std::string& name, const Machine** out) const {
+Status Machines::lookup(const Caller& caller, const std::string& name, Machine** out) const {
     if (Status st = check_name("machine", name); !st) {
         return st;
     }
     *out = find_visible(caller, name);
     return *out ? Status{} : Status{Errc::not_found, "no machine named " + name};
+}
+
+Status Machines::get(const Caller& caller, const std::string& name, const Machine** out) const {
+    Machine* m = nullptr;
+    Status st = lookup(caller, name, &m);
+    *out = m;
+    return st;
 }
 
 std::vector<const Machine*> Machines::list(const Caller& caller, std::optional<MachineState> state,
@@ -256,12 +263,9 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
 
 Status Machines::update(const Caller& caller, const std::string& name, MachineSpec spec,
                         const std::set<std::string>& changed, const Machine** out) {
-    if (Status st = check_name("machine", name); !st) {
+    Machine* m = nullptr;
+    if (Status st = lookup(caller, name, &m); !st) {
         return st;
-    }
-    Machine* m = find_visible(caller, name);
-    if (!m) {
-        return {Errc::not_found, "no machine named " + name};
     }
     if (spec.name != m->spec.name || spec.type != m->spec.type) {
         return {Errc::bad_request, "name and type cannot be changed"};
@@ -297,12 +301,9 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
     auto fail = [&](Status st) {
         boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st); });
     };
-    if (Status st = check_name("machine", name); !st) {
+    Machine* m = nullptr;
+    if (Status st = lookup(caller, name, &m); !st) {
         return fail(st);
-    }
-    Machine* m = find_visible(caller, name);
-    if (!m) {
-        return fail({Errc::not_found, "no machine named " + name});
     }
     if (m->delete_after_exit) {
         return fail({Errc::busy, "machine " + name + " is already being deleted"});
@@ -388,12 +389,9 @@ Status Machines::act(const Caller& caller, const std::string& name, Action actio
         auto it = machines_.find(name);
         done(st, it == machines_.end() ? nullptr : it->second.get());
     };
-    if (Status st = check_name("machine", name); !st) {
+    Machine* m = nullptr;
+    if (Status st = lookup(caller, name, &m); !st) {
         return st;
-    }
-    Machine* m = find_visible(caller, name);
-    if (!m) {
-        return {Errc::not_found, "no machine named " + name};
     }
     if (action == Action::kill) {
         // kill preempts any operation in flight (a hung stop, a start...).

@@ -116,6 +116,8 @@ class Machines {
     // Checks limits and files; fills the built-in guest in when no boot source is given.
     Status validate(MachineSpec& spec) const;
     Machine* find_visible(const Caller& caller, const std::string& name) const;
+    // invalid_name, not_found (also for others' machines), or the machine in `out`.
+    Status lookup(const Caller& caller, const std::string& name, Machine** out) const;
     void set_state(Machine& m, MachineState to, const std::string& reason);
     void begin_op(Machine& m, const std::string& op, std::function<void(const Status&)> done);
     void finish_op(Machine& m, const Status& st);

@@ -243,16 +243,14 @@ int main(int argc, char** argv) {
                        MachineState::paused, MachineState::stopping, MachineState::crashed}) {
             by_state[{std::string(to_string(s)), "vm"}] = 0;
         }
+        size_t unresponsive = 0;
         for (const auto& [name, m] : machines.all()) {
             ++by_state[{std::string(to_string(m->state)), m->spec.type}];
+            unresponsive += m->unresponsive;
         }
         for (const auto& [key, n] : by_state) {
             out += "hangar_machines{state=\"" + key.first + "\",type=\"" + key.second + "\"} " +
                    std::to_string(n) + "\n";
-        }
-        size_t unresponsive = 0;
-        for (const auto& [name, m] : machines.all()) {
-            unresponsive += m->unresponsive;
         }
         metrics::header(out, "hangar_machines_unresponsive", "gauge",
                         "Machines whose QMP missed a deadline or dropped");
