@@ -7,8 +7,11 @@ pkgs=(
     libboost-dev libsdbus-c++-dev libsdbus-c++-bin libsimdjson-dev libsystemd-dev
     libssl-dev libspdlog-dev libfmt-dev libgtest-dev googletest libsqlite3-dev sqlite3
     qemu-system-x86 qemu-utils busybox-static cpio gzip curl
-    python3 python3-websockets dbus systemd-container wrk openssl
+    python3 python3-websockets python3-jsonschema dbus systemd-container wrk openssl
+    clang libclang-rt-14-dev nodejs
 )
+# npm comes with Node.js builds other than Debian's; only Debian's nodejs needs the package.
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# README command 2: install dependencies, build, and run the whole test suite, then the same
-# suite again on an ASan+UBSan build. Set HANGAR_SKIP_SANITIZE=1 to skip the second pass.
+# README command 2: install dependencies, build, and run the whole test suite; then the same
+# suite on an ASan+UBSan build; then the libFuzzer targets (clang) for a bounded time each.
+# HANGAR_SKIP_SANITIZE=1 skips the second pass, HANGAR_SKIP_FUZZ=1 the third;
+# HANGAR_FUZZ_SECONDS sets the time per fuzz target (default 60).
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 "$src/scripts/setup.sh"
@@ -9,4 +11,11 @@ BUILD_DIR=$src/build "$src/scripts/build.sh"
 if [ "${HANGAR_SKIP_SANITIZE:-0}" != 1 ]; then
     BUILD_DIR=$src/build-asan BUILD_TYPE=Debug "$src/scripts/build.sh" -DHANGAR_SANITIZE=ON
     (cd "$src/build-asan" && ctest --output-on-failure --timeout 900)
+fi
+if [ "${HANGAR_SKIP_FUZZ:-0}" != 1 ]; then
+    cmake -S "$src" -B "$src/build-fuzz" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_COMPILER=clang++ -DHANGAR_FUZZ=ON \
+        -DHANGAR_FUZZ_SECONDS="${HANGAR_FUZZ_SECONDS:-60}" >/dev/null
+    cmake --build "$src/build-fuzz" --target fuzz_http fuzz_qmp
+    (cd "$src/build-fuzz" && ctest --output-on-failure --timeout 900)
 fi

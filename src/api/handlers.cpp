@@ -11,6 +11,7 @@
 #include "api/event_filter.hpp"
 #include "hangar/names.hpp"
 #include "util/json.hpp"
+#include "util/x509.hpp"
 
 namespace hangar::api {
 
@@ -197,8 +198,9 @@ Status parse_action_args(core::Action action, const std::string& body, core::Act
 }
 }  // namespace
 
-void register_routes(Router& router, core::Machines& machines, core::Tokens& tokens,
-                     core::Operations& operations, const ServerInfo& info) {
+void register_routes(Router& router, core::Machines& machines, core::Credentials& credentials,
+                     core::Operations& operations, const ServerInfo& info, const Probes& probes) {
+    register_meta_routes(router, machines, credentials, probes);
     router.add("GET", "/v1", [&machines, info](Request& req, Respond respond) {
         struct utsname u {};
         uname(&u);
@@ -214,7 +216,7 @@ void register_routes(Router& router, core::Machines& machines, core::Tokens& tok
             .field("revision", machines.revision())
             .key("auth")
             .begin_object()
-            .field("method", req.caller.local ? "unix" : "token")
+            .field("method", req.caller.method)
             .field("uid", req.caller.uid)
             .field("admin", req.caller.admin)
             .end_object()
@@ -396,50 +398,102 @@ void register_routes(Router& router, core::Machines& machines, core::Tokens& tok
         respond(json_response(200, operations.to_json(*op)));
     });
 
-    auto token_json = [](json::Writer& w, const store::TokenRow& t) {
-        w.field("name", t.name).field("uid", t.uid).field("admin", t.admin);
-        w.field("created_at", t.created_at);
+    auto credential_json = [](json::Writer& w, const store::CredentialRow& c) {
+        w.field("name", c.name).field("uid", c.uid).field("admin", c.admin);
+        w.field("created_at", c.created_at);
+        if (c.kind == core::kCertificate) {
+            w.field("fingerprint", c.hash);
+        }
     };
-    router.add("POST", "/v1/tokens", [&tokens, token_json](Request& req, Respond respond) {
+    // Reads the string fields of a small JSON object; anything else is an error.
+    auto string_fields = [](const std::string& body, std::map<std::string, std::string>& fields) {
         simdjson::dom::parser parser;
         element doc;
-        if (Status st = parse_object(parser, req.body, doc, false); !st) {
-            return respond(error_response(st));
+        if (Status st = parse_object(parser, body, doc, false); !st) {
+            return st;
         }
-        std::string name;
-        simdjson::dom::object fields = doc.get_object().value_unsafe();
-        for (auto [key, v] : fields) {
-            Status st = key == "name" ? get_string(v, key, name) : unknown_field("", key);
-            if (!st) {
-                return respond(error_response(st));
+        simdjson::dom::object object = doc.get_object().value_unsafe();
+        for (auto [key, v] : object) {
+            auto it = fields.find(std::string(key));
+            if (it == fields.end()) {
+                return unknown_field("", key);
+            }
+            if (Status st = get_string(v, key, it->second); !st) {
+                return st;
             }
         }
-        std::string token;
-        store::TokenRow row;
-        if (Status st = tokens.create(req.caller, name, token, row); !st) {
-            return respond(error_response(st));
-        }
-        json::Writer w;
-        w.begin_object();
-        token_json(w, row);
-        w.field("token", token).end_object();
-        respond(json_response(201, w.take()));
-    });
-    router.add("GET", "/v1/tokens", [&tokens, token_json](Request& req, Respond respond) {
-        json::Writer w;
-        w.begin_object().key("tokens").begin_array();
-        for (const auto& t : tokens.list(req.caller)) {
+        return Status{};
+    };
+    router.add("POST", "/v1/tokens",
+               [&credentials, credential_json, string_fields](Request& req, Respond respond) {
+                   std::map<std::string, std::string> fields{{"name", ""}};
+                   if (Status st = string_fields(req.body, fields); !st) {
+                       return respond(error_response(st));
+                   }
+                   std::string token;
+                   store::CredentialRow row;
+                   if (Status st = credentials.create_token(req.caller, fields["name"], token, row);
+                       !st) {
+                       return respond(error_response(st));
+                   }
+                   json::Writer w;
+                   w.begin_object();
+                   credential_json(w, row);
+                   w.field("token", token).end_object();
+                   respond(json_response(201, w.take()));
+               });
+    router.add(
+        "POST", "/v1/certificates",
+        [&credentials, credential_json, string_fields](Request& req, Respond respond) {
+            std::map<std::string, std::string> fields{
+                {"name", ""}, {"fingerprint", ""}, {"certificate", ""}};
+            if (Status st = string_fields(req.body, fields); !st) {
+                return respond(error_response(st));
+            }
+            std::string fp = fields["fingerprint"];
+            if (fp.empty() == fields["certificate"].empty()) {
+                return respond(
+                    error_response({Errc::bad_request,
+                                    "give either 'certificate' (PEM) or 'fingerprint' (SHA-256)"}));
+            }
+            if (fp.empty()) {
+                auto parsed = pem_certificate_fingerprint(fields["certificate"]);
+                if (!parsed) {
+                    return respond(error_response(
+                        {Errc::bad_request, "'certificate' is not a PEM certificate"}));
+                }
+                fp = *parsed;
+            }
+            store::CredentialRow row;
+            if (Status st = credentials.add_certificate(req.caller, fields["name"], fp, row); !st) {
+                return respond(error_response(st));
+            }
+            json::Writer w;
             w.begin_object();
-            token_json(w, t);
+            credential_json(w, row);
             w.end_object();
-        }
-        w.end_array().end_object();
-        respond(json_response(200, w.take()));
-    });
-    router.add("DELETE", "/v1/tokens/{name}", [&tokens](Request& req, Respond respond) {
-        Status st = tokens.revoke(req.caller, req.params["name"]);
-        respond(st ? json_response(200, "{}") : error_response(st));
-    });
+            respond(json_response(201, w.take()));
+        });
+    for (std::string_view kind : {core::kToken, core::kCertificate}) {
+        std::string plural = std::string(kind) + "s";
+        std::string path = "/v1/" + plural;
+        router.add("GET", path,
+                   [&credentials, credential_json, kind, plural](Request& req, Respond respond) {
+                       json::Writer w;
+                       w.begin_object().key(plural).begin_array();
+                       for (const auto& c : credentials.list(req.caller, kind)) {
+                           w.begin_object();
+                           credential_json(w, c);
+                           w.end_object();
+                       }
+                       w.end_array().end_object();
+                       respond(json_response(200, w.take()));
+                   });
+        router.add("DELETE", path + "/{name}", [&credentials, kind](Request& req, Respond respond) {
+            Status st = credentials.remove(req.caller, kind, req.params["name"]);
+            respond(st ? json_response(200, "{}") : error_response(st));
+        });
+    }
 
     router.add("GET", "/v1/events", [](Request& req, Respond respond) {
         EventFilter filter;

@@ -5,9 +5,9 @@
 #include <string>
 
 #include "api/router.hpp"
+#include "core/credentials.hpp"
 #include "core/machines.hpp"
 #include "core/operations.hpp"
-#include "core/tokens.hpp"
 
 namespace hangar::api {
 
@@ -17,9 +17,22 @@ struct ServerInfo {
     std::string dbus = "none";
 };
 
-// Registers every route of the API on `router`.
-void register_routes(Router& router, core::Machines& machines, core::Tokens& tokens,
-                     core::Operations& operations, const ServerInfo& info);
+// Figures only the listeners know, read when /v1/metrics is rendered. Set them once the
+// listeners exist; unset ones read as 0.
+struct Probes {
+    std::function<size_t()> subscribers, subscribers_dropped, connections;
+};
+
+// Registers every route of the API on `router`. `info` and `probes` must outlive it.
+void register_routes(Router& router, core::Machines& machines, core::Credentials& credentials,
+                     core::Operations& operations, const ServerInfo& info, const Probes& probes);
+
+// The parts of register_routes that live in other files.
+void register_meta_routes(Router& router, core::Machines& machines,
+                          const core::Credentials& credentials, const Probes& probes);
+
+// The OpenAPI 3.1 document served at /v1/openapi.json (docs/openapi.json, built in).
+std::string_view openapi_document();
 
 // Parses a create body into `spec`. Unknown fields and wrong types are errors.
 Status parse_machine_spec(const std::string& body, MachineSpec& spec);

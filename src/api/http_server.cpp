@@ -8,9 +8,12 @@
 #include <optional>
 #include <vector>
 
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -19,6 +22,7 @@
 #include <boost/beast/websocket/rfc6455.hpp>
 
 #include "api/event_stream.hpp"
+#include "util/x509.hpp"
 
 namespace hangar::api {
 
@@ -106,6 +110,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                         spdlog::debug("api: TLS handshake failed: {}", ec.message());
                         return self->close();
                     }
+                    if (X509* cert = SSL_get1_peer_certificate(self->stream_.native_handle())) {
+                        self->cert_fingerprint_ = certificate_fingerprint(cert);
+                        X509_free(cert);
+                    }
                     self->read(self->server_->limits.idle_timeout);
                 });
         } else {
@@ -170,19 +178,26 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         std::string_view auth(header.data(), header.size());
         constexpr std::string_view kBearer = "Bearer ";
         if (auth.size() > kBearer.size() && auth.substr(0, kBearer.size()) == kBearer &&
-            server_->authenticate) {
+            server_->authenticate.token) {
             std::string_view token(auth.data() + kBearer.size(), auth.size() - kBearer.size());
-            if (auto caller = server_->authenticate(token)) {
+            if (auto caller = server_->authenticate.token(token)) {
+                return caller;
+            }
+        } else if (!cert_fingerprint_.empty() && server_->authenticate.certificate) {
+            if (auto caller = server_->authenticate.certificate(cert_fingerprint_)) {
                 return caller;
             }
         }
         if (path == "/v1/health") {
-            return core::Caller{static_cast<uint32_t>(-1), false, false};
+            return core::Caller{static_cast<uint32_t>(-1), false, false, "anonymous"};
         }
-        refusal =
-            error_response({Errc::unauthorized, auth.empty() ? "this request needs a bearer token "
-                                                               "(Authorization: Bearer ...)"
-                                                             : "the bearer token is not valid"});
+        std::string why =
+            !auth.empty() ? "the bearer token is not valid"
+            : !cert_fingerprint_.empty()
+                ? "the client certificate (SHA-256 " + cert_fingerprint_ + ") is not trusted"
+                : "this request needs a bearer token (Authorization: Bearer ...) or "
+                  "a trusted client certificate";
+        refusal = error_response({Errc::unauthorized, why});
         refusal.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"hangar\"");
         return std::nullopt;
     }
@@ -270,6 +285,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     boost::beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::string_body>> parser_;
     std::optional<core::Caller> peer_caller_;
+    std::string cert_fingerprint_;  // of the TLS peer certificate, when it sent one
     bool keep_alive_ = true;
 };
 

@@ -33,8 +33,12 @@ struct ServerLimits {
 
 class EventStreams;
 
-// The caller a bearer token stands for, or nothing when the token is unknown or revoked.
-using Authenticate = std::function<std::optional<core::Caller>(std::string_view token)>;
+// Who an HTTPS caller is: the caller a bearer token stands for, or the one a TLS client
+// certificate (by its SHA-256 fingerprint) stands for; nothing when unknown or revoked.
+struct Authenticate {
+    std::function<std::optional<core::Caller>(std::string_view token)> token;
+    std::function<std::optional<core::Caller>(std::string_view fingerprint)> certificate;
+};
 
 class HttpServer {
   public:

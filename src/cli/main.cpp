@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <iomanip>
 #include <iostream>
@@ -37,8 +38,8 @@ namespace ssl = boost::asio::ssl;
 namespace {
 
 const char* kUsage =
-    "usage: hangarctl [--socket PATH | --url https://HOST:PORT --token T [--insecure]] [--json]\n"
-    "                 COMMAND [ARGS]\n"
+    "usage: hangarctl [--socket PATH | --url https://HOST:PORT (--token T | --cert F --key F)\n"
+    "                 [--insecure]] [--json] COMMAND [ARGS]\n"
     "commands:\n"
     "  info                         server information\n"
     "  list [--state S] [--type T]  machines\n"
@@ -52,7 +53,9 @@ const char* kUsage =
     "  console-log NAME [--tail BYTES]\n"
     "  events [--since SEQ] [--types a,b] [--machine NAME]   live tail\n"
     "  token create NAME | token list | token revoke NAME   (over the unix socket)\n"
-    "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN\n";
+    "  cert add NAME (CERT.pem | --fingerprint SHA256) | cert list | cert remove NAME\n"
+    "                               trusted TLS client certificates (over the unix socket)\n"
+    "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
 
 struct UsageError {
     std::string msg;
@@ -101,6 +104,7 @@ struct Target {
     std::string host, port;
     bool tls = false, insecure = false;
     std::string token;
+    std::string cert, key;  // a TLS client certificate and its key (PEM files)
 };
 
 class Client {
@@ -109,6 +113,17 @@ class Client {
         if (t_.tls) {
             tls_ctx_.set_default_verify_paths();
             tls_ctx_.set_verify_mode(t_.insecure ? ssl::verify_none : ssl::verify_peer);
+            if (!t_.cert.empty()) {
+                boost::system::error_code ec;
+                tls_ctx_.use_certificate_chain_file(t_.cert, ec);
+                if (ec) {
+                    throw std::runtime_error("cannot load " + t_.cert + ": " + ec.message());
+                }
+                tls_ctx_.use_private_key_file(t_.key, ssl::context::pem, ec);
+                if (ec) {
+                    throw std::runtime_error("cannot load " + t_.key + ": " + ec.message());
+                }
+            }
         }
     }
 
@@ -346,6 +361,8 @@ int run(int argc, char** argv) {
     Target target;
     std::string socket, url = getenv("HANGAR_URL") ? getenv("HANGAR_URL") : "";
     target.token = getenv("HANGAR_TOKEN") ? getenv("HANGAR_TOKEN") : "";
+    target.cert = getenv("HANGAR_CERT") ? getenv("HANGAR_CERT") : "";
+    target.key = getenv("HANGAR_KEY") ? getenv("HANGAR_KEY") : "";
     bool as_json = false;
     std::vector<std::string> rest;
     auto value = [&](int& i, const char* what) {
@@ -362,6 +379,10 @@ int run(int argc, char** argv) {
             url = value(i, "--url");
         } else if (a == "--token") {
             target.token = value(i, "--token");
+        } else if (a == "--cert") {
+            target.cert = value(i, "--cert");
+        } else if (a == "--key") {
+            target.key = value(i, "--key");
         } else if (a == "--insecure") {
             target.insecure = true;
         } else if (a == "--json") {
@@ -394,8 +415,14 @@ int run(int argc, char** argv) {
         if (target.host.size() > 2 && target.host.front() == '[') {
             target.host = target.host.substr(1, target.host.size() - 2);
         }
-        if (target.token.empty()) {
-            throw UsageError{"--url needs --token (or HANGAR_TOKEN)"};
+        if (target.cert.empty() != target.key.empty()) {
+            throw UsageError{"--cert and --key go together"};
+        }
+        if (!target.cert.empty() && !tls) {
+            throw UsageError{"--cert needs an https:// --url"};
+        }
+        if (target.token.empty() && target.cert.empty()) {
+            throw UsageError{"--url needs --token (or HANGAR_TOKEN) or --cert and --key"};
         }
     } else {
         target.socket = socket.empty() ? default_socket() : socket;
@@ -639,6 +666,33 @@ int run(int argc, char** argv) {
         }
         return 0;
     }
+    // token and cert: credentials for HTTPS callers, managed over the unix socket.
+    auto list_credentials = [&](const char* path, const char* key, bool fingerprint) {
+        if (int rc = request(http::verb::get, path, "", &doc)) {
+            return rc;
+        }
+        if (as_json) {
+            std::cout << out << "\n";
+            return 0;
+        }
+        simdjson::dom::array list;
+        std::vector<std::vector<std::string>> rows;
+        if (doc[key].get(list) == simdjson::SUCCESS) {
+            for (auto t : list) {
+                rows.push_back({str(t, "name"), str(t, "uid"),
+                                str(t, "admin") == "true" ? "yes" : "no", str(t, "created_at")});
+                if (fingerprint) {
+                    rows.back().push_back(str(t, "fingerprint"));
+                }
+            }
+        }
+        std::vector<std::string> header{"NAME", "UID", "ADMIN", "CREATED"};
+        if (fingerprint) {
+            header.push_back("SHA-256");
+        }
+        print_table(header, rows);
+        return 0;
+    };
     if (cmd == "token") {
         auto a = parse_args(args, {}, {});
         std::string sub = a.pos.empty() ? "" : a.pos[0];
@@ -658,29 +712,48 @@ int run(int argc, char** argv) {
             return 0;
         }
         if (sub == "list" && a.pos.size() == 1) {
-            if (int rc = request(http::verb::get, "/v1/tokens", "", &doc)) {
-                return rc;
-            }
-            if (as_json) {
-                std::cout << out << "\n";
-                return 0;
-            }
-            simdjson::dom::array list;
-            std::vector<std::vector<std::string>> rows;
-            if (doc["tokens"].get(list) == simdjson::SUCCESS) {
-                for (auto t : list) {
-                    rows.push_back({str(t, "name"), str(t, "uid"),
-                                    str(t, "admin") == "true" ? "yes" : "no",
-                                    str(t, "created_at")});
-                }
-            }
-            print_table({"NAME", "UID", "ADMIN", "CREATED"}, rows);
-            return 0;
+            return list_credentials("/v1/tokens", "tokens", false);
         }
         if (sub == "revoke" && a.pos.size() == 2) {
             return request(http::verb::delete_, "/v1/tokens/" + url_encode(a.pos[1]), "", nullptr);
         }
         throw UsageError{"token create NAME | token list | token revoke NAME"};
+    }
+    if (cmd == "cert") {
+        auto a = parse_args(args, {"--fingerprint"}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        bool by_fp = a.opt.count("--fingerprint") != 0;
+        if (sub == "add" && a.pos.size() == (by_fp ? 2u : 3u)) {
+            hangar::json::Writer w;
+            w.begin_object().field("name", a.pos[1]);
+            if (by_fp) {
+                w.field("fingerprint", a.opt["--fingerprint"]);
+            } else {
+                std::ifstream in(a.pos[2]);
+                if (!in) {
+                    throw std::runtime_error("cannot read " + a.pos[2]);
+                }
+                std::stringstream pem;
+                pem << in.rdbuf();
+                w.field("certificate", pem.str());
+            }
+            w.end_object();
+            if (int rc = request(http::verb::post, "/v1/certificates", w.str(), &doc)) {
+                return rc;
+            }
+            std::cout << (as_json ? out : str(doc, "fingerprint")) << "\n";
+            return 0;
+        }
+        if (sub == "list" && a.pos.size() == 1) {
+            return list_credentials("/v1/certificates", "certificates", true);
+        }
+        if (sub == "remove" && a.pos.size() == 2) {
+            return request(http::verb::delete_, "/v1/certificates/" + url_encode(a.pos[1]), "",
+                           nullptr);
+        }
+        throw UsageError{
+            "cert add NAME (CERT.pem | --fingerprint SHA256) | cert list | "
+            "cert remove NAME"};
     }
     throw UsageError{"unknown command " + cmd};
 }

@@ -38,6 +38,8 @@ struct Caller {
     uint32_t uid = 0;
     bool admin = false;
     bool local = false;  // over the unix socket (not through a token)
+    // How the caller was identified: "unix", "token", "certificate" or "anonymous".
+    const char* method = "unix";
 };
 
 enum class Action { start, stop, kill, restart, pause, resume };

@@ -23,10 +23,10 @@
 #include "api/handlers.hpp"
 #include "api/http_server.hpp"
 #include "api/tls.hpp"
+#include "core/credentials.hpp"
 #include "core/event_bus.hpp"
 #include "core/machines.hpp"
 #include "core/operations.hpp"
-#include "core/tokens.hpp"
 #include "daemon/logging.hpp"
 #include "daemon/options.hpp"
 #include "drivers/qemu/argv.hpp"
@@ -188,14 +188,20 @@ int main(int argc, char** argv) {
         spdlog::warn("--dbus {}: D-Bus is not served by this build", dbus_mode);
     }
 
-    core::Tokens tokens(db);
+    core::Credentials credentials(db);
     api::Router router;
     api::ServerInfo info{opts.state_dir, cfg.qemu.accel, dbus_mode};
+    api::Probes probes;
     core::Operations operations(events);
-    api::register_routes(router, machines, tokens, operations, info);
+    api::register_routes(router, machines, credentials, operations, info, probes);
     api::EventStreams streams(events, {});
-    api::HttpServer server(io, router, {}, &streams,
-                           [&tokens](std::string_view t) { return tokens.authenticate(t); });
+    api::Authenticate authenticate{
+        [&credentials](std::string_view t) { return credentials.authenticate_token(t); },
+        [&credentials](std::string_view fp) { return credentials.authenticate_certificate(fp); }};
+    api::HttpServer server(io, router, {}, &streams, authenticate);
+    probes.subscribers = [&streams] { return streams.subscribers(); };
+    probes.subscribers_dropped = [&streams] { return streams.dropped_slow(); };
+    probes.connections = [&server] { return server.connections(); };
     if (struct group* g = getgrnam(opts.admin_group.c_str())) {
         server.set_admin_gid(g->gr_gid);
         spdlog::info("members of group {} ({}) are admins", opts.admin_group, g->gr_gid);
@@ -230,55 +236,6 @@ int main(int argc, char** argv) {
         std::string host = opts.listen.substr(0, opts.listen.rfind(':'));
         tcp_url = (tls ? "https://" : "http://") + host + ":" + std::to_string(server.bound_port());
     }
-
-    router.add("GET", "/v1/metrics", [&](api::Request& req, api::Respond respond) {
-        if (!req.caller.admin) {
-            return respond(
-                api::error_response({Errc::forbidden, "metrics are for root and the admin group"}));
-        }
-        std::string out;
-        metrics::header(out, "hangar_machines", "gauge", "Machines by state and type");
-        std::map<std::pair<std::string, std::string>, int> by_state;
-        for (auto s : {MachineState::stopped, MachineState::starting, MachineState::running,
-                       MachineState::paused, MachineState::stopping, MachineState::crashed}) {
-            by_state[{std::string(to_string(s)), "vm"}] = 0;
-        }
-        size_t unresponsive = 0;
-        for (const auto& [name, m] : machines.all()) {
-            ++by_state[{std::string(to_string(m->state)), m->spec.type}];
-            unresponsive += m->unresponsive;
-        }
-        for (const auto& [key, n] : by_state) {
-            out += "hangar_machines{state=\"" + key.first + "\",type=\"" + key.second + "\"} " +
-                   std::to_string(n) + "\n";
-        }
-        metrics::header(out, "hangar_machines_unresponsive", "gauge",
-                        "Machines whose QMP missed a deadline or dropped");
-        out += "hangar_machines_unresponsive " + std::to_string(unresponsive) + "\n";
-        metrics::header(out, "hangar_events_total", "counter",
-                        "Events emitted (the event sequence number; survives restarts)");
-        out += "hangar_events_total " + std::to_string(events.revision()) + "\n";
-        metrics::header(out, "hangar_event_subscribers", "gauge", "Open event WebSockets");
-        out += "hangar_event_subscribers " + std::to_string(streams.subscribers()) + "\n";
-        metrics::header(out, "hangar_event_subscribers_dropped_total", "counter",
-                        "Event subscribers closed for being too slow");
-        out += "hangar_event_subscribers_dropped_total " + std::to_string(streams.dropped_slow()) +
-               "\n";
-        metrics::header(out, "hangar_api_connections", "gauge", "Open API connections");
-        out += "hangar_api_connections " + std::to_string(server.connections()) + "\n";
-        metrics::header(out, "hangar_tokens", "gauge", "API tokens");
-        out += "hangar_tokens " + std::to_string(tokens.size()) + "\n";
-        router.render_metrics(out);
-        metrics::header(out, "hangar_qmp_command_duration_seconds", "histogram",
-                        "Time from sending a QMP command to its reply");
-        qmp::command_latency().render(out, "hangar_qmp_command_duration_seconds", "");
-        metrics::header(out, "hangar_build_info", "gauge", "Version of this hangard");
-        out += "hangar_build_info{version=\"" HANGAR_VERSION "\"} 1\n";
-        api::Response res;
-        res.body = std::move(out);
-        res.content_type = "text/plain; version=0.0.4; charset=utf-8";
-        respond(std::move(res));
-    });
 
     boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
     stop_signals.async_wait([&](boost::system::error_code e, int sig) {

@@ -45,6 +45,10 @@ CREATE TABLE tokens(
     admin INTEGER NOT NULL,
     created_at TEXT NOT NULL);
 )sql",
+    // 4: trusted TLS client certificates share the table (hash = SHA-256 of the DER form).
+    R"sql(
+ALTER TABLE tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'token';
+)sql",
 };
 
 struct Stmt {
@@ -319,33 +323,35 @@ void Db::append_event(const EventRow& ev, size_t keep) {
     }
 }
 
-std::vector<TokenRow> Db::load_tokens() {
-    std::vector<TokenRow> out;
-    Stmt s{prepare("SELECT name, hash, uid, admin, created_at FROM tokens ORDER BY name")};
+std::vector<CredentialRow> Db::load_credentials() {
+    std::vector<CredentialRow> out;
+    Stmt s{prepare("SELECT name, kind, hash, uid, admin, created_at FROM tokens ORDER BY name")};
     while (sqlite3_step(s.st) == SQLITE_ROW) {
-        out.push_back({column_text(s.st, 0), column_text(s.st, 1),
-                       static_cast<uint32_t>(sqlite3_column_int64(s.st, 2)),
-                       sqlite3_column_int(s.st, 3) != 0, column_text(s.st, 4)});
+        out.push_back({column_text(s.st, 0), column_text(s.st, 1), column_text(s.st, 2),
+                       static_cast<uint32_t>(sqlite3_column_int64(s.st, 3)),
+                       sqlite3_column_int(s.st, 4) != 0, column_text(s.st, 5)});
     }
     return out;
 }
 
-void Db::insert_token(const TokenRow& t) {
+void Db::insert_credential(const CredentialRow& c) {
     begin();
-    Stmt s{prepare("INSERT INTO tokens(name, hash, uid, admin, created_at) VALUES(?,?,?,?,?)")};
-    bind_text(s.st, 1, t.name);
-    bind_text(s.st, 2, t.hash);
-    sqlite3_bind_int64(s.st, 3, t.uid);
-    sqlite3_bind_int(s.st, 4, t.admin ? 1 : 0);
-    bind_text(s.st, 5, t.created_at);
-    step_done(s.st, "insert token");
+    Stmt s{prepare(
+        "INSERT INTO tokens(name, kind, hash, uid, admin, created_at) VALUES(?,?,?,?,?,?)")};
+    bind_text(s.st, 1, c.name);
+    bind_text(s.st, 2, c.kind);
+    bind_text(s.st, 3, c.hash);
+    sqlite3_bind_int64(s.st, 4, c.uid);
+    sqlite3_bind_int(s.st, 5, c.admin ? 1 : 0);
+    bind_text(s.st, 6, c.created_at);
+    step_done(s.st, "insert credential");
 }
 
-void Db::delete_token(const std::string& name) {
+void Db::delete_credential(const std::string& name) {
     begin();
     Stmt s{prepare("DELETE FROM tokens WHERE name=?")};
     bind_text(s.st, 1, name);
-    step_done(s.st, "delete token");
+    step_done(s.st, "delete credential");
 }
 
 std::vector<EventRow> Db::load_events_after(uint64_t seq, size_t limit) {

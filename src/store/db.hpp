@@ -29,9 +29,11 @@ struct EventRow {
     uint32_t owner = 0;  // uid owning the machine the event is about
 };
 
-struct TokenRow {
+// An API token or a trusted TLS client certificate; names are unique across both kinds.
+struct CredentialRow {
     std::string name;
-    std::string hash;  // hex SHA-256 of the token
+    std::string kind;  // "token" or "certificate"
+    std::string hash;  // hex SHA-256 of the token, or of the certificate's DER form
     uint32_t uid = 0;
     bool admin = false;
     std::string created_at;
@@ -62,9 +64,9 @@ class Db {
     void append_event(const EventRow& ev, size_t keep);
     std::vector<EventRow> load_events_after(uint64_t seq, size_t limit);
 
-    std::vector<TokenRow> load_tokens();
-    void insert_token(const TokenRow& t);
-    void delete_token(const std::string& name);
+    std::vector<CredentialRow> load_credentials();
+    void insert_credential(const CredentialRow& c);
+    void delete_credential(const std::string& name);
 
     // Commits what this turn wrote. Returns false (and logs) if the commit failed.
     bool flush();

@@ -1,4 +1,6 @@
+#include "core/credentials.hpp"
 #include "store/db.hpp"
+#include "util/sha256.hpp"
 
 #include <unistd.h>
 
@@ -25,7 +27,7 @@ TEST(Store, MachinesAndSequenceSurviveReopen) {
     {
         store::Db db;
         ASSERT_TRUE(db.open(db_path, nullptr).ok());
-        EXPECT_EQ(db.schema_version(), 3);
+        EXPECT_EQ(db.schema_version(), 4);
         EXPECT_EQ(db.last_seq(), 0u);
         store::MachineRow row;
         row.spec.name = "web1";
@@ -90,4 +92,58 @@ TEST(Store, RefusesNewerSchema) {
     Status st = db.open(db_path, nullptr);
     EXPECT_FALSE(st.ok());
     EXPECT_NE(st.message().find("newer"), std::string::npos);
+}
+
+TEST(Credentials, TokensAndCertificatesStayApartAndSurviveReopen) {
+    TempDir dir;
+    auto db_path = (dir.path / "hangar.db").string();
+    core::Caller root{0, true, true};
+    std::string token, fp(64, 'a');
+    store::CredentialRow row;
+    {
+        store::Db db;
+        ASSERT_TRUE(db.open(db_path, nullptr).ok());
+        core::Credentials creds(db);
+        ASSERT_TRUE(creds.create_token(root, "t", token, row).ok());
+        ASSERT_TRUE(creds.add_certificate(root, "c", "AA:" + fp.substr(2), row).ok());
+        EXPECT_EQ(row.hash, fp);
+        EXPECT_EQ(creds.add_certificate(root, "c2", fp, row).code(), Errc::conflict);
+        EXPECT_EQ(creds.add_certificate(root, "t", std::string(64, 'b'), row).code(),
+                  Errc::conflict);
+        core::Caller remote{0, true, false};
+        EXPECT_EQ(creds.add_certificate(remote, "r", std::string(64, 'c'), row).code(),
+                  Errc::forbidden);
+    }
+    store::Db db;
+    ASSERT_TRUE(db.open(db_path, nullptr).ok());
+    core::Credentials creds(db);
+    ASSERT_TRUE(creds.authenticate_token(token));
+    EXPECT_STREQ(creds.authenticate_token(token)->method, "token");
+    ASSERT_TRUE(creds.authenticate_certificate(fp));
+    EXPECT_STREQ(creds.authenticate_certificate(fp)->method, "certificate");
+    // A token's hash is not a certificate fingerprint, nor the reverse.
+    EXPECT_FALSE(creds.authenticate_certificate(sha256_hex(token)));
+    EXPECT_FALSE(creds.authenticate_token(fp));
+    EXPECT_EQ(creds.list(root, core::kToken).size(), 1u);
+    EXPECT_TRUE(creds.list(root, core::kToken)[0].hash.empty());
+    EXPECT_EQ(creds.remove(root, core::kToken, "c").code(), Errc::not_found);
+    EXPECT_TRUE(creds.remove(root, core::kCertificate, "c").ok());
+    EXPECT_FALSE(creds.authenticate_certificate(fp));
+}
+
+TEST(Credentials, FingerprintsAreNormalized) {
+    std::string hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    EXPECT_EQ(core::normalize_fingerprint(hex), hex);
+    std::string colons;
+    for (size_t i = 0; i < hex.size(); i += 2) {
+        colons += (i ? ":" : "") + hex.substr(i, 2);
+    }
+    for (auto& c : colons) {
+        c = static_cast<char>(toupper(c));
+    }
+    EXPECT_EQ(core::normalize_fingerprint(colons), hex);
+    EXPECT_FALSE(core::normalize_fingerprint(hex.substr(2)));
+    EXPECT_FALSE(core::normalize_fingerprint(hex + "00"));
+    EXPECT_FALSE(core::normalize_fingerprint("g" + hex.substr(1)));
+    EXPECT_FALSE(core::normalize_fingerprint(""));
 }
