@@ -51,6 +51,13 @@ def main():
         print(f"QMP event handled -> WebSocket receipt: p50 {out['p50_us']} us, "
               f"p90 {out['p90_us']} us, p99 {out['p99_us']} us, max {out['max_us']} us "
               f"(goal p50 <= 200 us, p99 <= 1 ms)")
+        # The same reader against a bare C writer: this machine's cost for the same fan-out.
+        floor = json.loads(subprocess.run(
+            [WS_LATENCY, "--floor", str(SUBS), str(EVENTS), str(int(INTERVAL * 1e6))],
+            capture_output=True, text=True, timeout=300, check=True).stdout)
+        print(f"floor (one write per subscriber from a bare C loop, same reader): "
+              f"p50 {floor['p50_us']} us, p90 {floor['p90_us']} us, p99 {floor['p99_us']} us, "
+              f"max {floor['max_us']} us")
 
         rss0 = d.rss_kib()
 

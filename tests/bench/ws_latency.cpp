@@ -5,6 +5,11 @@
 // after EVENTS frames per subscriber, one JSON line with the latency percentiles in µs.
 // A plain client (no Beast, no allocation per frame) so that its own cost stays out of the
 // figure as far as possible.
+//
+// ws_latency --floor SUBSCRIBERS EVENTS INTERVAL_US: the same reader against a bare writer
+// thread that stamps an event-sized frame and writes it to SUBSCRIBERS socketpairs, one write
+// each, two events every INTERVAL_US: what this machine's kernel alone costs for the same
+// fan-out under the same load.
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -12,12 +17,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -75,9 +82,42 @@ int connect_unix(const char* path) {
 
 }  // namespace
 
+// The floor's writer: frames shaped like hangard's machine.state events.
+void floor_writer(std::vector<int> fds, long events, long interval_us) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    for (long e = 0; e < events; ++e) {
+        timespec ts{};
+        clock_gettime(CLOCK_REALTIME, &ts);
+        tm t{};
+        gmtime_r(&ts.tv_sec, &t);
+        char stamp[40];
+        strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &t);
+        char payload[256];
+        int n = snprintf(payload, sizeof payload,
+                         "{\"seq\":%ld,\"time\":\"%s.%06ldZ\",\"type\":\"machine.state\","
+                         "\"machine\":\"src\",\"data\":{\"from\":\"running\",\"to\":"
+                         "\"paused\",\"reason\":\"qmp:STOP\"}}",
+                         e + 1, stamp, ts.tv_nsec / 1000);
+        unsigned char frame[260] = {0x81, 126, static_cast<unsigned char>(n >> 8),
+                                    static_cast<unsigned char>(n & 0xff)};
+        memcpy(frame + 4, payload, size_t(n));
+        for (int fd : fds) {
+            if (write(fd, frame, size_t(n) + 4) != n + 4) {
+                die("floor write");
+            }
+        }
+        if (e % 2 == 1) {  // events come in pairs (STOP, RESUME), as from fake QEMU
+            std::this_thread::sleep_for(std::chrono::microseconds(interval_us));
+        }
+    }
+}
+
 int main(int argc, char** argv) {
+    bool floor = argc == 5 && std::string_view(argv[1]) == "--floor";
     if (argc != 5) {
-        fprintf(stderr, "usage: ws_latency SOCKET SUBSCRIBERS EVENTS SINCE\n");
+        fprintf(stderr,
+                "usage: ws_latency SOCKET SUBSCRIBERS EVENTS SINCE\n"
+                "       ws_latency --floor SUBSCRIBERS EVENTS INTERVAL_US\n");
         return 2;
     }
     const char* path = argv[1];
@@ -88,11 +128,29 @@ int main(int argc, char** argv) {
     std::vector<int64_t> lat;
     lat.reserve(size_t(subs) * size_t(events));
     int ep = epoll_create1(EPOLL_CLOEXEC);
+    std::thread writer;
+    if (floor) {
+        std::vector<int> out;
+        for (int i = 0; i < subs; ++i) {
+            int sv[2];
+            if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+                die("socketpair");
+            }
+            conns[i].fd = sv[0];
+            conns[i].upgraded = true;
+            out.push_back(sv[1]);
+            epoll_event ev{};
+            ev.events = EPOLLIN;
+            ev.data.u32 = uint32_t(i);
+            epoll_ctl(ep, EPOLL_CTL_ADD, sv[0], &ev);
+        }
+        writer = std::thread(floor_writer, out, events, atol(argv[4]));
+    }
     std::string req = "GET /v1/events?since=" + since +
                       "&types=machine.state HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
                       "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                       "Sec-WebSocket-Version: 13\r\n\r\n";
-    for (int i = 0; i < subs; ++i) {
+    for (int i = 0; i < (floor ? 0 : subs); ++i) {
         conns[i].fd = connect_unix(path);
         if (write(conns[i].fd, req.data(), req.size()) != ssize_t(req.size())) {
             die("write");
@@ -181,6 +239,9 @@ int main(int argc, char** argv) {
             }
             c.buf.erase(0, pos);
         }
+    }
+    if (writer.joinable()) {
+        writer.join();
     }
     std::sort(lat.begin(), lat.end());
     auto pct = [&](double q) {
