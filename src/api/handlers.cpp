@@ -63,7 +63,9 @@ Status unknown_field(std::string_view where, std::string_view key) {
 
 std::string machines_json(const core::Machines& machines,
                           const std::vector<const core::Machine*>& list) {
-    std::string out = "{\"revision\":" + std::to_string(machines.revision()) + ",\"machines\":[";
+    std::string out;
+    out.reserve(64 + list.size() * 512);
+    out += "{\"revision\":" + std::to_string(machines.revision()) + ",\"machines\":[";
     bool first = true;
     for (const auto* m : list) {
         if (!first) {

@@ -127,7 +127,12 @@ std::vector<const Machine*> Machines::list(const Caller& caller, std::optional<M
     return out;
 }
 
-std::string Machines::to_json(const Machine& m) const {
+const std::string& Machines::to_json(const Machine& m) const {
+    auto& c = m.json_cache;
+    if (c.spec_rev == m.spec_rev && c.state == m.state && c.unresponsive == m.unresponsive &&
+        c.pid == m.pid && c.state_reason == m.state_reason && c.op == m.op) {
+        return c.json;
+    }
     const auto& s = m.spec;
     json::Writer w;
     w.begin_object()
@@ -164,7 +169,8 @@ std::string Machines::to_json(const Machine& m) const {
         w.field("operation", m.op);
     }
     w.end_object();
-    return w.take();
+    c = {w.take(), m.spec_rev, m.state, m.state_reason, m.op, m.unresponsive, m.pid};
+    return c.json;
 }
 
 // ---- create / delete -------------------------------------------------------------------
@@ -247,6 +253,7 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
     }
     auto m = std::make_unique<Machine>();
     m->spec = std::move(spec);
+    ++m->spec_rev;
     m->state_reason = "api:create";
     db_.insert_machine({m->spec, m->state, m->state_reason, 0});
     auto& ref = *m;
@@ -281,6 +288,7 @@ Status Machines::update(const Caller& caller, const std::string& name, MachineSp
         return st;
     }
     m->spec = std::move(spec);
+    ++m->spec_rev;
     db_.update_spec(m->spec);
     json::Writer w;
     w.begin_object().key("changed").begin_array();

@@ -69,6 +69,20 @@ struct Machine {
     bool quit_sent = false;  // "quit" went out for the current QEMU
     std::unique_ptr<boost::asio::steady_timer> stop_timer;
     uint64_t generation = 0;  // identifies the current QEMU; stale callbacks compare it
+
+    // Bumped whenever `spec` is replaced.
+    uint64_t spec_rev = 0;
+    // Machines::to_json's last answer and what it was made from; reused while they match,
+    // so listing many machines copies strings instead of serializing each one again.
+    struct JsonCache {
+        std::string json;
+        uint64_t spec_rev = UINT64_MAX;
+        MachineState state = MachineState::stopped;
+        std::string state_reason, op;
+        bool unresponsive = false;
+        pid_t pid = 0;
+    };
+    mutable JsonCache json_cache;
 };
 
 struct MachinesConfig {
@@ -106,7 +120,7 @@ class Machines {
     void remove(const Caller& caller, const std::string& name, bool force,
                 std::function<void(const Status&)> done);
 
-    std::string to_json(const Machine& m) const;
+    const std::string& to_json(const Machine& m) const;
     uint64_t revision() const { return events_.revision(); }
     const std::map<std::string, std::unique_ptr<Machine>>& all() const { return machines_; }
     const MachinesConfig& config() const { return cfg_; }

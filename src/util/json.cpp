@@ -31,6 +31,20 @@ void append_string(std::string& out, std::string_view s) {
     static constexpr char kHex[] = "0123456789abcdef";
     out.push_back('"');
     for (size_t i = 0; i < s.size();) {
+        // Runs of printable ASCII that need no escape are copied at once.
+        size_t run = i;
+        while (run < s.size()) {
+            auto r = static_cast<unsigned char>(s[run]);
+            if (r < 0x20 || r >= 0x7f || r == '"' || r == '\\') {
+                break;
+            }
+            ++run;
+        }
+        if (run > i) {
+            out.append(s.data() + i, run - i);
+            i = run;
+            continue;
+        }
         auto c = static_cast<unsigned char>(s[i]);
         if (c >= 0x80) {
             size_t n = utf8_sequence(s, i);
