@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -431,6 +433,41 @@ Status HttpServer::listen_tcp(const std::string& addr_port, boost::asio::ssl::co
     impl_->tls = tls;
     impl_->accept_tcp();
     return {};
+}
+
+Status HttpServer::adopt_unix(int fd) {
+    boost::system::error_code ec;
+    impl_->unix_acceptor.assign(local(), fd, ec);
+    if (ec) {
+        return {Errc::internal, "cannot use the activated unix socket: " + ec.message()};
+    }
+    impl_->accept_unix();
+    return {};
+}
+
+Status HttpServer::adopt_tcp(int fd, boost::asio::ssl::context* tls) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        return {Errc::internal, std::string("activated TCP socket: ") + strerror(errno)};
+    }
+    boost::system::error_code ec;
+    impl_->tcp_acceptor.assign(addr.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+    if (ec) {
+        return {Errc::internal, "cannot use the activated TCP socket: " + ec.message()};
+    }
+    impl_->tls = tls;
+    impl_->accept_tcp();
+    return {};
+}
+
+std::string HttpServer::bound_address() const {
+    boost::system::error_code ec;
+    auto ep = impl_->tcp_acceptor.local_endpoint(ec);
+    if (ec) {
+        return {};
+    }
+    return ep.address().is_v6() ? "[" + ep.address().to_string() + "]" : ep.address().to_string();
 }
 
 uint16_t HttpServer::bound_port() const {

@@ -51,7 +51,11 @@ class HttpServer {
     // Listens on "ADDR:PORT" ("[::1]:8443" for IPv6); HTTPS with `tls`, plain HTTP without.
     // PORT 0 picks a free port; bound_port() tells which.
     Status listen_tcp(const std::string& addr_port, boost::asio::ssl::context* tls);
+    // Serve on listening sockets passed by socket activation instead of binding.
+    Status adopt_unix(int fd);
+    Status adopt_tcp(int fd, boost::asio::ssl::context* tls);
     uint16_t bound_port() const;
+    std::string bound_address() const;  // of the TCP listener, "[v6]" in brackets
     // Unix-socket peers in this group (primary or supplementary) are admins, like uid 0.
     void set_admin_gid(std::optional<unsigned> gid);
     void close();

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -29,6 +30,7 @@
 #include "core/operations.hpp"
 #include "daemon/logging.hpp"
 #include "daemon/options.hpp"
+#include "daemon/systemd.hpp"
 #include "drivers/qemu/argv.hpp"
 #include "qmp/client.hpp"
 #include "store/db.hpp"
@@ -146,10 +148,19 @@ int main(int argc, char** argv) {
     }
     opts.state_dir = fs::canonical(opts.state_dir).string();
     bool under_systemd = getenv("NOTIFY_SOCKET") || getenv("JOURNAL_STREAM");
+    // Before any fork: LISTEN_PID names this process.
+    daemon::ActivatedSockets activated = daemon::activated_sockets();
     if (!opts.foreground && !under_systemd) {
         daemonize();
     }
     daemon::setup_logging(opts.state_dir, opts.log_level, opts.foreground);
+    for (const auto& w : activated.warnings) {
+        spdlog::warn("{}", w);
+    }
+    if (!activated.unix_fds.empty() || !activated.tcp_fds.empty()) {
+        spdlog::info("socket activation: {} unix and {} TCP listening sockets",
+                     activated.unix_fds.size(), activated.tcp_fds.size());
+    }
 
     // One hangard per state dir.
     std::string lock_path = opts.state_dir + "/hangard.lock";
@@ -206,12 +217,22 @@ int main(int argc, char** argv) {
         server.set_admin_gid(g->gr_gid);
         spdlog::info("members of group {} ({}) are admins", opts.admin_group, g->gr_gid);
     }
-    if (Status st = server.listen_unix(opts.socket); !st) {
+    if (!activated.unix_fds.empty()) {
+        sockaddr_un addr{};
+        socklen_t len = sizeof addr;
+        if (getsockname(activated.unix_fds[0], reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+            addr.sun_path[0] != '\0') {
+            opts.socket = addr.sun_path;
+        }
+    }
+    if (Status st = activated.unix_fds.empty() ? server.listen_unix(opts.socket)
+                                               : server.adopt_unix(activated.unix_fds[0]);
+        !st) {
         fatal(st.message());
     }
     std::optional<boost::asio::ssl::context> tls;
     std::string tcp_url;
-    if (opts.listen != "none") {
+    if (opts.listen != "none" || !activated.tcp_fds.empty()) {
         if (!opts.insecure_http) {
             std::string cert = opts.tls_cert, key = opts.tls_key;
             if (cert.empty()) {
@@ -230,10 +251,14 @@ int main(int argc, char** argv) {
         } else {
             spdlog::warn("--insecure-http: the API is served over plain HTTP on {}", opts.listen);
         }
-        if (Status st = server.listen_tcp(opts.listen, tls ? &*tls : nullptr); !st) {
+        Status st = activated.tcp_fds.empty()
+                        ? server.listen_tcp(opts.listen, tls ? &*tls : nullptr)
+                        : server.adopt_tcp(activated.tcp_fds[0], tls ? &*tls : nullptr);
+        if (!st) {
             fatal(st.message());
         }
-        std::string host = opts.listen.substr(0, opts.listen.rfind(':'));
+        std::string host = activated.tcp_fds.empty() ? opts.listen.substr(0, opts.listen.rfind(':'))
+                                                     : server.bound_address();
         tcp_url = (tls ? "https://" : "http://") + host + ":" + std::to_string(server.bound_port());
     }
 
@@ -243,6 +268,7 @@ int main(int argc, char** argv) {
             return;
         }
         spdlog::info("signal {}: shutting down, leaving machines running", strsignal(sig));
+        daemon::notify_stopping();
         server.close();
         machines.detach_all();
         io.stop();
@@ -269,7 +295,11 @@ int main(int argc, char** argv) {
         report_ready("OK hangard: running (pid " + std::to_string(getpid()) + "), socket " +
                      opts.socket + (tcp_url.empty() ? "" : ", " + tcp_url) + ", log " +
                      opts.state_dir + "/hangard.log\n");
+        daemon::notify_ready(std::to_string(total) + " machines, " + std::to_string(adopted) +
+                             " running QEMU adopted; socket " + opts.socket +
+                             (tcp_url.empty() ? "" : ", " + tcp_url));
     });
+    daemon::Watchdog watchdog(io);
 
     // A handler that throws is a bug; log it and keep serving every other machine.
     for (;;) {
