@@ -226,8 +226,10 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
         respond(json_response(200, w.take()));
     });
 
-    router.add("GET", "/v1/health", [&machines, info](Request&, Respond respond) {
+    router.add("GET", "/v1/health", [&machines, info, &probes](Request&, Respond respond) {
         std::string qemu = qemu_path(machines.config().qemu.binary);
+        std::string dbus_detail = "not served";
+        bool dbus_ok = probes.dbus && probes.dbus(dbus_detail);
         bool store_ok = access(info.state_dir.c_str(), W_OK) == 0;
         bool guest_ok = !machines.config().default_boot.kernel.empty();
         json::Writer w;
@@ -253,8 +255,8 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
             .end_object()
             .key("dbus")
             .begin_object()
-            .field("ok", false)
-            .field("detail", "not connected (" + info.dbus + ")")
+            .field("ok", dbus_ok)
+            .field("detail", dbus_detail)
             .end_object()
             .end_object()
             .end_object();

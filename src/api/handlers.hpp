@@ -14,13 +14,14 @@ namespace hangar::api {
 struct ServerInfo {
     std::filesystem::path state_dir;
     std::string accelerator;
-    std::string dbus = "none";
 };
 
 // Figures only the listeners know, read when /v1/metrics is rendered. Set them once the
 // listeners exist; unset ones read as 0.
 struct Probes {
     std::function<size_t()> subscribers, subscribers_dropped, connections;
+    // Whether org.hangar is served on D-Bus, and how it stands.
+    std::function<bool(std::string& detail)> dbus;
 };
 
 // Registers every route of the API on `router`. `info` and `probes` must outlive it.

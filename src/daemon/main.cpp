@@ -31,6 +31,7 @@
 #include "daemon/logging.hpp"
 #include "daemon/options.hpp"
 #include "daemon/systemd.hpp"
+#include "dbus/service.hpp"
 #include "drivers/qemu/argv.hpp"
 #include "qmp/client.hpp"
 #include "store/db.hpp"
@@ -194,14 +195,28 @@ int main(int argc, char** argv) {
     }
     core::Machines machines(io, db, events, cfg);
 
-    std::string dbus_mode = opts.dbus.empty() ? "none" : opts.dbus;
+    // Default: the system bus when one is reachable, else none (one warning).
+    std::string dbus_mode = opts.dbus;
+    if (dbus_mode.empty()) {
+        const char* sys = getenv("DBUS_SYSTEM_BUS_ADDRESS");
+        bool reachable = (sys && *sys) || access("/run/dbus/system_bus_socket", F_OK) == 0;
+        dbus_mode = reachable ? "system" : "none";
+        if (!reachable) {
+            spdlog::warn("dbus: no system bus reachable; org.hangar is not served (--dbus)");
+        }
+    }
+    std::optional<unsigned> admin_gid;
+    if (struct group* g = getgrnam(opts.admin_group.c_str())) {
+        admin_gid = g->gr_gid;
+    }
+    std::optional<dbus::Service> bus;
     if (dbus_mode != "none") {
-        spdlog::warn("--dbus {}: D-Bus is not served by this build", dbus_mode);
+        bus.emplace(io, machines, events, dbus_mode, admin_gid);
     }
 
     core::Credentials credentials(db);
     api::Router router;
-    api::ServerInfo info{opts.state_dir, cfg.qemu.accel, dbus_mode};
+    api::ServerInfo info{opts.state_dir, cfg.qemu.accel};
     api::Probes probes;
     core::Operations operations(events);
     api::register_routes(router, machines, credentials, operations, info, probes);
@@ -213,9 +228,16 @@ int main(int argc, char** argv) {
     probes.subscribers = [&streams] { return streams.subscribers(); };
     probes.subscribers_dropped = [&streams] { return streams.dropped_slow(); };
     probes.connections = [&server] { return server.connections(); };
-    if (struct group* g = getgrnam(opts.admin_group.c_str())) {
-        server.set_admin_gid(g->gr_gid);
-        spdlog::info("members of group {} ({}) are admins", opts.admin_group, g->gr_gid);
+    probes.dbus = [&bus, dbus_mode](std::string& detail) {
+        if (!bus) {
+            detail = "not served (--dbus " + dbus_mode + ")";
+            return false;
+        }
+        return bus->healthy(detail);
+    };
+    if (admin_gid) {
+        server.set_admin_gid(*admin_gid);
+        spdlog::info("members of group {} ({}) are admins", opts.admin_group, *admin_gid);
     }
     if (!activated.unix_fds.empty()) {
         sockaddr_un addr{};
@@ -300,6 +322,9 @@ int main(int argc, char** argv) {
                              (tcp_url.empty() ? "" : ", " + tcp_url));
     });
     daemon::Watchdog watchdog(io);
+    if (bus) {
+        bus->start();
+    }
 
     // A handler that throws is a bug; log it and keep serving every other machine.
     for (;;) {
