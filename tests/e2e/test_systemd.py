@@ -50,12 +50,17 @@ class Systemd(unittest.TestCase):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def test_notify_ready_watchdog_and_stopping(self):
-        notify_path = os.path.join(self.dir, "notify")
+    def notify_socket(self, timeout):
+        """A NOTIFY_SOCKET of the test's own: returns (path, socket)."""
+        path = os.path.join(self.dir, "notify")
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        ns.bind(notify_path)
+        ns.bind(path)
         self.addCleanup(ns.close)
-        ns.settimeout(30)
+        ns.settimeout(timeout)
+        return path, ns
+
+    def test_notify_ready_watchdog_and_stopping(self):
+        notify_path, ns = self.notify_socket(30)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="300000")
         p = subprocess.Popen([HANGARD, "--foreground", "--state-dir", self.state, "--listen",
                               "none", "--guest-dir", GUEST_DIR, "--qemu", FAKE_QEMU],
@@ -94,11 +99,7 @@ class Systemd(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 30)
 
     def test_no_watchdog_without_systemd_asking(self):
-        notify_path = os.path.join(self.dir, "notify")
-        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        ns.bind(notify_path)
-        self.addCleanup(ns.close)
-        ns.settimeout(1.0)
+        notify_path, ns = self.notify_socket(1.0)
         p = subprocess.Popen([HANGARD, "--foreground", "--state-dir", self.state, "--listen",
                               "none", "--guest-dir", GUEST_DIR],
                              env=dict(os.environ, NOTIFY_SOCKET=notify_path),
