@@ -30,6 +30,16 @@ std::optional<std::string> normalize_fingerprint(std::string_view text) {
     return out;
 }
 
+namespace {
+// Adding and removing: over the unix socket only, with a valid name.
+Status check_managed(const Caller& caller, std::string_view kind, const std::string& name) {
+    if (!caller.local) {
+        return {Errc::forbidden, std::string(kind) + "s are managed over the unix socket only"};
+    }
+    return check_name(kind, name);
+}
+}  // namespace
+
 Credentials::Credentials(store::Db& db) : db_(db) {
     for (auto& row : db_.load_credentials()) {
         hash_by_name_[row.name] = row.hash;
@@ -39,10 +49,7 @@ Credentials::Credentials(store::Db& db) : db_(db) {
 
 Status Credentials::add(const Caller& caller, std::string_view kind, const std::string& name,
                         std::string hash, store::CredentialRow& row) {
-    if (!caller.local) {
-        return {Errc::forbidden, std::string(kind) + "s are managed over the unix socket only"};
-    }
-    if (Status st = check_name(std::string(kind), name); !st) {
+    if (Status st = check_managed(caller, kind, name); !st) {
         return st;
     }
     if (hash_by_name_.count(name)) {
@@ -106,10 +113,7 @@ std::vector<store::CredentialRow> Credentials::list(const Caller& caller,
 }
 
 Status Credentials::remove(const Caller& caller, std::string_view kind, const std::string& name) {
-    if (!caller.local) {
-        return {Errc::forbidden, std::string(kind) + "s are managed over the unix socket only"};
-    }
-    if (Status st = check_name(std::string(kind), name); !st) {
+    if (Status st = check_managed(caller, kind, name); !st) {
         return st;
     }
     auto it = hash_by_name_.find(name);

@@ -9,7 +9,6 @@
 
 namespace hangar {
 
-namespace {
 std::string hex(const unsigned char* p, size_t n) {
     static constexpr char kHex[] = "0123456789abcdef";
     std::string out;
@@ -20,7 +19,6 @@ std::string hex(const unsigned char* p, size_t n) {
     }
     return out;
 }
-}  // namespace
 
 std::string sha256_hex(std::string_view data) {
     unsigned char md[EVP_MAX_MD_SIZE];

@@ -1,5 +1,7 @@
 #include "util/x509.hpp"
 
+#include "util/sha256.hpp"
+
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -12,13 +14,7 @@ std::string certificate_fingerprint(x509_st* cert) {
     if (!cert || X509_digest(cert, EVP_sha256(), md, &len) != 1) {
         return {};
     }
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < len; ++i) {
-        out += kHex[md[i] >> 4];
-        out += kHex[md[i] & 15];
-    }
-    return out;
+    return hex(md, len);
 }
 
 std::optional<std::string> pem_certificate_fingerprint(std::string_view pem) {
