@@ -86,6 +86,7 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
     bool named = false;
     std::string state = "not connected yet";
     uint64_t subscription = 0;
+    simdjson::dom::parser frame_parser;  // reads from/to/reason back out of machine.state frames
 
     class ManagerObject;
     class MachineObject;
@@ -121,6 +122,7 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
 
     void connect();
     void lost(const std::string& why);
+    void reconnect_later();
     void teardown();
     void pump();
     void kick();
@@ -384,10 +386,9 @@ void Service::Impl::on_event(const core::Event& e) {
             if (it != objects.end()) {
                 it->second->properties_changed({"State", "StateReason", "Pid"});
             }
-            simdjson::dom::parser parser;
             simdjson::dom::element frame;
             std::string_view from, to, reason;
-            if (parser.parse(*e.frame).get(frame) == simdjson::SUCCESS) {
+            if (frame_parser.parse(*e.frame).get(frame) == simdjson::SUCCESS) {
                 json::try_get(frame["data"]["from"], from);
                 json::try_get(frame["data"]["to"], to);
                 json::try_get(frame["data"]["reason"], reason);
@@ -446,7 +447,7 @@ void Service::Impl::connect() {
                 spdlog::warn("dbus: cannot own {} on {}: {}", kName, self->address, why);
                 self->state =
                     "connected to " + self->address + " without the name " + kName + ": " + why;
-                return self->lost("no name");
+                return self->reconnect_later();
             }
             self->named = true;
             self->retry_delay = std::chrono::seconds(1);
@@ -477,10 +478,12 @@ void Service::Impl::teardown() {
 }
 
 void Service::Impl::lost(const std::string& why) {
-    if (why != "no name") {
-        spdlog::warn("dbus: lost {}: {}; retrying in {} s", address, why, retry_delay.count());
-        state = "not connected to " + address + ": " + why;
-    }
+    spdlog::warn("dbus: lost {}: {}; retrying in {} s", address, why, retry_delay.count());
+    state = "not connected to " + address + ": " + why;
+    reconnect_later();
+}
+
+void Service::Impl::reconnect_later() {
     // Not from inside sd-bus's own call stack: tear down on the next turn.
     boost::asio::post(io, [weak = weak_from_this(), gen = conn_gen] {
         auto self = weak.lock();
