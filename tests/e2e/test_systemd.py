@@ -2,6 +2,7 @@
 reactor and STOPPING=1 through a NOTIFY_SOCKET the test owns; socket activation through
 systemd-socket-activate (LISTEN_FDS) for the unix socket and the HTTPS port; and the units in
 units/ pass systemd-analyze verify."""
+import json
 import os
 import shutil
 import signal
@@ -25,12 +26,15 @@ def free_port():
     return port
 
 
-def curl_unix(sock, method, path, timeout=30):
-    out = subprocess.run(["curl", "-s", "-m", str(timeout), "--unix-socket", sock, "-X", method,
-                          "-w", "\n%{http_code}", f"http://h{path}"], capture_output=True,
-                         text=True, timeout=timeout + 5)
-    body, _, code = out.stdout.rpartition("\n")
-    return int(code or 0), body
+def curl_unix(sock, method, path, body=None, timeout=30):
+    """Returns (status, parsed JSON answer)."""
+    args = ["curl", "-s", "-m", str(timeout), "--unix-socket", sock, "-X", method,
+            "-w", "\n%{http_code}", f"http://h{path}"]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 5)
+    text, _, code = out.stdout.rpartition("\n")
+    return int(code or 0), json.loads(text) if text else None
 
 
 class Systemd(unittest.TestCase):
@@ -75,12 +79,10 @@ class Systemd(unittest.TestCase):
         # Serving when it says so.
         sock = os.path.join(self.state, "hangar.sock")
         self.assertEqual(curl_unix(sock, "GET", "/v1/health")[0], 200)
-        subprocess.run(["curl", "-s", "--unix-socket", sock, "-d", '{"name":"keep"}',
-                        "http://h/v1/machines"], check=True, capture_output=True)
-        out = subprocess.run(["curl", "-s", "--unix-socket", sock, "-X", "POST",
-                              "http://h/v1/machines/keep/actions/start"], capture_output=True,
-                             text=True, check=True).stdout
-        self.qemu_pids.append(int(out.split('"pid":')[1].split("}")[0].split(",")[0]))
+        self.assertEqual(curl_unix(sock, "POST", "/v1/machines", {"name": "keep"})[0], 201)
+        status, m = curl_unix(sock, "POST", "/v1/machines/keep/actions/start")
+        self.assertEqual((status, m["state"]), (200, "running"))
+        self.qemu_pids.append(m["pid"])
         # Watchdog pings every 150 ms (half of WATCHDOG_USEC), from the reactor.
         t1 = time.monotonic()
         pings = 0
@@ -130,9 +132,9 @@ class Systemd(unittest.TestCase):
         status, body = curl_unix(sock, "GET", "/v1/health")
         self.assertEqual(status, 200, body)
         self.assertEqual(os.stat(sock).st_ino, inode)  # hangard served it, did not rebind
-        out = subprocess.run(["curl", "-s", "--unix-socket", sock, "-d", '{"name":"act"}',
-                              "http://h/v1/tokens"], capture_output=True, text=True, check=True)
-        token = out.stdout.split('"token":"')[1].split('"')[0]
+        status, created = curl_unix(sock, "POST", "/v1/tokens", {"name": "act"})
+        self.assertEqual(status, 201, created)
+        token = created["token"]
         # The activated TCP socket serves HTTPS (--listen none only concerns binding).
         out = subprocess.run(["curl", "-sk", "-H", f"Authorization: Bearer {token}",
                               f"https://127.0.0.1:{port}/v1/machines"], capture_output=True,
