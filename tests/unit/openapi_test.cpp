@@ -2,38 +2,19 @@
 // documented with its method, and every documented operation is served.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <set>
 #include <utility>
 
 #include <simdjson.h>
-#include <boost/asio/io_context.hpp>
-
 #include "api/handlers.hpp"
-#include "core/credentials.hpp"
-#include "core/event_bus.hpp"
-#include "core/operations.hpp"
+#include "support/route_table.hpp"
 
 using namespace hangar;
-namespace fs = std::filesystem;
 
 TEST(OpenApi, DocumentsExactlyTheRoutedOperations) {
-    fs::path dir = fs::temp_directory_path() / ("hangar-openapi-" + std::to_string(getpid()));
-    fs::create_directories(dir / "machines");
     {
-        boost::asio::io_context io;
-        store::Db db;
-        ASSERT_TRUE(db.open((dir / "hangar.db").string(), nullptr).ok());
-        core::EventBus events(db, 100);
-        core::MachinesConfig cfg;
-        cfg.machines_dir = dir / "machines";
-        core::Machines machines(io, db, events, cfg);
-        core::Credentials credentials(db);
-        core::Operations operations(events);
-        api::Router router;
-        api::ServerInfo info;
-        api::Probes probes;
-        api::register_routes(router, machines, credentials, operations, info, probes);
+        test_support::RouteTable world("openapi");
+        const api::Router& router = world.router;
 
         std::set<std::pair<std::string, std::string>> routed;
         for (auto& [method, pattern] : router.routes()) {
@@ -77,5 +58,4 @@ TEST(OpenApi, DocumentsExactlyTheRoutedOperations) {
         }
         EXPECT_GE(routed.size(), 17u);
     }
-    fs::remove_all(dir);
 }
