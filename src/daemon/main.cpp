@@ -185,7 +185,9 @@ int main(int argc, char** argv) {
     core::MachinesConfig cfg;
     cfg.machines_dir = opts.state_dir + "/machines";
     cfg.qemu.binary = opts.qemu;
-    cfg.qemu.accel = qemu::detect_accel();
+    std::string accel_why = "--accel " + opts.accel;
+    cfg.qemu.accel = opts.accel == "auto" ? qemu::detect_accel(opts.qemu, accel_why) : opts.accel;
+    spdlog::info("accelerator {}: {}", cfg.qemu.accel, accel_why);
     cfg.qemu.command_timeout = std::chrono::milliseconds(opts.qmp_timeout_ms);
     cfg.qemu.handshake_timeout =
         std::chrono::milliseconds(std::max<uint32_t>(opts.qmp_timeout_ms, 10000));

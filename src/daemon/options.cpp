@@ -11,7 +11,8 @@ std::string usage() {
     return "usage: hangard [--state-dir DIR] [--listen ADDR:PORT] [--socket PATH]\n"
            "               [--dbus none|session|system|ADDRESS] [--tls-cert F --tls-key F]\n"
            "               [--insecure-http] [--log-level LEVEL] [--foreground]\n"
-           "               [--qemu PATH] [--guest-dir DIR] [--qmp-timeout-ms N]\n"
+           "               [--qemu PATH] [--accel auto|kvm|tcg] [--guest-dir DIR]\n"
+           "               [--qmp-timeout-ms N]\n"
            "               [--event-ring N] [--admin-group NAME] [--help] [--version]\n";
 }
 
@@ -82,6 +83,12 @@ int parse_options(int argc, char** argv, Options& o, std::string& err) {
             }
         } else if (a == "--foreground") {
             o.foreground = true;
+        } else if (a == "--accel") {
+            ok = need(o.accel);
+            if (ok && o.accel != "auto" && o.accel != "kvm" && o.accel != "tcg") {
+                err = "--accel must be auto, kvm or tcg";
+                ok = false;
+            }
         } else if (a == "--qemu") {
             ok = need(o.qemu);
         } else if (a == "--admin-group") {

@@ -10,6 +10,7 @@ struct Options {
     std::string socket;  // default: <state dir>/hangar.sock
     std::string dbus;    // none|session|system|ADDRESS; default: system when reachable
     std::string tls_cert, tls_key;
+    std::string accel = "auto";  // auto|kvm|tcg
     bool insecure_http = false;
     std::string log_level = "info";
     bool foreground = false;

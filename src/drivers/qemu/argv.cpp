@@ -1,17 +1,67 @@
 #include "drivers/qemu/argv.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "util/process.hpp"
 
 namespace hangar::qemu {
 
-std::string detect_accel() {
+std::string detect_accel(const std::string& binary, std::string& why) {
     int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (fd < 0) {
+        why = std::string("/dev/kvm: ") + strerror(errno);
         return "tcg";
     }
     close(fd);
-    return "kvm";
+    int in[2];
+    if (pipe2(in, O_CLOEXEC) != 0) {
+        why = std::string("pipe: ") + strerror(errno);
+        return "tcg";
+    }
+    static constexpr char kQuit[] = "{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n";
+    bool written = write(in[1], kQuit, sizeof kQuit - 1) == ssize_t(sizeof kQuit - 1);
+    close(in[1]);
+    SpawnOptions so;
+    so.argv = {binary,     "-accel",      "kvm",
+               "-cpu",     "host",        "-machine",
+               "q35",      "-nodefaults", "-no-user-config",
+               "-display", "none",        "-m",
+               "16",       "-S",          "-qmp",
+               "stdio"};
+    so.stdin_fd = in[0];
+    so.new_session = false;
+    pid_t pid = -1;
+    Status st = written ? spawn_process(so, pid) : Status{Errc::internal, "pipe write"};
+    close(in[0]);
+    if (!st) {
+        why = "trial run: " + st.message();
+        return "tcg";
+    }
+    int status = 0;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (std::chrono::steady_clock::now() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            break;
+        }
+        usleep(5000);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        why = "/dev/kvm works with -cpu host";
+        return "kvm";
+    }
+    why = "/dev/kvm opens, but " + binary + " -accel kvm -cpu host fails (" +
+          (WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                               : "exit status " + std::to_string(WEXITSTATUS(status))) +
+          ")";
+    return "tcg";
 }
 
 void MachinePaths::remove_runtime_files() const {

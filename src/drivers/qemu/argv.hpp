@@ -15,8 +15,10 @@ struct Settings {
     std::chrono::milliseconds handshake_timeout{10000};
 };
 
-// "kvm" when /dev/kvm can be opened for reading and writing, else "tcg".
-std::string detect_accel();
+// "kvm" when /dev/kvm opens for reading and writing and `binary` can run a vCPU on it as hangar
+// starts one (-cpu host; a nested host can refuse that), else "tcg"; `why` tells which. The
+// trial is one short QEMU run (about 0.1 s) at daemon start, only where /dev/kvm opens.
+std::string detect_accel(const std::string& binary, std::string& why);
 
 // Files of one machine, all inside its directory (built from a validated name only).
 struct MachinePaths {
