@@ -1,7 +1,7 @@
 #include "dbus/service.hpp"
 
-#include <poll.h>
-#include <time.h>
+#include "dbus/pump.hpp"
+
 #include <unistd.h>
 
 #include <map>
@@ -11,7 +11,6 @@
 #include <sdbus-c++/sdbus-c++.h>
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -77,11 +76,9 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
 
     std::unique_ptr<sdbus::IConnection> conn;
     std::unique_ptr<sdbus::IProxy> bus_proxy;  // org.freedesktop.DBus
-    std::unique_ptr<boost::asio::posix::stream_descriptor> fd;
-    boost::asio::steady_timer timeout_timer{io};
+    std::shared_ptr<Pump> pump;
     boost::asio::steady_timer retry_timer{io};
     std::chrono::seconds retry_delay{1};
-    bool waiting_read = false, waiting_write = false, kicked = false;
     uint64_t conn_gen = 0;  // identifies the current connection; stale callbacks compare it
     bool named = false;
     std::string state = "not connected yet";
@@ -124,8 +121,7 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
     void lost(const std::string& why);
     void reconnect_later();
     void teardown();
-    void pump();
-    void kick();
+    void kick() { pump->kick(); }
     void export_machine(const core::Machine& m);
     void on_event(const core::Event& e);
     void with_caller(const std::string& sender, CallerDone done);
@@ -422,8 +418,7 @@ void Service::Impl::connect() {
         for (const auto& [name, m] : machines.all()) {
             export_machine(*m);
         }
-        auto pd = conn->getEventLoopPollData();
-        fd = std::make_unique<boost::asio::posix::stream_descriptor>(io, pd.fd);
+        pump->attach(conn->getEventLoopPollData().fd);
     } catch (const std::exception& e) {
         return lost(std::string("cannot connect: ") + e.what());
     }
@@ -455,7 +450,7 @@ void Service::Impl::connect() {
             spdlog::info("dbus: serving {} on {} ({} machines)", kName, self->address,
                          self->objects.size());
         });
-    pump();
+    pump->run();
 }
 
 void Service::Impl::teardown() {
@@ -468,12 +463,7 @@ void Service::Impl::teardown() {
     // Results die before their connection: nothing is left to answer to.
     lookups.clear();
     owed.clear();
-    if (fd) {
-        fd->release();  // sd-bus owns the fd
-        fd.reset();
-    }
-    timeout_timer.cancel();
-    waiting_read = waiting_write = false;
+    pump->detach();
     conn.reset();
 }
 
@@ -501,77 +491,25 @@ void Service::Impl::reconnect_later() {
     });
 }
 
-void Service::Impl::kick() {
-    if (kicked) {
-        return;
-    }
-    kicked = true;
-    boost::asio::post(io, [weak = weak_from_this()] {
-        if (auto self = weak.lock()) {
-            self->kicked = false;
-            self->pump();
-        }
-    });
-}
-
-// Processes everything sd-bus has, then waits for what it asks for: readable, writable (when
-// output is queued), or its next timeout. Called again after every outgoing message.
-void Service::Impl::pump() {
-    if (!conn) {
-        return;
-    }
-    uint64_t gen = conn_gen;
-    sdbus::IConnection::PollData pd{};
-    try {
-        while (conn->processPendingRequest()) {
-            if (gen != conn_gen || !conn) {
-                return;
-            }
-        }
-        pd = conn->getEventLoopPollData();
-    } catch (const sdbus::Error& e) {
-        return lost(e.getMessage());
-    }
-    auto weak = weak_from_this();
-    auto again = [weak, gen](bool* flag) {
-        return [weak, gen, flag](boost::system::error_code ec) {
-            auto self = weak.lock();
-            if (!self || gen != self->conn_gen) {
-                return;
-            }
-            *flag = false;
-            if (!ec) {
-                self->pump();
-            }
-        };
-    };
-    if ((pd.events & POLLIN) && !waiting_read) {
-        waiting_read = true;
-        fd->async_wait(boost::asio::posix::stream_descriptor::wait_read, again(&waiting_read));
-    }
-    if ((pd.events & POLLOUT) && !waiting_write) {
-        waiting_write = true;
-        fd->async_wait(boost::asio::posix::stream_descriptor::wait_write, again(&waiting_write));
-    }
-    if (pd.timeout_usec != UINT64_MAX) {
-        timespec now{};
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        uint64_t now_us = uint64_t(now.tv_sec) * 1000000 + uint64_t(now.tv_nsec) / 1000;
-        auto delay =
-            std::chrono::microseconds(pd.timeout_usec > now_us ? pd.timeout_usec - now_us : 0);
-        timeout_timer.expires_after(delay);
-        timeout_timer.async_wait([weak, gen](boost::system::error_code ec) {
-            auto self = weak.lock();
-            if (self && gen == self->conn_gen && !ec) {
-                self->pump();
-            }
-        });
-    }
-}
-
 Service::Service(boost::asio::io_context& io, core::Machines& machines, core::EventBus& events,
                  std::string address, std::optional<unsigned> admin_gid)
-    : impl_(std::make_shared<Impl>(io, machines, events, std::move(address), admin_gid)) {}
+    : impl_(std::make_shared<Impl>(io, machines, events, std::move(address), admin_gid)) {
+    std::weak_ptr<Impl> weak = impl_;
+    impl_->pump = std::make_shared<Pump>(
+        io, Pump::Hooks{[weak] {
+                            auto self = weak.lock();
+                            return self && self->conn && self->conn->processPendingRequest();
+                        },
+                        [weak] {
+                            auto pd = weak.lock()->conn->getEventLoopPollData();
+                            return Pump::Wants{pd.events, pd.timeout_usec};
+                        },
+                        [weak](const std::string& why) {
+                            if (auto self = weak.lock()) {
+                                self->lost(why);
+                            }
+                        }});
+}
 
 Service::~Service() {
     if (impl_->subscription) {

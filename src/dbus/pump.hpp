@@ -1,0 +1,44 @@
+#pragma once
+// Drives one sd-bus connection from the reactor, without a thread: processes everything the
+// connection has, then waits for what it asks for — readable, writable while output is queued,
+// or its next timeout — with async_wait on its fd and a timer. kick() after queuing a message.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+namespace hangar::dbus {
+
+class Pump : public std::enable_shared_from_this<Pump> {
+  public:
+    struct Wants {
+        short events = 0;                    // POLLIN / POLLOUT
+        uint64_t timeout_usec = UINT64_MAX;  // absolute CLOCK_MONOTONIC µs; UINT64_MAX: none
+    };
+    struct Hooks {
+        std::function<bool()> process;  // handles one message; false when none is left
+        std::function<Wants()> wants;
+        std::function<void(const std::string&)> lost;  // process or wants threw
+    };
+
+    Pump(boost::asio::io_context& io, Hooks hooks);
+    // The connection's fd, which stays the connection's to close.
+    void attach(int fd);
+    void detach();
+    void kick();
+    void run();
+
+  private:
+    boost::asio::io_context& io_;
+    Hooks hooks_;
+    std::unique_ptr<boost::asio::posix::stream_descriptor> fd_;
+    boost::asio::steady_timer timer_;
+    uint64_t gen_ = 0;  // bumped by attach/detach; stale waits compare it
+    bool waiting_read_ = false, waiting_write_ = false, kicked_ = false;
+};
+
+}  // namespace hangar::dbus
