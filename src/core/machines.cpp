@@ -628,6 +628,20 @@ void Machines::on_qmp_event(Machine& m, std::string_view event, const std::strin
             }
         }
         set_state(m, MachineState::stopping, m.exit_reason.empty() ? reason : m.exit_reason);
+        if (explainer_ && !m.explaining && detail.find("reason=host-signal") != std::string::npos) {
+            m.explaining = true;
+            explainer_(m, [this, name = m.spec.name, gen = m.generation](std::string why) {
+                with_machine(name, gen, [&](Machine& m) {
+                    m.explaining = false;
+                    if (!why.empty()) {
+                        m.exit_reason = std::move(why);
+                    }
+                    if (auto exit = std::exchange(m.deferred_exit, std::nullopt)) {
+                        on_exit(m, exit->first, exit->second);
+                    }
+                });
+            });
+        }
         force_quit(m, reason);
     } else if (event == "GUEST_PANICKED") {
         m.exit_reason = "qmp:GUEST_PANICKED";
@@ -650,6 +664,10 @@ void Machines::on_responsive(Machine& m, bool responsive, const std::string& why
 }
 
 void Machines::on_exit(Machine& m, const std::string& how, bool clean) {
+    if (m.explaining) {
+        m.deferred_exit.emplace(how, clean);
+        return;
+    }
     m.proc.reset();
     m.pid = 0;
     m.stop_timer.reset();

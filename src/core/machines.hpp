@@ -67,6 +67,9 @@ struct Machine {
     bool restart_pending = false;
     bool delete_after_exit = false;
     bool quit_sent = false;  // "quit" went out for the current QEMU
+    // An ExitExplainer is asked why QEMU was signalled; its exit waits for the answer.
+    bool explaining = false;
+    std::optional<std::pair<std::string, bool>> deferred_exit;  // (how, clean)
     std::unique_ptr<boost::asio::steady_timer> stop_timer;
     uint64_t generation = 0;  // identifies the current QEMU; stale callbacks compare it
 
@@ -120,6 +123,12 @@ class Machines {
     void remove(const Caller& caller, const std::string& name, bool force,
                 std::function<void(const Status&)> done);
 
+    // Asked when QEMU says something outside hangar signalled it (SHUTDOWN reason=host-signal):
+    // calls `answer` once, soon, with the reason to report for the stop, e.g.
+    // "machined:terminated", or "" to keep QEMU's. The machine's exit waits for the answer.
+    using ExitExplainer = std::function<void(const Machine&, std::function<void(std::string)>)>;
+    void set_exit_explainer(ExitExplainer e) { explainer_ = std::move(e); }
+
     const std::string& to_json(const Machine& m) const;
     uint64_t revision() const { return events_.revision(); }
     const std::map<std::string, std::unique_ptr<Machine>>& all() const { return machines_; }
@@ -156,6 +165,7 @@ class Machines {
     EventBus& events_;
     MachinesConfig cfg_;
     std::map<std::string, std::unique_ptr<Machine>> machines_;
+    ExitExplainer explainer_;
 };
 
 }  // namespace hangar::core

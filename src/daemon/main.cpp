@@ -31,6 +31,7 @@
 #include "daemon/logging.hpp"
 #include "daemon/options.hpp"
 #include "daemon/systemd.hpp"
+#include "dbus/machined.hpp"
 #include "dbus/service.hpp"
 #include "drivers/qemu/argv.hpp"
 #include "qmp/client.hpp"
@@ -212,8 +213,12 @@ int main(int argc, char** argv) {
         admin_gid = g->gr_gid;
     }
     std::optional<dbus::Service> bus;
+    std::optional<dbus::Machined> machined;
     if (dbus_mode != "none") {
         bus.emplace(io, machines, events, dbus_mode, admin_gid);
+        if (opts.machined) {
+            machined.emplace(io, machines, events, dbus_mode);
+        }
     }
 
     core::Credentials credentials(db);
@@ -230,12 +235,18 @@ int main(int argc, char** argv) {
     probes.subscribers = [&streams] { return streams.subscribers(); };
     probes.subscribers_dropped = [&streams] { return streams.dropped_slow(); };
     probes.connections = [&server] { return server.connections(); };
-    probes.dbus = [&bus, dbus_mode](std::string& detail) {
+    probes.dbus = [&bus, &machined, dbus_mode](std::string& detail) {
         if (!bus) {
             detail = "not served (--dbus " + dbus_mode + ")";
             return false;
         }
-        return bus->healthy(detail);
+        bool ok = bus->healthy(detail);
+        if (machined) {
+            std::string m;
+            machined->healthy(m);  // machined may be absent: the service is still fine
+            detail += "; machined: " + m;
+        }
+        return ok;
     };
     if (admin_gid) {
         server.set_admin_gid(*admin_gid);
@@ -322,6 +333,9 @@ int main(int argc, char** argv) {
         daemon::notify_ready(std::to_string(total) + " machines, " + std::to_string(adopted) +
                              " running QEMU adopted; socket " + opts.socket +
                              (tcp_url.empty() ? "" : ", " + tcp_url));
+        if (machined) {
+            machined->start();  // only now: it reconciles machined with the adopted VMs
+        }
     });
     daemon::Watchdog watchdog(io);
     if (bus) {

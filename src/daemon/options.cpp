@@ -9,7 +9,8 @@ namespace hangar::daemon {
 
 std::string usage() {
     return "usage: hangard [--state-dir DIR] [--listen ADDR:PORT] [--socket PATH]\n"
-           "               [--dbus none|session|system|ADDRESS] [--tls-cert F --tls-key F]\n"
+           "               [--dbus none|session|system|ADDRESS] [--no-machined]\n"
+           "               [--tls-cert F --tls-key F]\n"
            "               [--insecure-http] [--log-level LEVEL] [--foreground]\n"
            "               [--qemu PATH] [--accel auto|kvm|tcg] [--guest-dir DIR]\n"
            "               [--qmp-timeout-ms N]\n"
@@ -72,6 +73,8 @@ int parse_options(int argc, char** argv, Options& o, std::string& err) {
             ok = need(o.tls_cert);
         } else if (a == "--tls-key") {
             ok = need(o.tls_key);
+        } else if (a == "--no-machined") {
+            o.machined = false;
         } else if (a == "--insecure-http") {
             o.insecure_http = true;
         } else if (a == "--log-level") {

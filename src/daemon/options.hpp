@@ -11,6 +11,7 @@ struct Options {
     std::string dbus;    // none|session|system|ADDRESS; default: system when reachable
     std::string tls_cert, tls_key;
     std::string accel = "auto";  // auto|kvm|tcg
+    bool machined = true;        // register VMs with systemd-machined on the --dbus bus
     bool insecure_http = false;
     std::string log_level = "info";
     bool foreground = false;

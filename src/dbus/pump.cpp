@@ -92,4 +92,23 @@ void Pump::run() {
     }
 }
 
+void Backoff::after_loss(std::weak_ptr<void> owner, std::function<bool()> current,
+                         std::function<void()> teardown, std::function<void()> connect) {
+    boost::asio::post(io_, [this, owner, current = std::move(current),
+                            teardown = std::move(teardown), connect = std::move(connect)] {
+        auto alive = owner.lock();
+        if (!alive || !current()) {
+            return;
+        }
+        teardown();
+        timer_.expires_after(delay_);
+        delay_ = std::min(delay_ * 2, std::chrono::seconds(30));
+        timer_.async_wait([owner, connect](boost::system::error_code ec) {
+            if (auto alive = owner.lock(); alive && !ec) {
+                connect();
+            }
+        });
+    });
+}
+
 }  // namespace hangar::dbus

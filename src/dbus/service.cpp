@@ -77,8 +77,7 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
     std::unique_ptr<sdbus::IConnection> conn;
     std::unique_ptr<sdbus::IProxy> bus_proxy;  // org.freedesktop.DBus
     std::shared_ptr<Pump> pump;
-    boost::asio::steady_timer retry_timer{io};
-    std::chrono::seconds retry_delay{1};
+    Backoff backoff{io};
     uint64_t conn_gen = 0;  // identifies the current connection; stale callbacks compare it
     bool named = false;
     std::string state = "not connected yet";
@@ -445,7 +444,7 @@ void Service::Impl::connect() {
                 return self->reconnect_later();
             }
             self->named = true;
-            self->retry_delay = std::chrono::seconds(1);
+            self->backoff.connected();
             self->state = "connected to " + self->address + " as " + kName;
             spdlog::info("dbus: serving {} on {} ({} machines)", kName, self->address,
                          self->objects.size());
@@ -468,27 +467,15 @@ void Service::Impl::teardown() {
 }
 
 void Service::Impl::lost(const std::string& why) {
-    spdlog::warn("dbus: lost {}: {}; retrying in {} s", address, why, retry_delay.count());
+    spdlog::warn("dbus: lost {}: {}; retrying in {} s", address, why, backoff.delay().count());
     state = "not connected to " + address + ": " + why;
     reconnect_later();
 }
 
 void Service::Impl::reconnect_later() {
-    // Not from inside sd-bus's own call stack: tear down on the next turn.
-    boost::asio::post(io, [weak = weak_from_this(), gen = conn_gen] {
-        auto self = weak.lock();
-        if (!self || gen != self->conn_gen) {
-            return;
-        }
-        self->teardown();
-        self->retry_timer.expires_after(self->retry_delay);
-        self->retry_delay = std::min(self->retry_delay * 2, std::chrono::seconds(30));
-        self->retry_timer.async_wait([weak](boost::system::error_code ec) {
-            if (auto s = weak.lock(); s && !ec) {
-                s->connect();
-            }
-        });
-    });
+    backoff.after_loss(
+        weak_from_this(), [this, gen = conn_gen] { return gen == conn_gen; },
+        [this] { teardown(); }, [this] { connect(); });
 }
 
 Service::Service(boost::asio::io_context& io, core::Machines& machines, core::EventBus& events,
