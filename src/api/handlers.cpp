@@ -61,6 +61,79 @@ Status unknown_field(std::string_view where, std::string_view key) {
     return {Errc::bad_request, "unknown field '" + std::string(where) + std::string(key) + "'"};
 }
 
+// ?wait=true|false (1|0); `wait` keeps its default when absent.
+Status parse_wait(const std::map<std::string, std::string>& query, bool& wait) {
+    if (auto it = query.find("wait"); it != query.end()) {
+        if (it->second == "false" || it->second == "0") {
+            wait = false;
+        } else if (it->second == "true" || it->second == "1") {
+            wait = true;
+        } else {
+            return {Errc::bad_request, "wait must be true or false"};
+        }
+    }
+    return {};
+}
+
+Response accepted(const std::string& op_id) {
+    json::Writer w;
+    w.begin_object().field("operation", op_id).end_object();
+    auto res = json_response(202, w.take());
+    res.headers.emplace_back("Location", "/v1/operations/" + op_id);
+    return res;
+}
+
+// {"name": ..., "source": {"type": ..., "server"/"alias" | "path"}}
+Status parse_pull(const std::string& body, core::PullRequest& pr) {
+    simdjson::dom::parser parser;
+    element doc;
+    if (Status st = parse_object(parser, body, doc, false); !st) {
+        return st;
+    }
+    bool has_source = false;
+    simdjson::dom::object fields = doc.get_object().value_unsafe();
+    for (auto [key, v] : fields) {
+        if (key == "name") {
+            if (Status st = get_string(v, key, pr.name); !st) {
+                return st;
+            }
+        } else if (key == "source") {
+            simdjson::dom::object src;
+            if (v.get(src) != simdjson::SUCCESS) {
+                return {Errc::bad_request, "field 'source' must be an object"};
+            }
+            has_source = true;
+            for (auto [sk, sv] : src) {
+                std::string* to = sk == "type"     ? &pr.type
+                                  : sk == "server" ? &pr.server
+                                  : sk == "alias"  ? &pr.alias
+                                  : sk == "path"   ? &pr.path
+                                                   : nullptr;
+                if (!to) {
+                    return unknown_field("source.", sk);
+                }
+                if (Status st = get_string(sv, "source." + std::string(sk), *to); !st) {
+                    return st;
+                }
+            }
+        } else {
+            return unknown_field("", key);
+        }
+    }
+    if (pr.name.empty() || !has_source) {
+        return {Errc::bad_request, "'name' and 'source' are required"};
+    }
+    if (pr.name == "remote") {
+        return {Errc::invalid_name, "image name 'remote' is reserved (GET /v1/images/remote)"};
+    }
+    if (pr.type == "file" ? !pr.server.empty() || !pr.alias.empty() : !pr.path.empty()) {
+        return {Errc::bad_request,
+                "a file source takes only 'path'; a server source 'server' "
+                "and 'alias'"};
+    }
+    return {};
+}
+
 std::string machines_json(const core::Machines& machines,
                           const std::vector<const core::Machine*>& list) {
     std::string out;
@@ -200,8 +273,71 @@ Status parse_action_args(core::Action action, const std::string& body, core::Act
 }
 }  // namespace
 
+void register_image_routes(Router& router, core::Images& images) {
+    router.add("GET", "/v1/images", [&images](Request&, Respond respond) {
+        std::string out = "{\"images\":[";
+        bool first = true;
+        for (const auto* img : images.list()) {
+            out += first ? "" : ",";
+            first = false;
+            out += images.to_json(*img);
+        }
+        respond(json_response(200, out + "]}"));
+    });
+    router.add("POST", "/v1/images", [&images](Request& req, Respond respond) {
+        bool wait = false;
+        core::PullRequest pr;
+        if (Status st = parse_wait(req.query, wait); !st) {
+            return respond(error_response(st));
+        }
+        if (Status st = parse_pull(req.body, pr); !st) {
+            return respond(error_response(st));
+        }
+        std::string op;
+        std::function<void(const Status&, const core::Image*)> done;
+        if (wait) {
+            done = [&images, respond](const Status& st, const core::Image* img) {
+                respond(st ? json_response(201, images.to_json(*img)) : error_response(st));
+            };
+        }
+        if (Status st = images.pull(req.caller, pr, op, std::move(done)); !st) {
+            return respond(error_response(st));
+        }
+        if (!wait) {
+            respond(accepted(op));
+        }
+    });
+    // Before /v1/images/{name}: the name "remote" is reserved for it.
+    router.add("GET", "/v1/images/remote", [&images](Request& req, Respond respond) {
+        std::string server = req.query.count("server") ? req.query["server"] : "";
+        std::string type = req.query.count("type") ? req.query["type"] : "simplestreams";
+        if (server.empty()) {
+            return respond(error_response({Errc::bad_request, "?server=URL is required"}));
+        }
+        images.remote(
+            server, type,
+            [server, type, respond](const Status& st,
+                                    std::vector<hangar::images::RemoteImage> list) {
+                respond(st ? json_response(200, core::Images::remote_json(server, type, list))
+                           : error_response(st));
+            });
+    });
+    router.add("GET", "/v1/images/{name}", [&images](Request& req, Respond respond) {
+        const core::Image* img = nullptr;
+        if (Status st = images.get(req.params["name"], &img); !st) {
+            return respond(error_response(st));
+        }
+        respond(json_response(200, images.to_json(*img)));
+    });
+    router.add("DELETE", "/v1/images/{name}", [&images](Request& req, Respond respond) {
+        Status st = images.remove(req.caller, req.params["name"]);
+        respond(st ? json_response(200, "{}") : error_response(st));
+    });
+}
+
 void register_routes(Router& router, core::Machines& machines, core::Credentials& credentials,
-                     core::Operations& operations, const ServerInfo& info, const Probes& probes) {
+                     core::Operations& operations, core::Images& images, const ServerInfo& info,
+                     const Probes& probes) {
     register_meta_routes(router, machines, credentials, probes);
     router.add("GET", "/v1", [&machines, info](Request& req, Respond respond) {
         struct utsname u {};
@@ -346,13 +482,8 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
                                                  " (start, stop, kill, restart, pause, resume)"}));
                    }
                    bool wait = true;
-                   if (auto it = req.query.find("wait"); it != req.query.end()) {
-                       if (it->second == "false" || it->second == "0") {
-                           wait = false;
-                       } else if (it->second != "true" && it->second != "1") {
-                           return respond(
-                               error_response({Errc::bad_request, "wait must be true or false"}));
-                       }
+                   if (Status st = parse_wait(req.query, wait); !st) {
+                       return respond(error_response(st));
                    }
                    core::ActionArgs args;
                    if (Status st = parse_action_args(*action, req.body, args); !st) {
@@ -374,11 +505,7 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
                        machines.get(req.caller, name, &m);
                        operations.start(id, name, m ? m->spec.owner : req.caller.uid,
                                         req.params["action"]);
-                       json::Writer w;
-                       w.begin_object().field("operation", id).end_object();
-                       auto res = json_response(202, w.take());
-                       res.headers.emplace_back("Location", "/v1/operations/" + id);
-                       return respond(std::move(res));
+                       return respond(accepted(id));
                    }
                    Status st =
                        machines.act(req.caller, name, *action, args,
@@ -498,6 +625,8 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
             respond(st ? json_response(200, "{}") : error_response(st));
         });
     }
+
+    register_image_routes(router, images);
 
     router.add("GET", "/v1/events", [](Request& req, Respond respond) {
         EventFilter filter;

@@ -6,6 +6,7 @@
 
 #include "api/router.hpp"
 #include "core/credentials.hpp"
+#include "core/images.hpp"
 #include "core/machines.hpp"
 #include "core/operations.hpp"
 
@@ -26,7 +27,10 @@ struct Probes {
 
 // Registers every route of the API on `router`. `info` and `probes` must outlive it.
 void register_routes(Router& router, core::Machines& machines, core::Credentials& credentials,
-                     core::Operations& operations, const ServerInfo& info, const Probes& probes);
+                     core::Operations& operations, core::Images& images, const ServerInfo& info,
+                     const Probes& probes);
+// /v1/images (part of register_routes).
+void register_image_routes(Router& router, core::Images& images);
 
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,

@@ -2,7 +2,9 @@
 // Exit status: 0 success, 1 an API error (its message printed), 2 a usage error.
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -55,6 +57,11 @@ const char* kUsage =
     "  token create NAME | token list | token revoke NAME   (over the unix socket)\n"
     "  cert add NAME (CERT.pem | --fingerprint SHA256) | cert list | cert remove NAME\n"
     "                               trusted TLS client certificates (over the unix socket)\n"
+    "  image list | image show NAME | image delete NAME\n"
+    "  image pull SERVER ALIAS [--type simplestreams|lxc] [--name NAME]\n"
+    "                               pull a container root file system; waits for it\n"
+    "  image import NAME FILE       a local rootfs tarball or squashfs\n"
+    "  image remote SERVER [--type simplestreams|lxc]   what a server offers\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
 
 struct UsageError {
@@ -754,6 +761,124 @@ int run(int argc, char** argv) {
         throw UsageError{
             "cert add NAME (CERT.pem | --fingerprint SHA256) | cert list | "
             "cert remove NAME"};
+    }
+    if (cmd == "image") {
+        auto a = parse_args(args, {"--type", "--name"}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        std::string type = a.opt.count("--type") ? a.opt["--type"] : "simplestreams";
+        auto print_images = [&](simdjson::dom::array list) {
+            std::vector<std::vector<std::string>> rows;
+            for (auto img : list) {
+                simdjson::dom::element src;
+                if (img["source"].get(src) != simdjson::SUCCESS) {
+                    src = img;
+                }
+                std::string from = str(src, "type") == "file"
+                                       ? str(src, "path")
+                                       : str(src, "server") + " " + str(src, "alias");
+                rows.push_back({str(img, "name"), str(img, "os") + " " + str(img, "release"),
+                                str(img, "arch"), str(img, "version"),
+                                std::to_string(std::stoull("0" + str(img, "size")) >> 20) + " MiB",
+                                from});
+            }
+            print_table({"NAME", "OS", "ARCH", "VERSION", "SIZE", "SOURCE"}, rows);
+        };
+        auto pull = [&](const std::string& name, const std::string& source) {
+            hangar::json::Writer w;
+            w.begin_object().field("name", name).key("source").raw(source).end_object();
+            if (int rc = request(http::verb::post, "/v1/images?wait=true", w.str(), &doc)) {
+                return rc;
+            }
+            std::cout << (as_json ? out
+                                  : str(doc, "name") + ": ready, sha256 " + str(doc, "sha256"))
+                      << "\n";
+            return 0;
+        };
+        if (sub == "list" && a.pos.size() == 1) {
+            if (int rc = request(http::verb::get, "/v1/images", "", &doc)) {
+                return rc;
+            }
+            if (as_json) {
+                std::cout << out << "\n";
+            } else {
+                simdjson::dom::array list;
+                if (doc["images"].get(list) != simdjson::SUCCESS) {
+                    std::cerr << "hangarctl: unexpected answer from hangard\n";
+                    return 1;
+                }
+                print_images(list);
+            }
+            return 0;
+        }
+        if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
+            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
+            if (int rc = request(verb, "/v1/images/" + url_encode(a.pos[1]), "", &doc)) {
+                return rc;
+            }
+            if (sub == "show") {
+                std::cout << out << "\n";
+            }
+            return 0;
+        }
+        if (sub == "pull" && a.pos.size() == 3) {
+            // The alias names the image unless --name does: "debian/12" -> "debian-12".
+            std::string name = a.opt.count("--name") ? a.opt["--name"] : "";
+            for (char c : a.opt.count("--name") ? std::string() : a.pos[2]) {
+                bool keep = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+                char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+                name += keep ? c : (l >= 'a' && l <= 'z') ? l : '-';
+            }
+            hangar::json::Writer src;
+            src.begin_object()
+                .field("type", type)
+                .field("server", a.pos[1])
+                .field("alias", a.pos[2])
+                .end_object();
+            return pull(name, src.str());
+        }
+        if (sub == "import" && a.pos.size() == 3) {
+            std::error_code ec;
+            auto path = std::filesystem::absolute(a.pos[2], ec);
+            hangar::json::Writer src;
+            src.begin_object().field("type", "file").field("path", path.string()).end_object();
+            return pull(a.pos[1], src.str());
+        }
+        if (sub == "remote" && a.pos.size() == 2) {
+            std::string q =
+                "/v1/images/remote?server=" + url_encode(a.pos[1]) + "&type=" + url_encode(type);
+            if (int rc = request(http::verb::get, q, "", &doc)) {
+                return rc;
+            }
+            if (as_json) {
+                std::cout << out << "\n";
+                return 0;
+            }
+            std::vector<std::vector<std::string>> rows;
+            simdjson::dom::array list;
+            if (doc["images"].get(list) != simdjson::SUCCESS) {
+                std::cerr << "hangarctl: unexpected answer from hangard\n";
+                return 1;
+            }
+            for (auto img : list) {
+                std::string aliases;
+                simdjson::dom::array names;
+                if (img["aliases"].get(names) == simdjson::SUCCESS) {
+                    for (auto al : names) {
+                        std::string_view a;
+                        if (al.get(a) == simdjson::SUCCESS) {
+                            aliases += (aliases.empty() ? "" : ",") + std::string(a);
+                        }
+                    }
+                }
+                rows.push_back(
+                    {aliases, str(img, "arch"), str(img, "version"), str(img, "format")});
+            }
+            print_table({"ALIASES", "ARCH", "VERSION", "FORMAT"}, rows);
+            return 0;
+        }
+        throw UsageError{
+            "image list | image show NAME | image delete NAME | image pull SERVER ALIAS "
+            "[--type T] [--name NAME] | image import NAME FILE | image remote SERVER [--type T]"};
     }
     throw UsageError{"unknown command " + cmd};
 }

@@ -13,15 +13,58 @@ std::string Operations::new_id() const {
 void Operations::start(const std::string& id, const std::string& machine, uint32_t owner,
                        const std::string& action) {
     Operation op;
-    op.id = id;
     op.machine = machine;
+    begin(id, std::move(op), owner, action);
+}
+
+void Operations::start_image(const std::string& id, const std::string& image, uint32_t owner,
+                             const std::string& action) {
+    Operation op;
+    op.image = image;
+    begin(id, std::move(op), owner, action);
+}
+
+void Operations::begin(const std::string& id, Operation op, uint32_t owner,
+                       const std::string& action) {
+    op.id = id;
     op.owner = owner;
     op.action = action;
     op.created_at = now_rfc3339();
-    ops_[id] = std::move(op);
     json::Writer w;
-    w.begin_object().field("id", id).field("action", action).end_object();
+    w.begin_object().field("id", id).field("action", action);
+    if (!op.image.empty()) {
+        w.field("image", op.image);
+    }
+    w.end_object();
+    std::string machine = op.machine;
+    ops_[id] = std::move(op);
     events_.publish("operation.created", machine, owner, w.str());
+}
+
+void Operations::progress(const std::string& id, const std::string& phase, uint64_t bytes,
+                          uint64_t total) {
+    auto it = ops_.find(id);
+    if (it == ops_.end() || it->second.status != "running") {
+        return;
+    }
+    Operation& op = it->second;
+    op.phase = phase;
+    op.bytes = bytes;
+    op.total = total;
+    json::Writer w;
+    w.begin_object()
+        .field("id", id)
+        .field("action", op.action)
+        .field("image", op.image)
+        .field("phase", phase)
+        .field("bytes", bytes)
+        .field("total", total)
+        .end_object();
+    events_.publish("operation.progress", op.machine, op.owner, w.str());
+}
+
+void Operations::finish_image(const std::string& id, const Status& st) {
+    finish(id, st, nullptr);
 }
 
 void Operations::finish(const std::string& id, const Status& st, const Machine* m) {
@@ -33,7 +76,9 @@ void Operations::finish(const std::string& id, const Status& st, const Machine* 
     op.status = st ? "succeeded" : "failed";
     op.error = st;
     op.done_at = now_rfc3339();
-    op.state = m ? std::string(to_string(m->state)) : "deleted";
+    if (op.image.empty()) {
+        op.state = m ? std::string(to_string(m->state)) : "deleted";
+    }
     events_.publish("operation.done", op.machine, op.owner, to_json(op));
     finished_.push_back(id);
     while (finished_.size() > kKeptOperations) {
@@ -53,14 +98,25 @@ Status Operations::get(const Caller& caller, const std::string& id, const Operat
 
 std::string Operations::to_json(const Operation& op) const {
     json::Writer w;
-    w.begin_object()
-        .field("id", op.id)
-        .field("machine", op.machine)
-        .field("action", op.action)
-        .field("status", op.status)
-        .field("created_at", op.created_at);
+    w.begin_object().field("id", op.id);
+    if (op.image.empty()) {
+        w.field("machine", op.machine);
+    }
+    w.field("action", op.action).field("status", op.status).field("created_at", op.created_at);
+    if (!op.image.empty()) {
+        w.field("image", op.image);
+        w.key("progress")
+            .begin_object()
+            .field("phase", op.phase)
+            .field("bytes", op.bytes)
+            .field("total", op.total)
+            .end_object();
+    }
     if (!op.done_at.empty()) {
-        w.field("done_at", op.done_at).field("state", op.state);
+        w.field("done_at", op.done_at);
+        if (op.image.empty()) {
+            w.field("state", op.state);
+        }
     }
     if (!op.error.ok()) {
         w.key("error")

@@ -34,6 +34,7 @@
 #include "dbus/machined.hpp"
 #include "dbus/service.hpp"
 #include "drivers/qemu/argv.hpp"
+#include "images/fetch.hpp"
 #include "qmp/client.hpp"
 #include "store/db.hpp"
 #include "util/metrics.hpp"
@@ -226,7 +227,13 @@ int main(int argc, char** argv) {
     api::ServerInfo info{opts.state_dir, cfg.qemu.accel};
     api::Probes probes;
     core::Operations operations(events);
-    api::register_routes(router, machines, credentials, operations, info, probes);
+    images::FetchOptions fetch_opts;
+    fetch_opts.ca_file = opts.image_ca;
+    auto transfer = images::make_transfer(io, fetch_opts);
+    core::Images image_store(io, db, events, operations, opts.state_dir + "/images",
+                             transfer.get());
+    image_store.load();
+    api::register_routes(router, machines, credentials, operations, image_store, info, probes);
     api::EventStreams streams(events, {});
     api::Authenticate authenticate{
         [&credentials](std::string_view t) { return credentials.authenticate_token(t); },

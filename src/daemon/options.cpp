@@ -13,7 +13,7 @@ std::string usage() {
            "               [--tls-cert F --tls-key F]\n"
            "               [--insecure-http] [--log-level LEVEL] [--foreground]\n"
            "               [--qemu PATH] [--accel auto|kvm|tcg] [--guest-dir DIR]\n"
-           "               [--qmp-timeout-ms N]\n"
+           "               [--qmp-timeout-ms N] [--image-ca FILE]\n"
            "               [--event-ring N] [--admin-group NAME] [--help] [--version]\n";
 }
 
@@ -92,6 +92,8 @@ int parse_options(int argc, char** argv, Options& o, std::string& err) {
                 err = "--accel must be auto, kvm or tcg";
                 ok = false;
             }
+        } else if (a == "--image-ca") {
+            ok = need(o.image_ca);
         } else if (a == "--qemu") {
             ok = need(o.qemu);
         } else if (a == "--admin-group") {

@@ -11,6 +11,7 @@ struct Options {
     std::string dbus;    // none|session|system|ADDRESS; default: system when reachable
     std::string tls_cert, tls_key;
     std::string accel = "auto";  // auto|kvm|tcg
+    std::string image_ca;        // extra CA file (PEM) trusted for image servers
     bool machined = true;        // register VMs with systemd-machined on the --dbus bus
     bool insecure_http = false;
     std::string log_level = "info";

@@ -49,6 +49,10 @@ CREATE TABLE tokens(
     R"sql(
 ALTER TABLE tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'token';
 )sql",
+    // 5: local images (their JSON as the API shows it).
+    R"sql(
+CREATE TABLE images(name TEXT PRIMARY KEY, data TEXT NOT NULL);
+)sql",
 };
 
 struct Stmt {
@@ -367,6 +371,30 @@ std::vector<EventRow> Db::load_events_after(uint64_t seq, size_t limit) {
                        static_cast<uint32_t>(sqlite3_column_int64(s.st, 5))});
     }
     return out;
+}
+
+std::vector<std::pair<std::string, std::string>> Db::load_images() {
+    std::vector<std::pair<std::string, std::string>> out;
+    Stmt s{prepare("SELECT name, data FROM images ORDER BY name")};
+    while (sqlite3_step(s.st) == SQLITE_ROW) {
+        out.emplace_back(column_text(s.st, 0), column_text(s.st, 1));
+    }
+    return out;
+}
+
+void Db::insert_image(const std::string& name, const std::string& data) {
+    begin();
+    Stmt s{prepare("INSERT OR REPLACE INTO images(name, data) VALUES(?,?)")};
+    bind_text(s.st, 1, name);
+    bind_text(s.st, 2, data);
+    step_done(s.st, "insert image");
+}
+
+void Db::delete_image(const std::string& name) {
+    begin();
+    Stmt s{prepare("DELETE FROM images WHERE name=?")};
+    bind_text(s.st, 1, name);
+    step_done(s.st, "delete image");
 }
 
 }  // namespace hangar::store

@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hangar/error.hpp"
@@ -67,6 +68,11 @@ class Db {
     std::vector<CredentialRow> load_credentials();
     void insert_credential(const CredentialRow& c);
     void delete_credential(const std::string& name);
+
+    // Images: (name, the image's JSON).
+    std::vector<std::pair<std::string, std::string>> load_images();
+    void insert_image(const std::string& name, const std::string& data);
+    void delete_image(const std::string& name);
 
     // Commits what this turn wrote. Returns false (and logs) if the commit failed.
     bool flush();

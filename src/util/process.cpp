@@ -10,6 +10,9 @@
 
 #include <fstream>
 #include <iterator>
+#include <optional>
+
+#include <boost/asio/read.hpp>
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -182,6 +185,74 @@ bool PidWatch::signal(int sig) {
         return false;
     }
     return syscall(SYS_pidfd_send_signal, fd_.native_handle(), sig, nullptr, 0) == 0;
+}
+
+namespace {
+struct Command : std::enable_shared_from_this<Command> {
+    Command(boost::asio::io_context& io, size_t limit, CommandDone done)
+        : out(io), limit(limit), done(std::move(done)) {}
+    boost::asio::posix::stream_descriptor out;
+    std::unique_ptr<PidWatch> watch;
+    size_t limit;
+    CommandDone done;
+    std::string output;
+    char buf[16384];
+    bool eof = false;
+    std::optional<ExitInfo> exit;
+
+    void read() {
+        out.async_read_some(boost::asio::buffer(buf), [self = shared_from_this()](
+                                                          boost::system::error_code ec, size_t n) {
+            if (n > 0 && self->output.size() < self->limit) {
+                self->output.append(self->buf, std::min(n, self->limit - self->output.size()));
+            }
+            if (ec) {
+                self->eof = true;
+                return self->maybe_done();
+            }
+            self->read();
+        });
+    }
+    void maybe_done() {
+        if (eof && exit && done) {
+            std::exchange(done, nullptr)(Status{}, *exit, std::move(output));
+        }
+    }
+};
+}  // namespace
+
+void run_command(boost::asio::io_context& io, std::vector<std::string> argv, size_t limit,
+                 CommandDone done) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+        return done({Errc::internal, std::string("pipe: ") + strerror(errno)}, ExitInfo{}, {});
+    }
+    SpawnOptions opts;
+    opts.argv = std::move(argv);
+    opts.output_fd = p[1];
+    opts.new_session = false;
+    pid_t pid = 0;
+    Status st = spawn_process(opts, pid);
+    close(p[1]);
+    if (!st) {
+        close(p[0]);
+        return done(st, ExitInfo{}, {});
+    }
+    int pidfd = open_pidfd(pid);
+    if (pidfd < 0) {
+        close(p[0]);
+        waitpid(pid, nullptr, 0);  // cannot happen for a child that is not yet reaped
+        return done({Errc::internal, std::string("pidfd_open: ") + strerror(errno)}, ExitInfo{},
+                    {});
+    }
+    auto cmd = std::make_shared<Command>(io, limit, std::move(done));
+    cmd->out.assign(p[0]);
+    cmd->watch = std::make_unique<PidWatch>(io, pid, pidfd);
+    cmd->watch->wait([cmd](ExitInfo info) {
+        cmd->exit = info;
+        cmd->maybe_done();
+    });
+    cmd->read();
 }
 
 }  // namespace hangar

@@ -67,4 +67,12 @@ class PidWatch {
     boost::asio::posix::stream_descriptor fd_;
 };
 
+// Runs `argv` to completion without blocking the reactor (not in a new session: it is hangard's
+// helper). `done` gets the exit and what the command wrote to stdout and stderr together, at
+// most `limit` bytes (the rest is read and dropped); a Status that is not ok when it could not
+// be started.
+using CommandDone = std::function<void(const Status&, const ExitInfo&, std::string output)>;
+void run_command(boost::asio::io_context& io, std::vector<std::string> argv, size_t limit,
+                 CommandDone done);
+
 }  // namespace hangar

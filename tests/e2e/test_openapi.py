@@ -10,6 +10,7 @@ import jsonschema
 
 import harness
 from harness import DaemonTest
+from imageserver import make_busybox_rootfs_tar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC_PATH = os.path.join(ROOT, "docs", "openapi.json")
@@ -55,7 +56,8 @@ class OpenApi(DaemonTest):
 
     def test_real_answers_match_their_schemas(self):
         r = self.daemon.request
-        for path in ("/v1", "/v1/health", "/v1/machines", "/v1/tokens", "/v1/certificates"):
+        for path in ("/v1", "/v1/health", "/v1/machines", "/v1/tokens", "/v1/certificates",
+                     "/v1/images"):
             status, body = r("GET", path)
             self.check("GET", path, status, body)
         status, m = r("POST", "/v1/machines", {"name": "api1", "cpus": 2})
@@ -90,6 +92,28 @@ class OpenApi(DaemonTest):
         self.check("DELETE", "/v1/machines/api1", *r("DELETE", "/v1/machines/api1?force=true"),
                    template="/v1/machines/{name}")
         self.check("GET", "/v1/events", *r("GET", "/v1/events"))
+        # Images: an import as an operation, the image, the list, errors.
+        tarball = os.path.join(self.state_dir, "rootfs.tar.gz")
+        make_busybox_rootfs_tar(tarball, "gz")
+        status, ref = r("POST", "/v1/images", {"name": "img", "source": {"type": "file",
+                                                                        "path": tarball}})
+        self.check("POST", "/v1/images", status, ref)
+        harness.wait_for(lambda: r("GET", "/v1/operations/" + ref["operation"])[1]["status"]
+                         != "running", 30, "the import to end")
+        self.check("GET", "/v1/operations/x", *r("GET", "/v1/operations/" + ref["operation"]),
+                   template="/v1/operations/{id}")
+        self.check("GET", "/v1/images/n", *r("GET", "/v1/images/img"), template="/v1/images/{name}")
+        self.check("GET", "/v1/images", *r("GET", "/v1/images"))
+        self.check("POST", "/v1/images", *r("POST", "/v1/images", {"name": "img", "source": {
+            "type": "file", "path": tarball}}))
+        self.check("POST", "/v1/images", *r("POST", "/v1/images?wait=true", {"name": "img2",
+                   "source": {"type": "file", "path": tarball}}))
+        self.check("GET", "/v1/images/remote", *r("GET", "/v1/images/remote?type=lxc&server="
+                                                         "https://127.0.0.1:1"))
+        self.check("DELETE", "/v1/images/n", *r("DELETE", "/v1/images/img"),
+                   template="/v1/images/{name}")
+        self.check("DELETE", "/v1/images/n", *r("DELETE", "/v1/images/img"),
+                   template="/v1/images/{name}")
         status, body = r("GET", "/v1/nothere")
         self.assertEqual((status, body["error"]["code"]), (404, "not_found"))
         jsonschema.Draft202012Validator(

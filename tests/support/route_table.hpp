@@ -26,6 +26,7 @@ struct RouteTable {
     std::unique_ptr<core::Machines> machines;
     std::unique_ptr<core::Credentials> credentials;
     std::unique_ptr<core::Operations> operations;
+    std::unique_ptr<core::Images> images;
     api::Router router;
     api::ServerInfo info;
     api::Probes probes;
@@ -45,10 +46,13 @@ struct RouteTable {
         machines = std::make_unique<core::Machines>(io, db, *events, cfg);
         credentials = std::make_unique<core::Credentials>(db);
         operations = std::make_unique<core::Operations>(*events);
+        images = std::make_unique<core::Images>(io, db, *events, *operations,
+                                                (dir / "images").string(), nullptr);
         info.state_dir = dir;
-        api::register_routes(router, *machines, *credentials, *operations, info, probes);
+        api::register_routes(router, *machines, *credentials, *operations, *images, info, probes);
     }
     ~RouteTable() {
+        images.reset();
         operations.reset();
         credentials.reset();
         machines.reset();

@@ -1,0 +1,581 @@
+#include "core/images.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include <simdjson.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
+
+#include "hangar/names.hpp"
+#include "util/json.hpp"
+#include "util/process.hpp"
+#include "util/sha256.hpp"
+#include "util/time.hpp"
+
+namespace hangar::core {
+
+namespace fs = std::filesystem;
+using images::RemoteImage;
+
+struct Images::Pull {
+    PullRequest req;
+    Caller caller;
+    std::string op;
+    std::string tmp;      // <dir>/.pull-NAME-RANDOM, renamed to <dir>/NAME when complete
+    std::string archive;  // the downloaded (or imported) archive
+    std::string base;     // the server's URL with one trailing '/'
+    std::string expected_sha256;
+    std::string format;  // "tar" or "squashfs"
+    Image img;
+    std::function<void(const Status&, const Image*)> done;
+    std::chrono::steady_clock::time_point last_progress{};
+};
+
+namespace {
+
+constexpr size_t kMaxAlias = 256;
+constexpr size_t kMaxCommandOutput = 64 * 1024;
+constexpr auto kProgressInterval = std::chrono::milliseconds(250);
+
+bool printable(std::string_view s) {
+    for (char c : s) {
+        auto u = static_cast<unsigned char>(c);
+        if (u <= 0x20 || u == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// The last lines of a command's output, for an error message.
+std::string tail_of(std::string out) {
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) {
+        out.pop_back();
+    }
+    if (out.size() > 400) {
+        out = "..." + out.substr(out.size() - 400);
+    }
+    return out;
+}
+
+bool is_squashfs(const std::string& path) {
+    char magic[4] = {};
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) {
+        return false;
+    }
+    size_t n = fread(magic, 1, sizeof magic, f);
+    fclose(f);
+    return n == 4 && std::string_view(magic, 4) == "hsqs";
+}
+
+void info_fields(json::Writer& w, const images::ImageInfo& i) {
+    w.field("os", i.os)
+        .field("release", i.release)
+        .field("arch", i.arch)
+        .field("variant", i.variant)
+        .field("version", i.version);
+}
+
+bool image_from_json(const std::string& text, Image& img) {
+    simdjson::dom::parser parser;
+    simdjson::dom::object o;
+    if (parser.parse(text).get(o) != simdjson::SUCCESS) {
+        return false;
+    }
+    auto str = [&](simdjson::dom::object from, const char* k, std::string& to) {
+        std::string_view v;
+        if (from[k].get(v) == simdjson::SUCCESS) {
+            to = v;
+        }
+    };
+    str(o, "name", img.name);
+    str(o, "os", img.os);
+    str(o, "release", img.release);
+    str(o, "arch", img.arch);
+    str(o, "variant", img.variant);
+    str(o, "version", img.version);
+    str(o, "sha256", img.sha256);
+    str(o, "created_at", img.created_at);
+    uint64_t u = 0;
+    if (o["size"].get(u) == simdjson::SUCCESS) {
+        img.size = u;
+    }
+    if (o["owner"].get(u) == simdjson::SUCCESS) {
+        img.owner = static_cast<uint32_t>(u);
+    }
+    simdjson::dom::object src;
+    if (o["source"].get(src) == simdjson::SUCCESS) {
+        str(src, "type", img.source_type);
+        str(src, "server", img.server);
+        str(src, "alias", img.alias);
+        str(src, "path", img.path);
+    }
+    return !img.name.empty();
+}
+
+}  // namespace
+
+Status check_server_url(const std::string& url, std::string& base) {
+    std::string_view rest;
+    if (url.rfind("https://", 0) == 0) {
+        rest = std::string_view(url).substr(8);
+    } else if (url.rfind("http://", 0) == 0) {
+        rest = std::string_view(url).substr(7);
+    } else {
+        return {Errc::bad_request, "the image server must be an https:// or http:// URL"};
+    }
+    if (url.size() > 2048 || !printable(url) || url.find_first_of("@?#\\") != std::string::npos) {
+        return {Errc::bad_request,
+                "the image server URL must not hold credentials, a query, a fragment, "
+                "backslashes, spaces or control characters"};
+    }
+    size_t host_end = rest.find('/');
+    std::string_view host = rest.substr(0, host_end);
+    if (host.empty() || host.front() == ':') {
+        return {Errc::bad_request, "the image server URL has no host"};
+    }
+    base = url;
+    if (base.back() != '/') {
+        base += '/';
+    }
+    return {};
+}
+
+Images::Images(boost::asio::io_context& io, store::Db& db, EventBus& events, Operations& ops,
+               std::string dir, Transfer* transfer)
+    : io_(io), db_(db), events_(events), ops_(ops), dir_(std::move(dir)), transfer_(transfer) {}
+
+Images::~Images() {
+    *alive_ = false;
+}
+
+void Images::load() {
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    chmod(dir_.c_str(), 0700);  // root file systems hold set-uid programs of their own
+    for (const auto& [name, text] : db_.load_images()) {
+        auto img = std::make_unique<Image>();
+        if (!image_from_json(text, *img) || img->name != name) {
+            spdlog::warn("images: dropping the unreadable record of {}", name);
+            db_.delete_image(name);
+            continue;
+        }
+        if (!fs::is_directory(dir_ + "/" + name + "/rootfs", ec)) {
+            spdlog::warn("images: {} has no root file system in {}; dropping its record", name,
+                         dir_);
+            db_.delete_image(name);
+            continue;
+        }
+        images_[name] = std::move(img);
+    }
+    // What interrupted pulls and deletes left, and directories no record names (a pull
+    // renamed into place just before a crash, its record not yet committed).
+    for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+        std::string n = entry.path().filename();
+        if (n.rfind(".pull-", 0) == 0 || n.rfind(".trash-", 0) == 0 ||
+            (is_valid_name(n) && !images_.count(n))) {
+            spdlog::info("images: removing leftover {}", entry.path().string());
+            remove_tree_later(entry.path());
+        }
+    }
+}
+
+std::vector<const Image*> Images::list() const {
+    std::vector<const Image*> out;
+    for (const auto& [name, img] : images_) {
+        out.push_back(img.get());
+    }
+    return out;
+}
+
+Status Images::get(const std::string& name, const Image** out) const {
+    if (Status st = check_name("image", name); !st) {
+        return st;
+    }
+    auto it = images_.find(name);
+    if (it == images_.end()) {
+        return {Errc::not_found, "no image " + json::quote(name)};
+    }
+    *out = it->second.get();
+    return {};
+}
+
+void Images::remove_tree_later(const std::string& path) {
+    run_command(io_, {"rm", "-rf", "--one-file-system", "--", path}, kMaxCommandOutput,
+                [path](const Status& st, const ExitInfo& exit, std::string out) {
+                    if (!st || exit.code != 0 || exit.signal != 0) {
+                        spdlog::warn("images: could not remove {}: {}", path,
+                                     st ? tail_of(out) : st.message());
+                    }
+                });
+}
+
+Status Images::remove(const Caller& caller, const std::string& name) {
+    const Image* img = nullptr;
+    if (Status st = get(name, &img); !st) {
+        return st;
+    }
+    if (!caller.admin && img->owner != caller.uid) {
+        return {Errc::forbidden,
+                "image " + json::quote(name) + " belongs to uid " + std::to_string(img->owner)};
+    }
+    // Out of the way at once, so the name is free; the tree goes in the background.
+    std::string trash = dir_ + "/.trash-" + name + "-" + random_hex(4);
+    if (::rename((dir_ + "/" + name).c_str(), trash.c_str()) != 0 && errno != ENOENT) {
+        return {Errc::internal, "cannot move image " + json::quote(name) +
+                                    " aside: " + std::string(strerror(errno))};
+    }
+    remove_tree_later(trash);
+    db_.delete_image(name);
+    json::Writer w;
+    w.begin_object().field("image", name).end_object();
+    events_.publish("image.deleted", "", img->owner, w.str());
+    images_.erase(name);
+    return {};
+}
+
+void Images::remote(const std::string& server, const std::string& type,
+                    std::function<void(const Status&, std::vector<RemoteImage>)> done) {
+    std::string base;
+    if (Status st = check_server_url(server, base); !st) {
+        return done(st, {});
+    }
+    if (type != "simplestreams" && type != "lxc") {
+        return done({Errc::bad_request, "type must be simplestreams or lxc"}, {});
+    }
+    if (!transfer_) {
+        return done({Errc::unavailable, "downloads are not available in this process"}, {});
+    }
+    auto alive = alive_;
+    auto parse = [type, done](const Status& st, std::string body) {
+        std::vector<RemoteImage> list;
+        if (!st) {
+            return done(st, {});
+        }
+        Status pst = type == "lxc" ? images::parse_lxc_index(body, list)
+                                   : images::parse_simplestreams(body, list);
+        done(pst, pst ? std::move(list) : std::vector<RemoteImage>{});
+    };
+    auto where = [base](const Status& st, const std::string& what) {
+        return Status{st.code() == Errc::not_found ? Errc::not_found : st.code(),
+                      "cannot read " + what + " of " + base + ": " + st.message()};
+    };
+    if (type == "lxc") {
+        return transfer_->get(base + std::string(images::kLxcIndex), kMaxCatalogBytes,
+                              [parse, where](const Status& st, std::string body) {
+                                  parse(st ? st : where(st, "the LXC index"), std::move(body));
+                              });
+    }
+    transfer_->get(base + std::string(images::kSimplestreamsIndex), kMaxCatalogBytes,
+                   [this, alive, base, parse, where, done](const Status& st, std::string body) {
+                       if (!*alive) {
+                           return;
+                       }
+                       if (!st) {
+                           return done(where(st, "the simplestreams index"), {});
+                       }
+                       std::string products;
+                       if (Status pst = images::simplestreams_products_path(body, products); !pst) {
+                           return done(pst, {});
+                       }
+                       transfer_->get(base + products, kMaxCatalogBytes,
+                                      [parse, where, products](const Status& st, std::string body) {
+                                          parse(st ? st : where(st, products), std::move(body));
+                                      });
+                   });
+}
+
+Status Images::pull(const Caller& caller, const PullRequest& req, std::string& op_id,
+                    std::function<void(const Status&, const Image*)> done) {
+    if (Status st = check_name("image", req.name); !st) {
+        return st;
+    }
+    if (images_.count(req.name) || pending_.count(req.name)) {
+        return {Errc::conflict, "image " + json::quote(req.name) + " already exists"};
+    }
+    if (pending_.size() >= kMaxConcurrentPulls) {
+        return {Errc::busy, std::to_string(kMaxConcurrentPulls) +
+                                " images are being pulled already; try again when one is done"};
+    }
+    auto p = std::make_shared<Pull>();
+    p->req = req;
+    p->caller = caller;
+    p->done = std::move(done);
+    p->img.name = req.name;
+    p->img.source_type = req.type;
+    p->img.owner = caller.uid;
+    if (req.type == "file") {
+        if (req.path.empty() || req.path.front() != '/' || !printable(req.path)) {
+            return {Errc::bad_request, "source.path must be an absolute path without spaces"};
+        }
+        struct stat sb {};
+        if (::stat(req.path.c_str(), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            return {Errc::not_found, "no file " + json::quote(req.path)};
+        }
+        // hangard can read what its caller may not: others import only their own files.
+        if (!caller.admin && sb.st_uid != caller.uid) {
+            return {Errc::forbidden, json::quote(req.path) + " is not the caller's file"};
+        }
+        p->img.path = req.path;
+        p->img.size = static_cast<uint64_t>(sb.st_size);
+        p->archive = req.path;
+        p->format = is_squashfs(req.path) ? "squashfs" : "tar";
+    } else if (req.type == "simplestreams" || req.type == "lxc") {
+        if (Status st = check_server_url(req.server, p->base); !st) {
+            return st;
+        }
+        if (req.alias.empty() || req.alias.size() > kMaxAlias || !printable(req.alias)) {
+            return {Errc::bad_request, "source.alias must be 1 to 256 printable characters"};
+        }
+        if (!transfer_) {
+            return {Errc::unavailable, "downloads are not available in this process"};
+        }
+        p->img.server = req.server;
+        p->img.alias = req.alias;
+    } else {
+        return {Errc::bad_request, "source.type must be simplestreams, lxc or file"};
+    }
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    p->tmp = dir_ + "/.pull-" + req.name + "-" + random_hex(4);
+    if (::mkdir(p->tmp.c_str(), 0700) != 0) {
+        return {Errc::internal, "cannot create " + p->tmp + ": " + strerror(errno)};
+    }
+    if (req.type != "file") {
+        p->archive = p->tmp + "/archive";
+    }
+    p->op = op_id = ops_.new_id();
+    pending_.insert(req.name);
+    ops_.start_image(p->op, req.name, caller.uid,
+                     req.type == "file" ? "image.import" : "image.pull");
+
+    auto alive = alive_;
+    // Each step hands on to the next; any failure ends in finish(), which cleans up.
+    auto unpack = [this, alive, p] {
+        ops_.progress(p->op, "unpack", p->img.size, p->img.size);
+        std::string rootfs = p->tmp + "/rootfs";
+        std::vector<std::string> argv;
+        if (p->format == "squashfs") {
+            argv = {"unsquashfs", "-no-progress", "-quiet", "-d", rootfs, p->archive};
+        } else {
+            ::mkdir(rootfs.c_str(), 0755);
+            argv = {
+                "tar", "-x",  "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f", p->archive,
+                "-C",  rootfs};
+        }
+        run_command(io_, argv, kMaxCommandOutput,
+                    [this, alive, p, rootfs, tool = argv[0]](const Status& st, const ExitInfo& ex,
+                                                             std::string out) {
+                        if (!*alive) {
+                            return;
+                        }
+                        if (!st) {
+                            return finish(p, {Errc::unavailable, tool + ": " + st.message()});
+                        }
+                        if (ex.code != 0 || ex.signal != 0) {
+                            return finish(p, {Errc::invalid_spec,
+                                              "the archive could not be unpacked (" + tool + " " +
+                                                  ex.describe() + "): " + tail_of(out)});
+                        }
+                        std::error_code ec;
+                        if (fs::is_empty(rootfs, ec)) {
+                            return finish(p, {Errc::invalid_spec, "the archive is empty"});
+                        }
+                        finish(p, {});
+                    });
+    };
+    auto verify = [this, alive, p, unpack] {
+        ops_.progress(p->op, "verify", p->img.size, p->img.size);
+        run_command(
+            io_, {"sha256sum", "--", p->archive}, kMaxCommandOutput,
+            [this, alive, p, unpack](const Status& st, const ExitInfo& ex, std::string out) {
+                if (!*alive) {
+                    return;
+                }
+                if (!st || ex.code != 0 || ex.signal != 0 || out.size() < 64) {
+                    return finish(p, {Errc::internal,
+                                      "sha256sum failed: " + (st ? tail_of(out) : st.message())});
+                }
+                std::string got = out.substr(0, 64);
+                if (!p->expected_sha256.empty() && got != p->expected_sha256) {
+                    return finish(p, {Errc::unavailable,
+                                      "checksum mismatch: the downloaded file has SHA-256 " + got +
+                                          ", the catalog says " + p->expected_sha256 +
+                                          "; nothing was registered"});
+                }
+                p->img.sha256 = got;
+                unpack();
+            });
+    };
+    auto download = [this, alive, p, verify](const RemoteImage& r) {
+        static_cast<images::ImageInfo&>(p->img) = r;
+        p->img.size = r.size;
+        p->format = r.format;
+        auto fetch = [this, alive, p, verify, path = r.path] {
+            ops_.progress(p->op, "download", 0, p->img.size);
+            transfer_->download(
+                p->base + path, p->archive,
+                [this, alive, p](uint64_t bytes, uint64_t total) {
+                    auto now = std::chrono::steady_clock::now();
+                    if (*alive && now - p->last_progress >= kProgressInterval) {
+                        p->last_progress = now;
+                        ops_.progress(p->op, "download", bytes, total);
+                    }
+                },
+                [this, alive, p, verify](const Status& st) {
+                    if (!*alive) {
+                        return;
+                    }
+                    if (!st) {
+                        return finish(p, st);
+                    }
+                    struct stat sb {};
+                    if (::stat(p->archive.c_str(), &sb) == 0) {
+                        p->img.size = static_cast<uint64_t>(sb.st_size);
+                    }
+                    verify();
+                });
+        };
+        if (!r.sha256.empty()) {
+            p->expected_sha256 = r.sha256;
+            return fetch();
+        }
+        // The LXC index gives no checksum; the image's directory may have SHA256SUMS.
+        std::string dir = r.path.substr(0, r.path.rfind('/') + 1);
+        std::string file = r.path.substr(dir.size());
+        transfer_->get(
+            p->base + dir + "SHA256SUMS", 1024 * 1024,
+            [this, alive, p, fetch, file](const Status& st, std::string body) {
+                if (!*alive) {
+                    return;
+                }
+                if (!st && st.code() != Errc::not_found) {
+                    return finish(p, st);
+                }
+                if (st) {
+                    p->expected_sha256 = images::sha256sums_entry(body, file);
+                    if (p->expected_sha256.empty()) {
+                        return finish(
+                            p, {Errc::unavailable, "the image's SHA256SUMS does not list " + file});
+                    }
+                } else {
+                    spdlog::warn(
+                        "images: {} comes without SHA256SUMS; its checksum "
+                        "is recorded, not verified",
+                        p->req.name);
+                }
+                fetch();
+            });
+    };
+    boost::asio::post(io_, [this, alive, p, download, verify] {
+        if (!*alive) {
+            return;
+        }
+        if (p->req.type == "file") {
+            return verify();
+        }
+        ops_.progress(p->op, "catalog", 0, 0);
+        remote(p->req.server, p->req.type,
+               [this, alive, p, download](const Status& st, std::vector<RemoteImage> list) {
+                   if (!*alive) {
+                       return;
+                   }
+                   if (!st) {
+                       return finish(p, st);
+                   }
+                   std::string arch = images::host_arch();
+                   const RemoteImage* r = images::find_image(list, p->req.alias, arch);
+                   if (!r) {
+                       return finish(
+                           p, {Errc::not_found, "the server offers no image " +
+                                                    json::quote(p->req.alias) + " for " + arch});
+                   }
+                   download(*r);
+               });
+    });
+    return {};
+}
+
+void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
+    Status result = st;
+    const Image* made = nullptr;
+    if (result) {
+        std::string final_dir = dir_ + "/" + p->req.name;
+        if (p->req.type != "file") {
+            ::unlink(p->archive.c_str());
+        }
+        if (::rename(p->tmp.c_str(), final_dir.c_str()) != 0) {
+            result = {Errc::internal,
+                      "cannot move the image into place: " + std::string(strerror(errno))};
+        } else {
+            auto img = std::make_unique<Image>(p->img);
+            img->created_at = now_rfc3339();
+            std::string js = to_json(*img);
+            db_.insert_image(img->name, js);
+            events_.publish("image.created", "", img->owner, js);
+            made = img.get();
+            images_[img->name] = std::move(img);
+            spdlog::info("images: {} is ready ({} bytes, sha256 {})", p->req.name, p->img.size,
+                         p->img.sha256);
+        }
+    }
+    if (!result) {
+        spdlog::warn("images: pulling {} failed: {}", p->req.name, result.message());
+        remove_tree_later(p->tmp);
+    }
+    pending_.erase(p->req.name);
+    ops_.finish_image(p->op, result);
+    if (p->done) {
+        p->done(result, made);
+    }
+}
+
+std::string Images::to_json(const Image& img) const {
+    json::Writer w;
+    w.begin_object().field("name", img.name).field("type", "container");
+    w.key("source").begin_object().field("type", img.source_type);
+    if (img.source_type == "file") {
+        w.field("path", img.path);
+    } else {
+        w.field("server", img.server).field("alias", img.alias);
+    }
+    w.end_object();
+    info_fields(w, img);
+    w.field("sha256", img.sha256)
+        .field("size", img.size)
+        .field("owner", img.owner)
+        .field("created_at", img.created_at)
+        .end_object();
+    return w.take();
+}
+
+std::string Images::remote_json(const std::string& server, const std::string& type,
+                                const std::vector<RemoteImage>& list) {
+    json::Writer w;
+    w.begin_object()
+        .field("server", server)
+        .field("type", type)
+        .field("host_arch", images::host_arch());
+    w.key("images").begin_array();
+    for (const auto& r : list) {
+        w.begin_object().key("aliases").begin_array();
+        for (const auto& a : r.aliases) {
+            w.value(a);
+        }
+        w.end_array();
+        info_fields(w, r);
+        w.field("format", r.format).field("size", r.size).field("sha256", r.sha256).end_object();
+    }
+    w.end_array().end_object();
+    return w.take();
+}
+
+}  // namespace hangar::core
