@@ -425,7 +425,7 @@ Status Machines::act(const Caller& caller, const std::string& name, Action actio
                 return {Errc::invalid_state, state_conflict(*m, "start")};
             }
             begin_op(*m, "start", std::move(complete));
-            launch(*m, "api:start");
+            launch(*m, args.reason.empty() ? "api:start" : args.reason);
             return {};
         case Action::stop:
             if (m->state != MachineState::running && m->state != MachineState::paused) {
@@ -504,6 +504,49 @@ qemu::QemuProcess::Callbacks Machines::callbacks(const std::string& name, uint64
         with_machine(name, gen, [&](Machine& m) { on_responsive(m, ok, why); });
     };
     return cb;
+}
+
+void Machines::autostart(std::function<void(size_t started, size_t failed)> done) {
+    auto names = std::make_shared<std::vector<std::string>>();
+    for (const auto& [name, m] : machines_) {
+        if (m->spec.autostart &&
+            (m->state == MachineState::stopped || m->state == MachineState::crashed)) {
+            names->push_back(name);  // the map is ordered by name
+        }
+    }
+    if (!names->empty()) {
+        spdlog::info("autostart: {} machines", names->size());
+    }
+    auto started = std::make_shared<size_t>(0), failed = std::make_shared<size_t>(0);
+    auto next = std::make_shared<std::function<void(size_t)>>();
+    // The step holds itself only through the pending start's callback.
+    std::weak_ptr<std::function<void(size_t)>> weak_next = next;
+    *next = [this, names, started, failed, done, weak_next](size_t i) {
+        auto self = weak_next.lock();
+        for (; i < names->size(); ++i) {
+            Caller root{0, true, true, "autostart"};
+            ActionArgs args;
+            args.reason = "autostart";
+            const std::string& name = (*names)[i];
+            Status st = act(root, name, Action::start, args,
+                            [self, name, i, started, failed](const Status& st, const Machine*) {
+                                if (st) {
+                                    ++*started;
+                                } else {
+                                    ++*failed;
+                                    spdlog::warn("autostart: {}: {}", name, st.message());
+                                }
+                                (*self)(i + 1);
+                            });
+            if (st) {
+                return;  // the next one when this start has completed
+            }
+            // Deleted, started by a user meanwhile, or busy: not autostart's to do.
+            spdlog::info("autostart: skipping {}: {}", name, st.message());
+        }
+        done(*started, *failed);
+    };
+    (*next)(0);
 }
 
 void Machines::launch(Machine& m, const std::string& reason) {

@@ -48,6 +48,7 @@ std::optional<Action> parse_action(std::string_view s);
 struct ActionArgs {
     std::chrono::seconds stop_timeout{60};  // graceful stop: then quit, then SIGKILL
     bool reset = false;                     // restart through system_reset
+    std::string reason;                     // of a start; "" is "api:start"
 };
 
 struct Machine {
@@ -122,6 +123,10 @@ class Machines {
                Done done);
     void remove(const Caller& caller, const std::string& name, bool force,
                 std::function<void(const Status&)> done);
+    // Starts, one after another in name order, every machine with autostart set that is
+    // stopped or crashed, with the reason "autostart"; a failure is logged and the next one
+    // started. `done(started, failed)` at the end.
+    void autostart(std::function<void(size_t started, size_t failed)> done);
 
     // Asked when QEMU says something outside hangar signalled it (SHUTDOWN reason=host-signal):
     // calls `answer` once, soon, with the reason to report for the stop, e.g.

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -83,6 +84,14 @@ void report_ready(const std::string& msg) {
     report_ready("hangard: " + msg + "\n");
     std::cerr << "hangard: " << msg << "\n";
     _exit(1);
+}
+
+// The kernel's id of this boot; "" when unknown.
+std::string read_boot_id() {
+    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    std::string id;
+    std::getline(in, id);
+    return id;
 }
 
 void daemonize() {
@@ -342,6 +351,19 @@ int main(int argc, char** argv) {
                              (tcp_url.empty() ? "" : ", " + tcp_url));
         if (machined) {
             machined->start();  // only now: it reconciles machined with the adopted VMs
+        }
+        // Autostart once per host boot: a restart of hangard does not start again what a
+        // user stopped.
+        std::string boot_id = read_boot_id();
+        if (boot_id.empty() || db.get_meta("autostart_boot_id") != boot_id) {
+            db.set_meta("autostart_boot_id", boot_id);
+            machines.autostart([](size_t started, size_t failed) {
+                if (started + failed > 0) {
+                    spdlog::info("autostart: {} started, {} failed", started, failed);
+                }
+            });
+        } else {
+            spdlog::info("autostart: already done since this host booted ({})", boot_id);
         }
     });
     daemon::Watchdog watchdog(io);

@@ -397,4 +397,18 @@ void Db::delete_image(const std::string& name) {
     step_done(s.st, "delete image");
 }
 
+std::string Db::get_meta(const std::string& key) {
+    Stmt s{prepare("SELECT value FROM meta WHERE key=?")};
+    bind_text(s.st, 1, key);
+    return sqlite3_step(s.st) == SQLITE_ROW ? column_text(s.st, 0) : std::string();
+}
+
+void Db::set_meta(const std::string& key, const std::string& value) {
+    begin();
+    Stmt s{prepare("INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)")};
+    bind_text(s.st, 1, key);
+    bind_text(s.st, 2, value);
+    step_done(s.st, "set meta");
+}
+
 }  // namespace hangar::store

@@ -69,6 +69,10 @@ class Db {
     void insert_credential(const CredentialRow& c);
     void delete_credential(const std::string& name);
 
+    // Small named values (meta table); "" when unset.
+    std::string get_meta(const std::string& key);
+    void set_meta(const std::string& key, const std::string& value);
+
     // Images: (name, the image's JSON).
     std::vector<std::pair<std::string, std::string>> load_images();
     void insert_image(const std::string& name, const std::string& data);

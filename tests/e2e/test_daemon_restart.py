@@ -1,6 +1,8 @@
-"""hangard killed with SIGKILL and started again: running VMs are adopted, never restarted."""
+"""hangard killed with SIGKILL and started again: running VMs are adopted, never restarted;
+autostart machines are started once per host boot."""
 import os
 import signal
+import subprocess
 import time
 
 import harness
@@ -115,6 +117,64 @@ class DaemonRestart(DaemonTest):
         with self.assertRaises(AssertionError) as ctx:
             other.start()
         self.assertIn("another hangard", str(ctx.exception))
+
+
+class Autostart(DaemonTest):
+    qemu = harness.FAKE_QEMU
+
+    def set_boot_id(self, value):
+        db = os.path.join(self.state_dir, "hangar.db")
+        subprocess.run(["sqlite3", db, "INSERT OR REPLACE INTO meta(key, value) "
+                        f"VALUES('autostart_boot_id', '{value}')"], check=True)
+
+    def states(self):
+        return {m["name"]: (m["state"], m["state_reason"])
+                for m in self.daemon.request("GET", "/v1/machines")[1]["machines"]}
+
+    def test_started_once_per_host_boot_in_name_order(self):
+        d = self.daemon
+        self.create("b-web", autostart=True)
+        self.create("a-db", autostart=True)
+        self.create("c-manual")
+        self.create("d-app", autostart=True)
+        # The daemon started after this boot already: creating does not start anything.
+        self.assertEqual({n: s for n, (s, _) in self.states().items()},
+                         dict.fromkeys(["a-db", "b-web", "c-manual", "d-app"], "stopped"))
+        d.kill()
+        d.start()  # same boot: nothing is started
+        time.sleep(0.5)
+        self.assertEqual(self.states()["a-db"][0], "stopped")
+        self.assertIn("autostart: already done since this host booted", d.log())
+
+        d.kill()
+        self.set_boot_id("an-earlier-boot")  # as after a reboot
+        d.start()
+        wait_for(lambda: self.states()["b-web"][0] == "running", 20, "b-web to autostart")
+        wait_for(lambda: self.states()["d-app"][0] == "running", 20, "d-app to autostart")
+        self.assertEqual(self.states()["c-manual"][0], "stopped")
+        log = d.log().split("ready:")[-1]
+        for n in ("a-db", "b-web", "d-app"):
+            self.assertIn(f"{n}: stopped -> starting (autostart)", log)
+        # One after another, in name order.
+        self.assertLess(log.index("a-db: starting -> running"), log.index("b-web: stopped -> starting"))
+        self.assertIn("autostart: 3 started, 0 failed", log)
+
+        # A user stops one; a restart of hangard in the same boot leaves it stopped, and the
+        # running ones are adopted, not restarted.
+        pid = d.machine("b-web")["pid"]
+        d.action("a-db", "kill")
+        d.kill()
+        d.start()
+        time.sleep(0.5)
+        self.assertEqual(self.states()["a-db"][0], "stopped")
+        self.assertEqual(d.machine("b-web")["pid"], pid)
+
+        # The next boot starts it again.
+        d.kill()
+        self.set_boot_id("another-boot")
+        d.start()
+        wait_for(lambda: self.states()["a-db"][0] == "running", 20, "a-db to autostart again")
+        self.assertEqual(d.machine("b-web")["pid"], pid)
 
 
 if __name__ == "__main__":
