@@ -6,6 +6,7 @@ import subprocess
 
 import harness
 from harness import DaemonTest
+from imageserver import make_busybox_rootfs_tar
 
 ADMIN_GROUP = "adm"  # exists on Debian; used as the admin group, nothing is changed on the host
 ADMIN_GID = 4
@@ -93,6 +94,25 @@ class MultiUser(DaemonTest):
                               "/usr/bin/python3", "-c", script], capture_output=True, text=True,
                              timeout=30)
         self.assertEqual(out.stdout.split(), ["e2", "no", "more"], out.stderr)
+
+    def test_images_are_shared_but_owned(self):
+        # A user imports a tarball of their own; hangard (root) refuses to read others' files.
+        tarball = os.path.join(self.state_dir, "u1.tar.gz")
+        make_busybox_rootfs_tar(tarball, "gz")
+        os.chown(tarball, 1001, 0)
+        src = {"type": "file", "path": tarball}
+        s, body = self.as_user(1002, "POST", "/v1/images?wait=true", {"name": "x", "source": src})
+        self.assertEqual((s, body["error"]["code"]), (403, "forbidden"))
+        s, img = self.as_user(1001, "POST", "/v1/images?wait=true", {"name": "u1img",
+                                                                     "source": src})
+        self.assertEqual((s, img["owner"]), (201, 1001))
+        # Everyone sees it; only its owner, root and the admin group may delete it.
+        s, lst = self.as_user(1002, "GET", "/v1/images")
+        self.assertEqual([i["name"] for i in lst["images"]], ["u1img"])
+        s, body = self.as_user(1002, "DELETE", "/v1/images/u1img")
+        self.assertEqual((s, body["error"]["code"]), (403, "forbidden"))
+        s, _ = self.as_user(1003, "DELETE", "/v1/images/u1img", groups=(ADMIN_GID,))
+        self.assertEqual(s, 200)
 
 
 if __name__ == "__main__":
