@@ -30,9 +30,11 @@ class RealSystemd:
         self.cgroups = []
         for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):
             sl = os.path.join(root, f"{tag}.slice")
-            scope = os.path.join(sl, f"{tag}-mgr.scope")
-            os.makedirs(scope, exist_ok=True)
-            self.cgroups += [scope, sl]
+            # A slice, not a scope: machined names a machine's unit after the first
+            # non-slice part of its cgroup path, which must be the machine's own unit.
+            mgr = os.path.join(sl, f"{tag}-mgr.slice")
+            os.makedirs(mgr, exist_ok=True)
+            self.cgroups += [mgr, sl]
         self.bus_path = os.path.join(self.runtime, "bus")
         self.address = f"unix:path={self.bus_path}"
         self.manager = None
