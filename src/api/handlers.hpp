@@ -21,6 +21,7 @@ struct ServerInfo {
 // listeners exist; unset ones read as 0.
 struct Probes {
     std::function<size_t()> subscribers, subscribers_dropped, connections;
+    std::function<size_t()> images, image_pulls_running, image_pulls_succeeded, image_pulls_failed;
     // Whether org.hangar is served on D-Bus, and how it stands.
     std::function<bool(std::string& detail)> dbus;
 };

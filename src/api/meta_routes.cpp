@@ -62,6 +62,15 @@ void register_meta_routes(Router& router, core::Machines& machines,
                   "Event subscribers closed for being too slow", probe(probes.subscribers_dropped));
             gauge(out, "hangar_api_connections", "gauge", "Open API connections",
                   probe(probes.connections));
+            gauge(out, "hangar_images", "gauge", "Local images", probe(probes.images));
+            gauge(out, "hangar_image_pulls_running", "gauge", "Image pulls and imports under way",
+                  probe(probes.image_pulls_running));
+            metrics::header(out, "hangar_image_pulls_total", "counter",
+                            "Image pulls and imports ended since start, by result");
+            out += "hangar_image_pulls_total{result=\"succeeded\"} " +
+                   std::to_string(probe(probes.image_pulls_succeeded)) + "\n";
+            out += "hangar_image_pulls_total{result=\"failed\"} " +
+                   std::to_string(probe(probes.image_pulls_failed)) + "\n";
             gauge(out, "hangar_tokens", "gauge", "API tokens", credentials.count(core::kToken));
             gauge(out, "hangar_client_certificates", "gauge", "Trusted TLS client certificates",
                   credentials.count(core::kCertificate));

@@ -532,6 +532,7 @@ void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
         remove_tree_later(p->tmp);
     }
     pending_.erase(p->req.name);
+    ++(result ? succeeded_ : failed_);
     ops_.finish_image(p->op, result);
     if (p->done) {
         p->done(result, made);

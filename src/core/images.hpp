@@ -78,6 +78,8 @@ class Images {
                                    const std::vector<images::RemoteImage>& list);
     const std::string& dir() const { return dir_; }
     size_t pulling() const { return pending_.size(); }
+    size_t succeeded() const { return succeeded_; }
+    size_t failed() const { return failed_; }
 
     struct Pull;
 
@@ -93,6 +95,7 @@ class Images {
     Transfer* transfer_;
     std::map<std::string, std::unique_ptr<Image>> images_;
     std::set<std::string> pending_;  // names being pulled
+    size_t succeeded_ = 0, failed_ = 0;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -251,6 +251,10 @@ int main(int argc, char** argv) {
     probes.subscribers = [&streams] { return streams.subscribers(); };
     probes.subscribers_dropped = [&streams] { return streams.dropped_slow(); };
     probes.connections = [&server] { return server.connections(); };
+    probes.images = [&image_store] { return image_store.list().size(); };
+    probes.image_pulls_running = [&image_store] { return image_store.pulling(); };
+    probes.image_pulls_succeeded = [&image_store] { return image_store.succeeded(); };
+    probes.image_pulls_failed = [&image_store] { return image_store.failed(); };
     probes.dbus = [&bus, &machined, dbus_mode](std::string& detail) {
         if (!bus) {
             detail = "not served (--dbus " + dbus_mode + ")";

@@ -5,6 +5,7 @@ import re
 import subprocess
 
 import harness
+from imageserver import make_busybox_rootfs_tar
 from harness import DaemonTest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,6 +16,14 @@ class Metrics(DaemonTest):
 
     def test_metrics_are_valid_and_true(self):
         d = self.daemon
+        tarball = os.path.join(self.state_dir, "rootfs.tar.gz")
+        make_busybox_rootfs_tar(tarball, "gz")
+        junk = os.path.join(self.state_dir, "junk.tar")
+        with open(junk, "wb") as f:
+            f.write(b"not a tar archive" * 100)
+        for name, path in (("img", tarball), ("bad", junk)):
+            d.request("POST", "/v1/images?wait=true", {"name": name, "source": {
+                "type": "file", "path": path}})
         self.create("m1")
         self.create("m2")
         d.action("m1", "start")
@@ -49,6 +58,10 @@ class Metrics(DaemonTest):
         self.assertGreaterEqual(value("hangar_qmp_command_duration_seconds_count"), 3)
         self.assertEqual(value("hangar_event_subscribers"), 0)
         self.assertIn('hangar_build_info{version="', text)
+        self.assertEqual(value("hangar_images"), 1)
+        self.assertEqual(value("hangar_image_pulls_running"), 0)
+        self.assertEqual(value(r'hangar_image_pulls_total\{result="succeeded"\}'), 1)
+        self.assertEqual(value(r'hangar_image_pulls_total\{result="failed"\}'), 1)
 
     def test_metrics_are_for_admins(self):
         os.chmod(self.state_dir, 0o711)
