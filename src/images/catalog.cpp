@@ -97,7 +97,8 @@ Status parse_simplestreams(std::string_view products_json, std::vector<RemoteIma
         return bad_catalog("the products file has no \"products\" object");
     }
     out.clear();
-    for (auto [id, product] : products) {
+    for (auto [id, value] : products) {
+        simdjson::dom::element product = value;  // a lambda below uses it (not a binding)
         simdjson::dom::object versions;
         if (product["versions"].get(versions) != simdjson::SUCCESS) {
             continue;
