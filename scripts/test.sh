@@ -16,6 +16,6 @@ if [ "${HANGAR_SKIP_FUZZ:-0}" != 1 ]; then
     cmake -S "$src" -B "$src/build-fuzz" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCMAKE_CXX_COMPILER=clang++ -DHANGAR_FUZZ=ON \
         -DHANGAR_FUZZ_SECONDS="${HANGAR_FUZZ_SECONDS:-60}" >/dev/null
-    cmake --build "$src/build-fuzz" --target fuzz_http fuzz_qmp
+    cmake --build "$src/build-fuzz" --target fuzz_http fuzz_qmp fuzz_catalog
     (cd "$src/build-fuzz" && ctest --output-on-failure --timeout 900)
 fi

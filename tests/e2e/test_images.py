@@ -230,6 +230,18 @@ class Images(DaemonTest):
         self.assertEqual((img["sha256"], img["source"]), (sha, {"type": "file", "path": good}))
         self.assertTrue(os.path.isfile(os.path.join(self.images_dir(), "local/rootfs/bin/busybox")))
         self.assertTrue(os.path.exists(good))  # the caller's file is left alone
+        # A squashfs (what current simplestreams servers offer) is unpacked with unsquashfs.
+        tree = os.path.join(self.server_dir, "tree")
+        os.makedirs(tree)
+        subprocess.run(["tar", "-xzf", good, "-C", tree], check=True)
+        squash = os.path.join(self.server_dir, "rootfs.squashfs")
+        subprocess.run(["mksquashfs", tree, squash, "-quiet", "-no-progress"], check=True)
+        status, img = self.daemon.request(
+            "POST", "/v1/images?wait=true", {"name": "squash", "source": {"type": "file",
+                                                                          "path": squash}})
+        self.assertEqual(status, 201, img)
+        self.assertEqual(os.readlink(os.path.join(self.images_dir(), "squash/rootfs/bin/sh")),
+                         "busybox")
         junk = os.path.join(self.server_dir, "junk.tar")
         with open(junk, "wb") as f:
             f.write(os.urandom(4096))
