@@ -9,13 +9,16 @@ namespace hangar::api {
 
 namespace {
 const std::set<std::string> kEventTypes = {
-    "machine.created",   "machine.updated", "machine.deleted", "machine.state",
-    "operation.created", "operation.done",  "events.gap"};
+    "machine.created",   "machine.updated",    "machine.deleted", "machine.state",
+    "operation.created", "operation.progress", "operation.done",  "image.created",
+    "image.deleted",     "events.gap"};
 }  // namespace
 
 bool EventFilter::matches(const core::Event& e) const {
+    // Every user may list every image, so image.* events are everyone's; the rest are their
+    // owner's (and the admins').
     return (types.empty() || types.count(e.type)) && (machine.empty() || machine == e.machine) &&
-           (!owner || *owner == e.owner);
+           (!owner || *owner == e.owner || e.type.rfind("image.", 0) == 0);
 }
 
 Status parse_event_query(const std::map<std::string, std::string>& query,

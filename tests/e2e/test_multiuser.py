@@ -111,6 +111,17 @@ class MultiUser(DaemonTest):
         self.assertEqual([i["name"] for i in lst["images"]], ["u1img"])
         s, body = self.as_user(1002, "DELETE", "/v1/images/u1img")
         self.assertEqual((s, body["error"]["code"]), (403, "forbidden"))
+        # Image events are everyone's (like the list); the pull's operation stays its owner's.
+        read = ("import asyncio, json, sys, websockets\n"
+                "async def main():\n"
+                "    url = 'ws://h/v1/events?since=0&types=image.created,operation.created'\n"
+                "    async with websockets.unix_connect(sys.argv[1], url) as ws:\n"
+                "        print(json.loads(await asyncio.wait_for(ws.recv(), 10))['type'])\n"
+                "asyncio.run(main())\n")
+        out = subprocess.run(["setpriv", "--reuid=1002", "--regid=0", "--clear-groups",
+                              "/usr/bin/python3", "-c", read, self.daemon.socket],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.stdout.strip(), "image.created", out.stderr)
         s, _ = self.as_user(1003, "DELETE", "/v1/images/u1img", groups=(ADMIN_GID,))
         self.assertEqual(s, 200)
 
