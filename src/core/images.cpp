@@ -26,7 +26,6 @@ using images::RemoteImage;
 
 struct Images::Pull {
     PullRequest req;
-    Caller caller;
     std::string op;
     std::string tmp;      // <dir>/.pull-NAME-RANDOM, renamed to <dir>/NAME when complete
     std::string archive;  // the downloaded (or imported) archive
@@ -265,8 +264,7 @@ void Images::remote(const std::string& server, const std::string& type,
         done(pst, pst ? std::move(list) : std::vector<RemoteImage>{});
     };
     auto where = [base](const Status& st, const std::string& what) {
-        return Status{st.code() == Errc::not_found ? Errc::not_found : st.code(),
-                      "cannot read " + what + " of " + base + ": " + st.message()};
+        return Status{st.code(), "cannot read " + what + " of " + base + ": " + st.message()};
     };
     if (type == "lxc") {
         return transfer_->get(base + std::string(images::kLxcIndex), kMaxCatalogBytes,
@@ -307,7 +305,6 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
     }
     auto p = std::make_shared<Pull>();
     p->req = req;
-    p->caller = caller;
     p->done = std::move(done);
     p->img.name = req.name;
     p->img.source_type = req.type;
