@@ -11,7 +11,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include "dbus/pump.hpp"
+#include "dbus/raw_client.hpp"
 
 namespace hangar::dbus {
 
@@ -24,56 +24,17 @@ constexpr const char* kService = "hangar";  // the service name hangar's entries
 constexpr uint64_t kCallTimeoutUsec = 5'000'000;
 constexpr uint64_t kExplainTimeoutUsec = 1'000'000;
 
-// A reply (or error: `err` set) to one asynchronous call.
-using Reply = std::function<void(sd_bus_message* reply, const sd_bus_error* err)>;
-
-int on_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    const sd_bus_error* err = sd_bus_message_get_error(m);
-    try {
-        (*static_cast<Reply*>(userdata))(m, err && sd_bus_error_is_set(err) ? err : nullptr);
-    } catch (const std::exception& e) {
-        spdlog::error("machined: handling a reply: {}", e.what());
-    }
-    return 0;
-}
-
-void destroy_reply(void* userdata) {
-    delete static_cast<Reply*>(userdata);
-}
-
-std::string error_text(const sd_bus_error* err) {
-    return std::string(err->name ? err->name : "error") + ": " +
-           (err->message ? err->message : "no message");
-}
-
-bool error_is(const sd_bus_error* err, const char* name) {
-    return err && err->name && strcmp(err->name, name) == 0;
-}
-
 std::string machine_object(const std::string& name) {
-    char* path = nullptr;
-    if (sd_bus_path_encode("/org/freedesktop/machine1/machine", name.c_str(), &path) < 0) {
-        return {};
-    }
-    std::string out(path);
-    free(path);
-    return out;
+    return object_path("/org/freedesktop/machine1/machine", name);
 }
 }  // namespace
 
-struct Machined::Impl : std::enable_shared_from_this<Machined::Impl> {
-    boost::asio::io_context& io;
+struct Machined::Impl : RawClient {
     core::Machines& machines;
     core::EventBus& events;
-    std::string address;
 
-    sd_bus* bus = nullptr;
-    std::shared_ptr<Pump> pump;
-    Backoff backoff{io};
-    uint64_t conn_gen = 0;  // identifies the connection; replies from older ones are dropped
-    uint64_t epoch = 0;     // identifies one listing of machined; older replies are dropped
-    bool present = false;   // machined owns its name and has been listed
-    std::string state = "not connected yet";
+    uint64_t epoch = 0;    // identifies one listing of machined; older replies are dropped
+    bool present = false;  // machined owns its name and has been listed
     uint64_t subscription = 0;
 
     // What machined holds for one of hangar's names, as far as hangard knows.
@@ -90,12 +51,10 @@ struct Machined::Impl : std::enable_shared_from_this<Machined::Impl> {
     uint64_t next_explain = 0;
 
     Impl(boost::asio::io_context& i, core::Machines& m, core::EventBus& e, std::string a)
-        : io(i), machines(m), events(e), address(std::move(a)) {}
+        : RawClient(i, std::move(a), "machined"), machines(m), events(e) {}
 
-    void connect();
-    void lost(const std::string& why);
-    void teardown();
-    void subscribed();
+    void connected() override;
+    void closing() override;
     void list();
     void sync(const std::string& name);
     void create(const std::string& name, pid_t leader);
@@ -104,49 +63,25 @@ struct Machined::Impl : std::enable_shared_from_this<Machined::Impl> {
     void explain(const core::Machine& m, std::function<void(std::string)> answer);
     pid_t wanted(const std::string& name) const;
 
-    // A method call to machined that never starts it: nullptr when the bus refuses.
-    sd_bus_message* method(const std::string& path, const char* iface, const char* member) {
-        sd_bus_message* m = nullptr;
-        if (sd_bus_message_new_method_call(bus, &m, kMachined, path.c_str(), iface, member) < 0) {
-            return nullptr;
-        }
-        sd_bus_message_set_auto_start(m, 0);
-        return m;
+    sd_bus_message* call(const std::string& path, const char* iface, const char* member) {
+        return method(kMachined, path, iface, member);
     }
-    // Sends `m` (taking it); `fn` runs with the reply unless the connection is gone by then.
-    void send(sd_bus_message* m, Reply fn, uint64_t timeout_usec = kCallTimeoutUsec) {
-        auto* owned = new Reply([weak = weak_from_this(), gen = conn_gen, fn = std::move(fn)](
-                                    sd_bus_message* reply, const sd_bus_error* err) {
-            if (auto self = weak.lock(); self && self->conn_gen == gen) {
-                fn(reply, err);
-            }
-        });
-        sd_bus_slot* slot = nullptr;
-        int r = m ? sd_bus_call_async(bus, &slot, m, on_reply, owned, timeout_usec) : -ENOMEM;
-        sd_bus_message_unref(m);
-        if (r < 0) {
-            delete owned;
-            return lost(std::string("cannot send to machined: ") + strerror(-r));
-        }
-        sd_bus_slot_set_destroy_callback(slot, destroy_reply);
-        sd_bus_slot_set_floating(slot, 1);  // the bus owns it now, and frees `owned` with it
-        pump->kick();
+    void get_machine_property(const std::string& name, const char* property, Reply fn,
+                              uint64_t timeout_usec) {
+        get_property(kMachined, machine_object(name), kMachineIface, property, std::move(fn),
+                     timeout_usec);
     }
-    // Calls machined's Properties.Get(property) of machine `name`.
-    void get_property(const std::string& name, const char* property, Reply fn,
-                      uint64_t timeout_usec) {
-        sd_bus_message* m = method(machine_object(name), "org.freedesktop.DBus.Properties", "Get");
-        if (m && sd_bus_message_append(m, "ss", kMachineIface, property) < 0) {
-            m = sd_bus_message_unref(m);
-        }
-        send(m, std::move(fn), timeout_usec);
+    const std::string& state() const { return state_; }
+    void left() {
+        state_ = std::string(kMachined) + " left " + address_;
+        spdlog::warn("machined: {}", state_);
     }
 };
 
 namespace {
 // Matched signals; userdata is the Impl, which outlives its bus.
 int on_signal(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    auto* impl = static_cast<Machined::Impl*>(userdata);
+    auto* impl = static_cast<Machined::Impl*>(static_cast<RawClient*>(userdata));
     const char *a = nullptr, *b = nullptr, *c = nullptr;
     try {
         if (sd_bus_message_is_signal(m, "org.freedesktop.DBus", "NameOwnerChanged")) {
@@ -160,8 +95,7 @@ int on_signal(sd_bus_message* m, void* userdata, sd_bus_error*) {
                 spdlog::info("machined: {} is on the bus (again): listing its machines", kMachined);
                 impl->list();
             } else {
-                impl->state = std::string(kMachined) + " left " + impl->address;
-                spdlog::warn("machined: {}", impl->state);
+                impl->left();
             }
         } else if (sd_bus_message_is_signal(m, kManagerIface, "MachineRemoved")) {
             if (sd_bus_message_read(m, "so", &a, &b) >= 0 && impl->present) {
@@ -178,38 +112,9 @@ int on_signal(sd_bus_message* m, void* userdata, sd_bus_error*) {
     return 0;
 }
 
-int on_match_installed(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    auto* impl = static_cast<Machined::Impl*>(userdata);
-    const sd_bus_error* err = sd_bus_message_get_error(m);
-    if (err && sd_bus_error_is_set(err)) {
-        impl->lost("cannot subscribe to machined's signals: " + error_text(err));
-    }
-    return 0;
-}
 }  // namespace
 
-void Machined::Impl::connect() {
-    ++conn_gen;
-    int r = 0;
-    if (address == "system") {
-        r = sd_bus_open_system(&bus);
-    } else if (address == "session") {
-        r = sd_bus_open_user(&bus);
-    } else if ((r = sd_bus_new(&bus)) >= 0) {
-        if ((r = sd_bus_set_address(bus, address.c_str())) >= 0 &&
-            (r = sd_bus_set_bus_client(bus, 1)) >= 0) {
-            r = sd_bus_start(bus);
-        }
-    }
-    if (r >= 0) {
-        sd_bus_set_description(bus, "hangar-machined");
-        r = sd_bus_get_fd(bus);
-    }
-    if (r < 0) {
-        return lost(std::string("cannot connect: ") + strerror(-r));
-    }
-    pump->attach(r);
-    state = "connected to " + address + ", subscribing";
+void Machined::Impl::connected() {
     // Subscribe first (asynchronously: AddMatch is a call to the bus), then list.
     std::string sender = std::string("sender='") + kMachined + "',path='" + kManagerPath +
                          "',interface='" + kManagerIface + "',type='signal',member=";
@@ -219,40 +124,41 @@ void Machined::Impl::connect() {
                             "arg0='") +
                         kMachined + "'";
     for (const std::string& match : {sender + "'MachineNew'", sender + "'MachineRemoved'", owner}) {
-        if ((r = sd_bus_add_match_async(bus, nullptr, match.c_str(), on_signal, on_match_installed,
-                                        this)) < 0) {
-            return lost(std::string("cannot subscribe: ") + strerror(-r));
+        if (!add_match(match, on_signal)) {
+            return;
         }
     }
     // The bus answers in order: once this reply is in, every match above is installed.
-    sd_bus_message* m = nullptr;
-    if (sd_bus_message_new_method_call(bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                       "org.freedesktop.DBus", "GetNameOwner") < 0 ||
-        sd_bus_message_append(m, "s", kMachined) < 0) {
+    sd_bus_message* m = method("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                               "org.freedesktop.DBus", "GetNameOwner");
+    if (m && sd_bus_message_append(m, "s", kMachined) < 0) {
         m = sd_bus_message_unref(m);
     }
-    send(m, [this](sd_bus_message*, const sd_bus_error* err) {
-        backoff.connected();
-        if (err) {
-            state = std::string(kMachined) + " is not on " + address;
-            spdlog::info("machined: {}; VMs are registered when it appears", state);
-            return;
-        }
-        list();
-    });
+    send(
+        m,
+        [this](sd_bus_message*, const sd_bus_error* err) {
+            backoff_.connected();
+            if (err) {
+                state_ = std::string(kMachined) + " is not on " + address_;
+                spdlog::info("machined: {}; VMs are registered when it appears", state_);
+                return;
+            }
+            list();
+        },
+        kCallTimeoutUsec);
 }
 
 void Machined::Impl::list() {
     uint64_t ep = ++epoch;
-    state = "listing " + std::string(kMachined);
-    send(method(kManagerPath, kManagerIface, "ListMachines"),
+    state_ = "listing " + std::string(kMachined);
+    send(call(kManagerPath, kManagerIface, "ListMachines"),
          [this, ep](sd_bus_message* reply, const sd_bus_error* err) {
              if (ep != epoch) {
                  return;
              }
              if (err) {
-                 state = "cannot list machined's machines: " + error_text(err);
-                 spdlog::warn("machined: {}", state);
+                 state_ = "cannot list machined's machines: " + error_text(err);
+                 spdlog::warn("machined: {}", state_);
                  return;
              }
              std::set<std::string> ours;
@@ -266,13 +172,13 @@ void Machined::Impl::list() {
              }
              present = true;
              entries.clear();
-             state = "in step with " + std::string(kMachined);
+             state_ = "in step with " + std::string(kMachined);
              spdlog::info("machined: {} entries of hangar's, {} machines here", ours.size(),
                           machines.all().size());
              // Entries of hangar's: which QEMU do they lead? Then each is kept or ended.
              for (const auto& n : ours) {
                  entries[n].busy = true;
-                 get_property(
+                 get_machine_property(
                      n, "Leader",
                      [this, ep, n](sd_bus_message* reply, const sd_bus_error* err) {
                          if (ep != epoch) {
@@ -340,7 +246,7 @@ void Machined::Impl::create(const std::string& name, pid_t leader) {
         entries[name].refused = leader;
         return;
     }
-    sd_bus_message* msg = method(kManagerPath, kManagerIface, "CreateMachine");
+    sd_bus_message* msg = call(kManagerPath, kManagerIface, "CreateMachine");
     std::string description = "hangar VM " + name;
     if (msg && (sd_bus_message_append(msg, "s", name.c_str()) < 0 ||
                 sd_bus_message_append_array(msg, 'y', id.bytes, sizeof id.bytes) < 0 ||
@@ -370,7 +276,7 @@ void Machined::Impl::create(const std::string& name, pid_t leader) {
 }
 
 void Machined::Impl::terminate(const std::string& name, const char* why) {
-    sd_bus_message* msg = method(kManagerPath, kManagerIface, "TerminateMachine");
+    sd_bus_message* msg = call(kManagerPath, kManagerIface, "TerminateMachine");
     if (msg && sd_bus_message_append(msg, "s", name.c_str()) < 0) {
         msg = sd_bus_message_unref(msg);
     }
@@ -421,7 +327,7 @@ void Machined::Impl::explain(const core::Machine& m, std::function<void(std::str
     // it by the time this call arrives: either way the signal QEMU got came from machined.
     uint64_t id = next_explain++;
     explaining[id] = std::move(answer);
-    get_property(
+    get_machine_property(
         m.spec.name, "State",
         [this, id](sd_bus_message* reply, const sd_bus_error* err) {
             auto node = explaining.extract(id);
@@ -442,60 +348,18 @@ void Machined::Impl::explain(const core::Machine& m, std::function<void(std::str
         kExplainTimeoutUsec);
 }
 
-void Machined::Impl::teardown() {
-    ++conn_gen;
+void Machined::Impl::closing() {
     ++epoch;
     present = false;
     entries.clear();
-    pump->detach();
-    if (bus) {
-        bus = sd_bus_flush_close_unref(bus);
-    }
     for (auto& [id, answer] : std::exchange(explaining, {})) {
         answer("");
     }
 }
 
-void Machined::Impl::lost(const std::string& why) {
-    spdlog::warn("machined: lost {}: {}; retrying in {} s", address, why, backoff.delay().count());
-    state = "not connected to " + address + ": " + why;
-    backoff.after_loss(
-        weak_from_this(), [this, gen = conn_gen] { return gen == conn_gen; },
-        [this] { teardown(); }, [this] { connect(); });
-}
-
 Machined::Machined(boost::asio::io_context& io, core::Machines& machines, core::EventBus& events,
                    std::string address)
-    : impl_(std::make_shared<Impl>(io, machines, events, std::move(address))) {
-    std::weak_ptr<Impl> weak = impl_;
-    impl_->pump =
-        std::make_shared<Pump>(io, Pump::Hooks{[weak] {
-                                                   auto self = weak.lock();
-                                                   if (!self || !self->bus) {
-                                                       return false;
-                                                   }
-                                                   int r = sd_bus_process(self->bus, nullptr);
-                                                   if (r < 0) {
-                                                       throw std::runtime_error(strerror(-r));
-                                                   }
-                                                   return r > 0;
-                                               },
-                                               [weak] {
-                                                   auto self = weak.lock();
-                                                   int ev = sd_bus_get_events(self->bus);
-                                                   if (ev < 0) {
-                                                       throw std::runtime_error(strerror(-ev));
-                                                   }
-                                                   uint64_t t = UINT64_MAX;
-                                                   sd_bus_get_timeout(self->bus, &t);
-                                                   return Pump::Wants{static_cast<short>(ev), t};
-                                               },
-                                               [weak](const std::string& why) {
-                                                   if (auto self = weak.lock()) {
-                                                       self->lost(why);
-                                                   }
-                                               }});
-}
+    : impl_(std::make_shared<Impl>(io, machines, events, std::move(address))) {}
 
 Machined::~Machined() {
     if (impl_->subscription) {
@@ -526,7 +390,7 @@ bool Machined::healthy(std::string& detail) const {
     for (const auto& [name, e] : impl_->entries) {
         registered += e.pid != 0;
     }
-    detail = impl_->state;
+    detail = impl_->state();
     if (impl_->present) {
         detail += ", " + std::to_string(registered) + " VMs registered";
     }
