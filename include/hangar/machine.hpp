@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace hangar {
 
@@ -17,17 +18,20 @@ struct BootSpec {
     std::string initrd;   // absolute path, or empty
     std::string cmdline;  // kernel command line
     std::string disk;     // absolute path of a bootable disk image, or empty
+    // Containers: one command to run instead of booting the root file system's init.
+    std::vector<std::string> command;
 };
 
 struct MachineSpec {
     std::string name;
     std::string uuid;
-    std::string type = "vm";
+    std::string type = "vm";  // "vm" or "container"
     uint32_t owner = 0;
     std::string created_at;  // RFC 3339, UTC
     uint32_t cpus = 1;
     uint32_t memory_mib = 128;
     BootSpec boot;
+    std::string image;  // containers: the local image their root file system is copied from
     bool autostart = false;
     std::string description;
 };
@@ -38,5 +42,7 @@ inline constexpr uint32_t kMinMemoryMib = 32;
 inline constexpr uint32_t kMaxMemoryMib = 1024 * 1024;
 inline constexpr size_t kMaxDescription = 1024;
 inline constexpr size_t kMaxCmdline = 4096;
+inline constexpr size_t kMaxCommandArgs = 256;
+inline constexpr size_t kMaxCommandArg = 4096;
 
 }  // namespace hangar

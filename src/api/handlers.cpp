@@ -57,6 +57,22 @@ Status get_u32(element v, std::string_view field, uint32_t& out) {
     return {};
 }
 
+Status get_strings(element v, std::string_view field, std::vector<std::string>& out) {
+    simdjson::dom::array arr;
+    if (v.get(arr) != simdjson::SUCCESS) {
+        return {Errc::bad_request,
+                "field '" + std::string(field) + "' must be an array of strings"};
+    }
+    out.clear();
+    for (element e : arr) {
+        if (Status st = get_string(e, field, out.emplace_back()); !st) {
+            return {Errc::bad_request, "field '" + std::string(field) +
+                                           "' must be an array of strings without NUL bytes"};
+        }
+    }
+    return {};
+}
+
 Status unknown_field(std::string_view where, std::string_view key) {
     return {Errc::bad_request, "unknown field '" + std::string(where) + std::string(key) + "'"};
 }
@@ -193,6 +209,8 @@ Status parse_spec_fields(const std::string& body, MachineSpec& spec, std::set<st
             st = get_u32(v, key, spec.memory_mib);
         } else if (key == "description") {
             st = get_string(v, key, spec.description);
+        } else if (key == "image") {
+            st = get_string(v, key, spec.image);
         } else if (key == "autostart") {
             if (v.get(spec.autostart) != simdjson::SUCCESS) {
                 st = {Errc::bad_request, "field 'autostart' must be a boolean"};
@@ -211,6 +229,8 @@ Status parse_spec_fields(const std::string& body, MachineSpec& spec, std::set<st
                     st = get_string(bv, "boot.cmdline", spec.boot.cmdline);
                 } else if (bk == "disk") {
                     st = get_string(bv, "boot.disk", spec.boot.disk);
+                } else if (bk == "command") {
+                    st = get_strings(bv, "boot.command", spec.boot.command);
                 } else {
                     st = unknown_field("boot.", bk);
                 }
@@ -240,6 +260,49 @@ Status parse_machine_spec(const std::string& body, MachineSpec& spec) {
 }
 
 namespace {
+Status parse_exec(const std::string& body, core::ExecRequest& req) {
+    simdjson::dom::parser parser;
+    element doc;
+    if (Status st = parse_object(parser, body, doc, false); !st) {
+        return st;
+    }
+    bool has_command = false;
+    simdjson::dom::object fields = doc.get_object().value_unsafe();
+    for (auto [key, v] : fields) {
+        Status st;
+        if (key == "command") {
+            has_command = true;
+            st = get_strings(v, key, req.command);
+        } else if (key == "cwd") {
+            st = get_string(v, key, req.cwd);
+        } else if (key == "timeout_s") {
+            uint32_t t = 0;
+            st = get_u32(v, key, t);
+            req.timeout = std::chrono::seconds(t);
+        } else if (key == "env") {
+            simdjson::dom::object env;
+            if (v.get(env) != simdjson::SUCCESS) {
+                return {Errc::bad_request, "field 'env' must be an object of strings"};
+            }
+            for (auto [ek, ev] : env) {
+                if (Status est = get_string(ev, "env." + std::string(ek), req.env[std::string(ek)]);
+                    !est) {
+                    return est;
+                }
+            }
+        } else {
+            st = unknown_field("", key);
+        }
+        if (!st) {
+            return st;
+        }
+    }
+    if (!has_command) {
+        return {Errc::bad_request, "field 'command' is required"};
+    }
+    return {};
+}
+
 Status parse_action_args(core::Action action, const std::string& body, core::ActionArgs& args) {
     simdjson::dom::parser parser;
     element doc;
@@ -520,6 +583,32 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
                        respond(error_response(st));
                    }
                });
+
+    router.add("POST", "/v1/machines/{name}/exec", [&machines](Request& req, Respond respond) {
+        core::ExecRequest er;
+        if (Status st = parse_exec(req.body, er); !st) {
+            return respond(error_response(st));
+        }
+        Status st = machines.exec(req.caller, req.params["name"], std::move(er),
+                                  [respond](const Status& st, const core::ExecResult& r) {
+                                      if (!st) {
+                                          return respond(error_response(st));
+                                      }
+                                      json::Writer w;
+                                      w.begin_object()
+                                          .field("exit_code", r.exit_code)
+                                          .field("stdout", r.out)
+                                          .field("stderr", r.err)
+                                          .field("stdout_truncated", r.out_truncated)
+                                          .field("stderr_truncated", r.err_truncated)
+                                          .field("in", r.running ? "running" : "rootfs")
+                                          .end_object();
+                                      respond(json_response(200, w.take()));
+                                  });
+        if (!st) {
+            respond(error_response(st));
+        }
+    });
 
     router.add("GET", "/v1/operations/{id}", [&operations](Request& req, Respond respond) {
         const core::Operation* op = nullptr;

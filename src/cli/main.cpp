@@ -47,6 +47,11 @@ const char* kUsage =
     "  list [--state S] [--type T]  machines\n"
     "  create NAME [--cpus N] [--memory MIB] [--kernel F] [--initrd F] [--cmdline S]\n"
     "              [--disk F] [--description S] [--autostart]\n"
+    "              [--type container --image IMAGE [-- COMMAND ARGS...]]\n"
+    "                               a container boots its image's init, or runs COMMAND\n"
+    "  exec NAME [--env K=V]... [--cwd DIR] [--timeout S] -- COMMAND ARGS...\n"
+    "                               run in a container (its root file system when stopped);\n"
+    "                               exits with the command's exit status\n"
     "  show NAME                    one machine\n"
     "  start|kill|pause|resume NAME\n"
     "  stop NAME [--timeout S]      graceful: ACPI power button, forced after S seconds\n"
@@ -328,8 +333,10 @@ void print_machine(simdjson::dom::element m) {
 // Parses "--flag value" options after the positional arguments.
 struct Args {
     std::vector<std::string> pos;
-    std::map<std::string, std::string> opt;
+    std::map<std::string, std::string> opt;               // the last value of each option
+    std::map<std::string, std::vector<std::string>> all;  // every value of each option
     std::set<std::string> flags;
+    std::vector<std::string> command;  // what follows "--"
 };
 
 Args parse_args(const std::vector<std::string>& in, const std::set<std::string>& with_value,
@@ -337,12 +344,17 @@ Args parse_args(const std::vector<std::string>& in, const std::set<std::string>&
     Args a;
     for (size_t i = 0; i < in.size(); ++i) {
         const auto& s = in[i];
+        if (s == "--") {
+            a.command.assign(in.begin() + static_cast<std::ptrdiff_t>(i) + 1, in.end());
+            break;
+        }
         if (s.rfind("--", 0) == 0) {
             if (with_value.count(s)) {
                 if (i + 1 >= in.size()) {
                     throw UsageError{s + " needs a value"};
                 }
                 a.opt[s] = in[++i];
+                a.all[s].push_back(in[i]);
             } else if (without_value.count(s)) {
                 a.flags.insert(s);
             } else {
@@ -380,6 +392,10 @@ int run(int argc, char** argv) {
     };
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
+        if (a == "--") {  // a command's own arguments follow, options included
+            rest.insert(rest.end(), argv + i, argv + argc);
+            break;
+        }
         if (a == "--socket") {
             socket = value(i, "--socket");
         } else if (a == "--url") {
@@ -530,7 +546,7 @@ int run(int argc, char** argv) {
     if (cmd == "create") {
         auto a = parse_args(args,
                             {"--cpus", "--memory", "--kernel", "--initrd", "--cmdline", "--disk",
-                             "--description", "--type"},
+                             "--description", "--type", "--image"},
                             {"--autostart"});
         if (a.pos.size() != 1) {
             throw UsageError{"create needs exactly one NAME"};
@@ -545,15 +561,24 @@ int run(int argc, char** argv) {
             w.field("memory_mib", to_number("--memory", a.opt["--memory"]));
         if (a.opt.count("--description"))
             w.field("description", a.opt["--description"]);
+        if (a.opt.count("--image"))
+            w.field("image", a.opt["--image"]);
         if (a.flags.count("--autostart"))
             w.field("autostart", true);
         if (a.opt.count("--kernel") || a.opt.count("--initrd") || a.opt.count("--cmdline") ||
-            a.opt.count("--disk")) {
+            a.opt.count("--disk") || !a.command.empty()) {
             w.key("boot").begin_object();
             for (const char* k : {"kernel", "initrd", "cmdline", "disk"}) {
                 if (a.opt.count(std::string("--") + k)) {
                     w.field(k, a.opt[std::string("--") + k]);
                 }
+            }
+            if (!a.command.empty()) {
+                w.key("command").begin_array();
+                for (const auto& arg : a.command) {
+                    w.value(arg);
+                }
+                w.end_array();
             }
             w.end_object();
         }
@@ -562,6 +587,49 @@ int run(int argc, char** argv) {
             return rc;
         }
         return show_machine();
+    }
+    if (cmd == "exec") {
+        auto a = parse_args(args, {"--env", "--cwd", "--timeout"}, {});
+        auto name = need_name(a);
+        if (a.command.empty()) {
+            throw UsageError{"exec needs a command after --"};
+        }
+        hangar::json::Writer w;
+        w.begin_object().key("command").begin_array();
+        for (const auto& arg : a.command) {
+            w.value(arg);
+        }
+        w.end_array();
+        if (a.all.count("--env")) {
+            w.key("env").begin_object();
+            for (const auto& kv : a.all["--env"]) {
+                size_t eq = kv.find('=');
+                if (eq == std::string::npos || eq == 0) {
+                    throw UsageError{"--env needs NAME=VALUE"};
+                }
+                w.field(kv.substr(0, eq), kv.substr(eq + 1));
+            }
+            w.end_object();
+        }
+        if (a.opt.count("--cwd"))
+            w.field("cwd", a.opt["--cwd"]);
+        if (a.opt.count("--timeout"))
+            w.field("timeout_s", to_number("--timeout", a.opt["--timeout"]));
+        w.end_object();
+        if (int rc = request(http::verb::post, "/v1/machines/" + name + "/exec", w.str(), &doc)) {
+            return rc;
+        }
+        if (as_json) {
+            std::cout << out << "\n";
+            return 0;
+        }
+        std::cout << str(doc, "stdout") << std::flush;
+        std::cerr << str(doc, "stderr") << std::flush;
+        int64_t code = 0;
+        if (doc["exit_code"].get(code) != simdjson::SUCCESS) {
+            code = 1;
+        }
+        return static_cast<int>(code);
     }
     if (cmd == "show") {
         auto name = need_name(parse_args(args, {}, {}));

@@ -53,17 +53,6 @@ bool printable(std::string_view s) {
     return true;
 }
 
-// The last lines of a command's output, for an error message.
-std::string tail_of(std::string out) {
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) {
-        out.pop_back();
-    }
-    if (out.size() > 400) {
-        out = "..." + out.substr(out.size() - 400);
-    }
-    return out;
-}
-
 bool is_squashfs(const std::string& path) {
     char magic[4] = {};
     FILE* f = fopen(path.c_str(), "rb");
@@ -182,7 +171,7 @@ void Images::load() {
         if (n.rfind(".pull-", 0) == 0 || n.rfind(".trash-", 0) == 0 ||
             (is_valid_name(n) && !images_.count(n))) {
             spdlog::info("images: removing leftover {}", entry.path().string());
-            remove_tree_later(entry.path());
+            remove_tree_async(io_, entry.path());
         }
     }
 }
@@ -207,16 +196,6 @@ Status Images::get(const std::string& name, const Image** out) const {
     return {};
 }
 
-void Images::remove_tree_later(const std::string& path) {
-    run_command(io_, {"rm", "-rf", "--one-file-system", "--", path}, kMaxCommandOutput,
-                [path](const Status& st, const ExitInfo& exit, std::string out) {
-                    if (!st || exit.code != 0 || exit.signal != 0) {
-                        spdlog::warn("images: could not remove {}: {}", path,
-                                     st ? tail_of(out) : st.message());
-                    }
-                });
-}
-
 Status Images::remove(const Caller& caller, const std::string& name) {
     const Image* img = nullptr;
     if (Status st = get(name, &img); !st) {
@@ -228,11 +207,9 @@ Status Images::remove(const Caller& caller, const std::string& name) {
     }
     // Out of the way at once, so the name is free; the tree goes in the background.
     std::string trash = dir_ + "/.trash-" + name + "-" + random_hex(4);
-    if (::rename((dir_ + "/" + name).c_str(), trash.c_str()) != 0 && errno != ENOENT) {
-        return {Errc::internal, "cannot move image " + json::quote(name) +
-                                    " aside: " + std::string(strerror(errno))};
+    if (Status st = remove_tree_async(io_, dir_ + "/" + name, trash); !st) {
+        return {Errc::internal, "image " + json::quote(name) + ": " + st.message()};
     }
-    remove_tree_later(trash);
     db_.delete_image(name);
     json::Writer w;
     w.begin_object().field("image", name).end_object();
@@ -526,7 +503,7 @@ void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
     }
     if (!result) {
         spdlog::warn("images: pulling {} failed: {}", p->req.name, result.message());
-        remove_tree_later(p->tmp);
+        remove_tree_async(io_, p->tmp);
     }
     pending_.erase(p->req.name);
     ++(result ? succeeded_ : failed_);

@@ -85,7 +85,6 @@ class Images {
 
   private:
     void finish(const std::shared_ptr<Pull>& p, const Status& st);
-    void remove_tree_later(const std::string& path);
 
     boost::asio::io_context& io_;
     store::Db& db_;

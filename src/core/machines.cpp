@@ -82,14 +82,6 @@ Machines::Machines(boost::asio::io_context& io, store::Db& db, EventBus& events,
 
 Machines::~Machines() = default;
 
-template <typename Fn>
-void Machines::with_machine(const std::string& name, uint64_t generation, Fn&& fn) {
-    auto it = machines_.find(name);
-    if (it != machines_.end() && it->second->generation == generation) {
-        fn(*it->second);
-    }
-}
-
 // ---- queries ---------------------------------------------------------------------------
 
 Machine* Machines::find_visible(const Caller& caller, const std::string& name) const {
@@ -155,8 +147,18 @@ const std::string& Machines::to_json(const Machine& m) const {
     if (!s.boot.disk.empty()) {
         w.field("disk", s.boot.disk);
     }
-    w.end_object()
-        .key("disks")
+    if (!s.boot.command.empty()) {
+        w.key("command").begin_array();
+        for (const auto& arg : s.boot.command) {
+            w.value(arg);
+        }
+        w.end_array();
+    }
+    w.end_object();
+    if (s.type == "container") {
+        w.field("image", s.image);
+    }
+    w.key("disks")
         .begin_array()
         .end_array()
         .key("ports")
@@ -179,9 +181,9 @@ Status Machines::validate(MachineSpec& spec) const {
     if (Status st = check_name("machine", spec.name); !st) {
         return st;
     }
-    if (spec.type != "vm") {
-        return {Errc::invalid_spec, "type " + json::quote(spec.type) +
-                                        " is not supported by this hangard (supported: \"vm\")"};
+    if (spec.type != "vm" && spec.type != "container") {
+        return {Errc::invalid_spec,
+                "type " + json::quote(spec.type) + " is not one of \"vm\", \"container\""};
     }
     if (spec.cpus < 1 || spec.cpus > kMaxCpus) {
         return {Errc::invalid_spec, "cpus must be between 1 and " + std::to_string(kMaxCpus)};
@@ -193,6 +195,12 @@ Status Machines::validate(MachineSpec& spec) const {
     if (spec.description.size() > kMaxDescription) {
         return {Errc::invalid_spec,
                 "description is longer than " + std::to_string(kMaxDescription) + " bytes"};
+    }
+    if (spec.type == "container") {
+        return validate_container(spec);
+    }
+    if (!spec.image.empty() || !spec.boot.command.empty()) {
+        return {Errc::invalid_spec, "image and boot.command are for containers"};
     }
     if (spec.boot.cmdline.size() > kMaxCmdline) {
         return {Errc::invalid_spec,
@@ -226,6 +234,15 @@ Status Machines::validate(MachineSpec& spec) const {
 Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** out) {
     if (Status st = validate(spec); !st) {
         return st;
+    }
+    if (spec.type == "container") {
+        std::string rootfs;
+        Status st = image_lookup_ ? image_lookup_(spec.image, rootfs)
+                                  : Status{Errc::unavailable, "this hangard has no image store"};
+        if (!st) {
+            return {st.code() == Errc::not_found ? Errc::invalid_spec : st.code(),
+                    st.message() + " (GET /v1/images lists the local images)"};
+        }
     }
     if (machines_.count(spec.name)) {
         return {Errc::conflict, "a machine named " + spec.name + " already exists"};
@@ -274,11 +291,11 @@ Status Machines::update(const Caller& caller, const std::string& name, MachineSp
     if (Status st = lookup(caller, name, &m); !st) {
         return st;
     }
-    if (spec.name != m->spec.name || spec.type != m->spec.type) {
-        return {Errc::bad_request, "name and type cannot be changed"};
+    if (spec.name != m->spec.name || spec.type != m->spec.type || spec.image != m->spec.image) {
+        return {Errc::bad_request, "name, type and image cannot be changed"};
     }
     for (const char* field : {"cpus", "memory_mib", "boot"}) {
-        if (changed.count(field) && (m->proc || !m->op.empty())) {
+        if (changed.count(field) && (is_live(*m) || !m->op.empty())) {
             return {Errc::invalid_state, std::string(field) + " can be changed only while " +
                                              m->spec.name + " is stopped (it is " +
                                              std::string(to_string(m->state)) + ")"};
@@ -316,7 +333,7 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
     if (m->delete_after_exit) {
         return fail({Errc::busy, "machine " + name + " is already being deleted"});
     }
-    if (m->proc) {
+    if (is_live(*m)) {
         if (!force) {
             return fail({Errc::invalid_state,
                          state_conflict(*m, "delete") + " (stop it first, or use ?force=true)"});
@@ -330,7 +347,7 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
         if (m->op.empty()) {
             m->op = "delete";
         }
-        m->proc->signal(SIGKILL);
+        kill_now(*m);
         return;
     }
     if (!m->op.empty()) {
@@ -342,11 +359,7 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
 
 void Machines::erase(Machine& m) {
     std::string name = m.spec.name;
-    std::error_code ec;
-    std::filesystem::remove_all(machine_dir(name), ec);
-    if (ec) {
-        spdlog::warn("{}: removing {}: {}", name, machine_dir(name).string(), ec.message());
-    }
+    remove_tree(machine_dir(name));
     db_.delete_machine(name);
     events_.publish("machine.deleted", name, m.spec.owner, "{}");
     db_.flush();
@@ -403,7 +416,7 @@ Status Machines::act(const Caller& caller, const std::string& name, Action actio
     }
     if (action == Action::kill) {
         // kill preempts any operation in flight (a hung stop, a start...).
-        if (!m->proc) {
+        if (!is_live(*m)) {
             return {Errc::invalid_state, state_conflict(*m, "kill")};
         }
         m->exit_reason = "api:kill";
@@ -413,11 +426,17 @@ Status Machines::act(const Caller& caller, const std::string& name, Action actio
             m->op = "kill";
         }
         m->waiters.emplace_back("kill", std::move(complete));
-        m->proc->signal(SIGKILL);
+        kill_now(*m);
         return {};
     }
     if (!m->op.empty()) {
         return {Errc::busy, "machine " + name + " is busy: " + m->op + " in progress"};
+    }
+    if (m->spec.type == "container" &&
+        (action == Action::pause || action == Action::resume || args.reset)) {
+        return {Errc::invalid_spec,
+                std::string(action == Action::restart ? "restart with reset" : "pause and resume") +
+                    " are for VMs; containers restart gracefully"};
     }
     switch (action) {
         case Action::start:
@@ -498,7 +517,8 @@ qemu::QemuProcess::Callbacks Machines::callbacks(const std::string& name, uint64
     cb.on_exit = [this, name, gen](const ExitInfo& info) {
         // An adopted QEMU is not our child: its status is unknown, so never "clean".
         bool clean = info.known && info.signal == 0 && info.code == 0;
-        with_machine(name, gen, [&](Machine& m) { on_exit(m, info.describe(), clean); });
+        with_machine(name, gen,
+                     [&](Machine& m) { on_exit(m, "pidfd:exit " + info.describe(), clean); });
     };
     cb.on_responsive = [this, name, gen](bool ok, const std::string& why) {
         with_machine(name, gen, [&](Machine& m) { on_responsive(m, ok, why); });
@@ -555,6 +575,9 @@ void Machines::launch(Machine& m, const std::string& reason) {
     m.exit_is_crash = false;
     m.unresponsive = false;
     set_state(m, MachineState::starting, reason);
+    if (m.spec.type == "container") {
+        return launch_container(m);
+    }
     uint64_t gen = ++m.generation;
     std::string name = m.spec.name;
     qemu::QemuProcess::launch(
@@ -592,6 +615,9 @@ void Machines::launch(Machine& m, const std::string& reason) {
 
 void Machines::graceful_stop(Machine& m, std::chrono::seconds timeout) {
     set_state(m, MachineState::stopping, m.restart_pending ? "api:restart" : "api:stop");
+    if (m.spec.type == "container") {
+        return stop_container(m, timeout);
+    }
     std::string name = m.spec.name;
     uint64_t gen = m.generation;
     m.stop_timer = std::make_unique<boost::asio::steady_timer>(io_);
@@ -712,19 +738,18 @@ void Machines::on_exit(Machine& m, const std::string& how, bool clean) {
         return;
     }
     m.proc.reset();
+    m.unit_live = false;
     m.pid = 0;
     m.stop_timer.reset();
     m.quit_sent = false;
     m.unresponsive = false;
     ++m.generation;
     if (m.exit_is_crash) {
-        set_state(m, MachineState::crashed, m.exit_reason + " pidfd:exit " + how);
+        set_state(m, MachineState::crashed, m.exit_reason + " " + how);
     } else if (!m.exit_reason.empty()) {
         set_state(m, MachineState::stopped, m.exit_reason);
-    } else if (clean) {
-        set_state(m, MachineState::stopped, "pidfd:exit " + how);
     } else {
-        set_state(m, MachineState::crashed, "pidfd:exit " + how);
+        set_state(m, clean ? MachineState::stopped : MachineState::crashed, how);
     }
     db_.update_state(m.spec.name, m.state, m.state_reason, 0);
     m.exit_reason.clear();
@@ -755,7 +780,7 @@ void Machines::on_exit(Machine& m, const std::string& how, bool clean) {
         if (op == "stop" || op == "kill") {
             done({});
         } else {
-            done({Errc::conflict, "QEMU exited during " + op + ": machine is " +
+            done({Errc::conflict, "the machine ended during " + op + ": it is " +
                                       std::string(to_string(m.state)) + " (" + m.state_reason +
                                       ")"});
         }
@@ -782,6 +807,15 @@ void Machines::load_and_adopt(std::function<void(size_t, size_t)> done) {
         m->pid = static_cast<pid_t>(row.pid);
         Machine& ref = *m;
         machines_.emplace(ref.spec.name, std::move(m));
+        if (ref.spec.type == "container") {
+            // Its unit is looked up once the container host connects (on_unit).
+            ref.unit_live = is_active(ref.state);
+            if (ref.unit_live && !host_) {
+                ref.unresponsive = true;
+                ref.state_reason += " (unknown: hangard has no systemd connection)";
+            }
+            continue;
+        }
         qemu::MachinePaths paths(machine_dir(ref.spec.name));
         if (!is_active(ref.state) && !std::filesystem::exists(paths.pidfile())) {
             paths.remove_runtime_files();

@@ -22,6 +22,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "core/containers.hpp"
 #include "core/event_bus.hpp"
 #include "drivers/qemu/argv.hpp"
 #include "drivers/qemu/qemu_process.hpp"
@@ -57,7 +58,10 @@ struct Machine {
     std::string state_reason;
     bool unresponsive = false;
     std::shared_ptr<qemu::QemuProcess> proc;
-    pid_t pid = 0;
+    // Containers: hangar-NAME.service was started (or found) and has not been seen to end.
+    bool unit_live = false;
+    bool unit_seen_up = false;  // since the start: a fresh transient unit is reported inactive
+    pid_t pid = 0;              // QEMU, or a container's systemd-nspawn
 
     // Operation lock: the operation in flight ("" when none) and who waits for it.
     std::string op;
@@ -128,6 +132,22 @@ class Machines {
     // started. `done(started, failed)` at the end.
     void autostart(std::function<void(size_t started, size_t failed)> done);
 
+    // Runs a command in a container: inside it while it runs (its namespaces and root), in its
+    // root file system while it is stopped (holding the operation lock). Refusals are returned.
+    using ExecDone = std::function<void(const Status&, const ExecResult&)>;
+    Status exec(const Caller& caller, const std::string& name, ExecRequest req, ExecDone done);
+
+    // Containers run through `host` (systemd + machined); without one they cannot start.
+    void set_container_host(ContainerHost* host) { host_ = host; }
+    // The root file system directory of a local image, or an error naming what is wrong.
+    using ImageLookup = std::function<Status(const std::string& image, std::string& rootfs)>;
+    void set_image_lookup(ImageLookup lookup) { image_lookup_ = std::move(lookup); }
+    // What systemd says of container `name`'s unit (a change, or the state found on connect).
+    void on_unit(const std::string& name, const UnitStatus& st);
+    // The host lost (false) or regained (true) its connection: until it reports, container
+    // states are marked unresponsive.
+    void on_container_host(bool reachable, const std::string& why);
+
     // Asked when QEMU says something outside hangar signalled it (SHUTDOWN reason=host-signal):
     // calls `answer` once, soon, with the reason to report for the stop, e.g.
     // "machined:terminated", or "" to keep QEMU's. The machine's exit waits for the answer.
@@ -152,6 +172,18 @@ class Machines {
     void begin_op(Machine& m, const std::string& op, std::function<void(const Status&)> done);
     void finish_op(Machine& m, const Status& st);
     void launch(Machine& m, const std::string& reason);
+    // Containers (machines_container.cpp).
+    void launch_container(Machine& m);
+    void stop_container(Machine& m, std::chrono::seconds timeout);
+    void kill_container(Machine& m);
+    // Copies the image's root file system to the machine's directory unless it is there.
+    void prepare_rootfs(Machine& m, std::function<void(const Status&)> done);
+    void run_exec(Machine& m, ExecRequest req, pid_t leader, ExecDone done);
+    Status validate_container(MachineSpec& spec) const;
+    // Removes a directory tree in a child process, after moving it out of the way.
+    void remove_tree(const std::filesystem::path& dir);
+    // Kills whatever runs the machine (QEMU or the container's unit).
+    void kill_now(Machine& m);
     // What a QEMU of machine `name` (generation `gen`) reports, routed to the handlers below.
     qemu::QemuProcess::Callbacks callbacks(const std::string& name, uint64_t gen);
     void graceful_stop(Machine& m, std::chrono::seconds timeout);
@@ -163,7 +195,12 @@ class Machines {
     void erase(Machine& m);
     // Runs `fn(machine)` if the machine still exists with the same QEMU generation.
     template <typename Fn>
-    void with_machine(const std::string& name, uint64_t generation, Fn&& fn);
+    void with_machine(const std::string& name, uint64_t generation, Fn&& fn) {
+        auto it = machines_.find(name);
+        if (it != machines_.end() && it->second->generation == generation) {
+            fn(*it->second);
+        }
+    }
 
     boost::asio::io_context& io_;
     store::Db& db_;
@@ -171,6 +208,13 @@ class Machines {
     MachinesConfig cfg_;
     std::map<std::string, std::unique_ptr<Machine>> machines_;
     ExitExplainer explainer_;
+    ContainerHost* host_ = nullptr;
+    ImageLookup image_lookup_;
 };
+
+// QEMU runs, or the container's unit is up.
+inline bool is_live(const Machine& m) {
+    return m.proc || m.unit_live;
+}
 
 }  // namespace hangar::core

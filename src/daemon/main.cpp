@@ -34,6 +34,7 @@
 #include "daemon/systemd.hpp"
 #include "dbus/machined.hpp"
 #include "dbus/service.hpp"
+#include "dbus/units.hpp"
 #include "drivers/qemu/argv.hpp"
 #include "images/fetch.hpp"
 #include "qmp/client.hpp"
@@ -60,8 +61,11 @@ BootSpec find_guest(const std::string& configured) {
     for (const auto& dir : candidates) {
         if (fs::is_regular_file(dir / "vmlinuz") && fs::is_regular_file(dir / "initrd.img")) {
             auto abs = fs::absolute(dir).lexically_normal();
-            return {(abs / "vmlinuz").string(), (abs / "initrd.img").string(),
-                    "console=ttyS0 panic=-1", ""};
+            BootSpec boot;
+            boot.kernel = (abs / "vmlinuz").string();
+            boot.initrd = (abs / "initrd.img").string();
+            boot.cmdline = "console=ttyS0 panic=-1";
+            return boot;
         }
     }
     return {};
@@ -224,11 +228,14 @@ int main(int argc, char** argv) {
     }
     std::optional<dbus::Service> bus;
     std::optional<dbus::Machined> machined;
+    std::optional<dbus::Units> units;
     if (dbus_mode != "none") {
         bus.emplace(io, machines, events, dbus_mode, admin_gid);
         if (opts.machined) {
             machined.emplace(io, machines, events, dbus_mode);
         }
+        units.emplace(io, machines, dbus_mode);
+        machines.set_container_host(units->host());
     }
 
     core::Credentials credentials(db);
@@ -242,6 +249,14 @@ int main(int argc, char** argv) {
     core::Images image_store(io, db, events, operations, opts.state_dir + "/images",
                              transfer.get());
     image_store.load();
+    machines.set_image_lookup([&image_store](const std::string& name, std::string& rootfs) {
+        const core::Image* img = nullptr;
+        if (Status st = image_store.get(name, &img); !st) {
+            return st;
+        }
+        rootfs = image_store.dir() + "/" + name + "/rootfs";
+        return Status{};
+    });
     api::register_routes(router, machines, credentials, operations, image_store, info, probes);
     api::EventStreams streams(events, {});
     api::Authenticate authenticate{
@@ -255,7 +270,7 @@ int main(int argc, char** argv) {
     probes.image_pulls_running = [&image_store] { return image_store.pulling(); };
     probes.image_pulls_succeeded = [&image_store] { return image_store.succeeded(); };
     probes.image_pulls_failed = [&image_store] { return image_store.failed(); };
-    probes.dbus = [&bus, &machined, dbus_mode](std::string& detail) {
+    probes.dbus = [&bus, &machined, &units, dbus_mode](std::string& detail) {
         if (!bus) {
             detail = "not served (--dbus " + dbus_mode + ")";
             return false;
@@ -265,6 +280,11 @@ int main(int argc, char** argv) {
             std::string m;
             machined->healthy(m);  // machined may be absent: the service is still fine
             detail += "; machined: " + m;
+        }
+        if (units) {
+            std::string u;
+            units->healthy(u);  // without systemd only containers are unavailable
+            detail += "; systemd: " + u;
         }
         return ok;
     };
@@ -353,6 +373,9 @@ int main(int argc, char** argv) {
         daemon::notify_ready(std::to_string(total) + " machines, " + std::to_string(adopted) +
                              " running QEMU adopted; socket " + opts.socket +
                              (tcp_url.empty() ? "" : ", " + tcp_url));
+        if (units) {
+            units->start();  // containers' units are looked up: they are adopted from systemd
+        }
         if (machined) {
             machined->start();  // only now: it reconciles machined with the adopted VMs
         }

@@ -205,7 +205,14 @@ std::string Db::spec_to_json(const MachineSpec& s) {
         .field("initrd", s.boot.initrd)
         .field("cmdline", s.boot.cmdline)
         .field("disk", s.boot.disk)
+        .key("command")
+        .begin_array();
+    for (const auto& arg : s.boot.command) {
+        w.value(arg);
+    }
+    w.end_array()
         .end_object()
+        .field("image", s.image)
         .field("autostart", s.autostart)
         .field("description", s.description)
         .end_object();
@@ -234,6 +241,16 @@ bool Db::spec_from_json(const std::string& text, MachineSpec& s) {
         s.boot.cmdline = v;
     if (e.at_pointer("/boot/disk").get(v) == simdjson::SUCCESS)
         s.boot.disk = v;
+    simdjson::dom::array command;
+    if (e.at_pointer("/boot/command").get(command) == simdjson::SUCCESS) {
+        for (auto arg : command) {
+            if (arg.get(v) == simdjson::SUCCESS) {
+                s.boot.command.emplace_back(v);
+            }
+        }
+    }
+    if (e["image"].get(v) == simdjson::SUCCESS)
+        s.image = v;
     bool b = false;
     if (e["autostart"].get(b) == simdjson::SUCCESS)
         s.autostart = b;

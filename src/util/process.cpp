@@ -12,7 +12,9 @@
 #include <iterator>
 #include <optional>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -63,6 +65,7 @@ Status spawn_process(const SpawnOptions& opts, pid_t& pid) {
     high.push_back(devnull);
     int in = dup_high(opts.stdin_fd >= 0 ? opts.stdin_fd : devnull);
     int out = dup_high(opts.output_fd >= 0 ? opts.output_fd : devnull);
+    int err = opts.error_fd >= 0 ? dup_high(opts.error_fd) : out;
     std::vector<std::pair<int, int>> mapped;
     int max_target = 2;
     for (auto [src, dst] : opts.fds) {
@@ -74,7 +77,7 @@ Status spawn_process(const SpawnOptions& opts, pid_t& pid) {
         mapped.emplace_back(h, dst);
         max_target = std::max(max_target, dst);
     }
-    if (in < 0 || out < 0) {
+    if (in < 0 || out < 0 || err < 0) {
         cleanup();
         return {Errc::internal, std::string("spawn: dup: ") + strerror(errno)};
     }
@@ -82,7 +85,7 @@ Status spawn_process(const SpawnOptions& opts, pid_t& pid) {
     SpawnActions sa;
     posix_spawn_file_actions_adddup2(&sa.fa, in, 0);
     posix_spawn_file_actions_adddup2(&sa.fa, out, 1);
-    posix_spawn_file_actions_adddup2(&sa.fa, out, 2);
+    posix_spawn_file_actions_adddup2(&sa.fa, err, 2);
     for (auto [h, dst] : mapped) {
         posix_spawn_file_actions_adddup2(&sa.fa, h, dst);
     }
@@ -104,7 +107,15 @@ Status spawn_process(const SpawnOptions& opts, pid_t& pid) {
         argv.push_back(const_cast<char*>(a.c_str()));
     }
     argv.push_back(nullptr);
-    int rc = posix_spawnp(&pid, argv[0], &sa.fa, &sa.attr, argv.data(), environ);
+    std::vector<char*> envp;
+    if (opts.env) {
+        for (const auto& kv : *opts.env) {
+            envp.push_back(const_cast<char*>(kv.c_str()));
+        }
+        envp.push_back(nullptr);
+    }
+    int rc = posix_spawnp(&pid, argv[0], &sa.fa, &sa.attr, argv.data(),
+                          opts.env ? envp.data() : environ);
     cleanup();
     if (rc != 0) {
         return {Errc::unavailable, "cannot execute " + opts.argv[0] + ": " + strerror(rc)};
@@ -189,70 +200,169 @@ bool PidWatch::signal(int sig) {
 
 namespace {
 struct Command : std::enable_shared_from_this<Command> {
-    Command(boost::asio::io_context& io, size_t limit, CommandDone done)
-        : out(io), limit(limit), done(std::move(done)) {}
-    boost::asio::posix::stream_descriptor out;
+    struct Stream {
+        explicit Stream(boost::asio::io_context& io) : sd(io) {}
+        boost::asio::posix::stream_descriptor sd;
+        std::string* data = nullptr;
+        bool* truncated = nullptr;
+        bool eof = false;
+        char buf[16384];
+    };
+    Command(boost::asio::io_context& io, size_t limit,
+            std::function<void(const Status&, CaptureResult)> done)
+        : out(io), err(io), timer(io), limit(limit), done(std::move(done)) {
+        out.data = &result.out;
+        out.truncated = &result.out_truncated;
+        err.data = &result.err;
+        err.truncated = &result.err_truncated;
+        err.eof = true;  // unless a second pipe is read
+    }
+    Stream out, err;
+    boost::asio::steady_timer timer;
     std::unique_ptr<PidWatch> watch;
     size_t limit;
-    CommandDone done;
-    std::string output;
-    char buf[16384];
-    bool eof = false;
-    std::optional<ExitInfo> exit;
+    std::function<void(const Status&, CaptureResult)> done;
+    CaptureResult result;
+    bool exited = false;
 
-    void read() {
-        out.async_read_some(boost::asio::buffer(buf), [self = shared_from_this()](
-                                                          boost::system::error_code ec, size_t n) {
-            if (n > 0 && self->output.size() < self->limit) {
-                self->output.append(self->buf, std::min(n, self->limit - self->output.size()));
-            }
-            if (ec) {
-                self->eof = true;
-                return self->maybe_done();
-            }
-            self->read();
-        });
+    void read(Stream& s) {
+        s.sd.async_read_some(
+            boost::asio::buffer(s.buf),
+            [self = shared_from_this(), &s](boost::system::error_code ec, size_t n) {
+                size_t room = self->limit - std::min(self->limit, s.data->size());
+                s.data->append(s.buf, std::min(n, room));
+                *s.truncated = *s.truncated || n > room;
+                if (ec) {
+                    s.eof = true;
+                    return self->maybe_done();
+                }
+                self->read(s);
+            });
     }
     void maybe_done() {
-        if (eof && exit && done) {
-            std::exchange(done, nullptr)(Status{}, *exit, std::move(output));
+        if (out.eof && err.eof && exited && done) {
+            timer.cancel();
+            std::exchange(done, nullptr)(Status{}, std::move(result));
         }
     }
 };
 }  // namespace
 
-void run_command(boost::asio::io_context& io, std::vector<std::string> argv, size_t limit,
-                 CommandDone done) {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0) {
-        return done({Errc::internal, std::string("pipe: ") + strerror(errno)}, ExitInfo{}, {});
+void run_capture(boost::asio::io_context& io, CaptureOptions opts,
+                 std::function<void(const Status&, CaptureResult)> done) {
+    int p[2] = {-1, -1}, q[2] = {-1, -1};
+    if (pipe2(p, O_CLOEXEC) != 0 || (!opts.merge_stderr && pipe2(q, O_CLOEXEC) != 0)) {
+        int e = errno;
+        if (q[0] < 0 && !opts.merge_stderr && p[0] >= 0) {
+            close(p[0]);
+            close(p[1]);
+        }
+        return done({Errc::internal, std::string("pipe: ") + strerror(e)}, CaptureResult{});
     }
-    SpawnOptions opts;
-    opts.argv = std::move(argv);
-    opts.output_fd = p[1];
-    opts.new_session = false;
+    SpawnOptions so;
+    so.argv = std::move(opts.argv);
+    so.env = std::move(opts.env);
+    so.fds = std::move(opts.fds);
+    so.output_fd = p[1];
+    so.error_fd = q[1];
+    so.new_session = opts.new_session;
     pid_t pid = 0;
-    Status st = spawn_process(opts, pid);
+    Status st = spawn_process(so, pid);
     close(p[1]);
+    if (q[1] >= 0) {
+        close(q[1]);
+    }
+    int pidfd = st ? open_pidfd(pid) : -1;
+    if (st && pidfd < 0) {
+        st = {Errc::internal, std::string("pidfd_open: ") + strerror(errno)};
+        waitpid(pid, nullptr, 0);  // cannot happen for a child that is not yet reaped
+    }
     if (!st) {
         close(p[0]);
-        return done(st, ExitInfo{}, {});
+        if (q[0] >= 0) {
+            close(q[0]);
+        }
+        return done(st, CaptureResult{});
     }
-    int pidfd = open_pidfd(pid);
-    if (pidfd < 0) {
-        close(p[0]);
-        waitpid(pid, nullptr, 0);  // cannot happen for a child that is not yet reaped
-        return done({Errc::internal, std::string("pidfd_open: ") + strerror(errno)}, ExitInfo{},
-                    {});
+    auto cmd = std::make_shared<Command>(io, opts.limit, std::move(done));
+    cmd->out.sd.assign(p[0]);
+    if (q[0] >= 0) {
+        cmd->err.sd.assign(q[0]);
+        cmd->err.eof = false;
+        cmd->read(cmd->err);
     }
-    auto cmd = std::make_shared<Command>(io, limit, std::move(done));
-    cmd->out.assign(p[0]);
     cmd->watch = std::make_unique<PidWatch>(io, pid, pidfd);
     cmd->watch->wait([cmd](ExitInfo info) {
-        cmd->exit = info;
+        cmd->result.exit = info;
+        cmd->exited = true;
+        if (!cmd->out.eof || !cmd->err.eof) {
+            // Something it left behind may hold the pipes open: read on for a moment only.
+            cmd->timer.expires_after(std::chrono::seconds(2));
+            cmd->timer.async_wait(
+                [weak = std::weak_ptr<Command>(cmd)](boost::system::error_code ec) {
+                    if (auto self = weak.lock(); self && !ec) {
+                        boost::system::error_code ignored;
+                        self->out.sd.close(ignored);
+                        self->err.sd.close(ignored);
+                    }
+                });
+        }
         cmd->maybe_done();
     });
-    cmd->read();
+    if (opts.timeout.count() > 0) {
+        cmd->timer.expires_after(opts.timeout);
+        cmd->timer.async_wait([weak = std::weak_ptr<Command>(cmd), pid,
+                               group = opts.new_session](boost::system::error_code ec) {
+            auto self = weak.lock();
+            if (ec || !self || self->exited) {
+                return;
+            }
+            self->result.timed_out = true;
+            group ? void(kill(-pid, SIGKILL)) : void(self->watch->signal(SIGKILL));
+        });
+    }
+    cmd->read(cmd->out);
+}
+
+void run_command(boost::asio::io_context& io, std::vector<std::string> argv, size_t limit,
+                 CommandDone done) {
+    CaptureOptions opts;
+    opts.argv = std::move(argv);
+    opts.limit = limit;
+    opts.merge_stderr = true;
+    run_capture(io, std::move(opts), [done = std::move(done)](const Status& st, CaptureResult r) {
+        done(st, r.exit, std::move(r.out));
+    });
+}
+
+std::string tail_of(std::string out) {
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) {
+        out.pop_back();
+    }
+    if (out.size() > 400) {
+        out = "..." + out.substr(out.size() - 400);
+    }
+    return out;
+}
+
+Status remove_tree_async(boost::asio::io_context& io, const std::string& path, std::string trash) {
+    if (trash.empty()) {
+        trash = path;
+    }
+    if (trash != path && ::rename(path.c_str(), trash.c_str()) != 0) {
+        if (errno == ENOENT) {
+            return {};
+        }
+        return {Errc::internal, "cannot move " + path + " aside: " + strerror(errno)};
+    }
+    run_command(io, {"rm", "-rf", "--one-file-system", "--", trash}, 64 * 1024,
+                [trash](const Status& st, const ExitInfo& exit, std::string out) {
+                    if (!st || exit.code != 0 || exit.signal != 0) {
+                        spdlog::warn("could not remove {}: {}", trash,
+                                     st ? tail_of(out) : st.message());
+                    }
+                });
+    return {};
 }
 
 }  // namespace hangar

@@ -3,8 +3,10 @@
 // chosen fds mapped), pidfds, and an asynchronous watch for a process's exit.
 #include <sys/types.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,11 +19,13 @@
 namespace hangar {
 
 struct SpawnOptions {
-    std::vector<std::string> argv;         // argv[0] is looked up in PATH when it has no '/'
-    std::vector<std::pair<int, int>> fds;  // (fd in this process, fd number in the child)
-    int stdin_fd = -1;                     // -1: /dev/null
-    int output_fd = -1;                    // stdout and stderr; -1: /dev/null
-    bool new_session = true;               // setsid(): the child outlives this process
+    std::vector<std::string> argv;                // argv[0] is looked up in PATH when it has no '/'
+    std::vector<std::pair<int, int>> fds;         // (fd in this process, fd number in the child)
+    int stdin_fd = -1;                            // -1: /dev/null
+    int output_fd = -1;                           // stdout and stderr; -1: /dev/null
+    int error_fd = -1;                            // stderr apart from stdout; -1: as output_fd
+    bool new_session = true;                      // setsid(): the child outlives this process
+    std::optional<std::vector<std::string>> env;  // "K=V" each; none: this process's
 };
 
 // Starts the process; every fd not named in `opts` is closed in the child.
@@ -74,5 +78,35 @@ class PidWatch {
 using CommandDone = std::function<void(const Status&, const ExitInfo&, std::string output)>;
 void run_command(boost::asio::io_context& io, std::vector<std::string> argv, size_t limit,
                  CommandDone done);
+
+// The general form: stdout and stderr apart, each bounded; an environment of its own; a
+// deadline after which the command's whole process group (it runs in a session of its own) is
+// killed with SIGKILL.
+struct CaptureOptions {
+    std::vector<std::string> argv;
+    std::optional<std::vector<std::string>> env;
+    std::vector<std::pair<int, int>> fds;  // as SpawnOptions::fds; still the caller's to close
+    size_t limit = 1 << 20;                // per stream; the rest is read and dropped
+    bool merge_stderr = false;             // stderr into `out`
+    bool new_session = false;
+    std::chrono::milliseconds timeout{0};  // 0: none; needs new_session
+};
+struct CaptureResult {
+    ExitInfo exit;
+    std::string out, err;
+    bool out_truncated = false, err_truncated = false;
+    bool timed_out = false;
+};
+void run_capture(boost::asio::io_context& io, CaptureOptions opts,
+                 std::function<void(const Status&, CaptureResult)> done);
+
+// The last few hundred bytes of a command's output, trailing blanks dropped, for a message.
+std::string tail_of(std::string out);
+
+// Moves `path` to `trash` (same file system; "" or equal: in place) at once, then removes the
+// tree in a child process (`rm -rf --one-file-system`), logging a failure. A missing `path`
+// is not an error; failing to move it is.
+Status remove_tree_async(boost::asio::io_context& io, const std::string& path,
+                         std::string trash = {});
 
 }  // namespace hangar

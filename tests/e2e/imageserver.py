@@ -29,7 +29,7 @@ def make_busybox_rootfs_tar(path, compression="xz"):
             if data is not None:
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
-        for d in ("bin", "sbin", "etc", "dev", "proc", "sys", "tmp", "root", "run", "var"):
+        for d in ("bin", "sbin", "etc", "dev", "proc", "sys", "tmp", "root", "run", "var", "usr"):
             add(d, kind=tarfile.DIRTYPE)
         add("bin/busybox", binary)
         for applet in ("sh", "echo", "cat", "ls", "sleep", "poweroff", "id", "pwd", "env",

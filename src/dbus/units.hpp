@@ -1,0 +1,37 @@
+#pragma once
+// Containers' units in systemd (org.freedesktop.systemd1) and their machines in machined, over
+// raw sd-bus on the daemon's reactor: core::Machines' ContainerHost.
+//
+// A container runs as the transient service hangar-NAME.service (StartTransientUnit), whose
+// systemd-nspawn registers the container with machined itself. hangard subscribes to systemd
+// (Subscribe; PropertiesChanged of units, JobRemoved, the owner of systemd's name) and reports
+// each hangar unit's change to Machines: the Service interface's change (Result, ExecMain*,
+// MainPID) comes first, then the Unit interface's (ActiveState), which is when it is reported.
+// On every (re)connection each container's unit is looked up once (GetUnit + GetAll), which is
+// how containers are adopted after a hangard restart.
+#include <memory>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+
+#include "core/machines.hpp"
+
+namespace hangar::dbus {
+
+class Units {
+  public:
+    // `address`: "system", "session" or a D-Bus address ("unix:path=...").
+    Units(boost::asio::io_context& io, core::Machines& machines, std::string address);
+    ~Units();
+    // Connects and reports every container's unit; call once the machines are loaded.
+    void start();
+    core::ContainerHost* host();
+    bool healthy(std::string& detail) const;
+
+    struct Impl;
+
+  private:
+    std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace hangar::dbus

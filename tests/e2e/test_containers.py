@@ -1,0 +1,290 @@
+"""Containers with real peers: a busybox image pulled over HTTPS from the loopback image server
+(imageserver.py), run by a real systemd (`systemd --user` in a mount namespace, realsystemd.py)
+as hangar-NAME.service executing systemd-nspawn, registered in a real systemd-machined. Boot,
+machined's listing, exec inside the running container and in the stopped root file system,
+graceful stop, kill -9 of nspawn (crashed, with the reason), hangard killed and restarted
+(adopted, still controllable), one-shot command containers, bad input, and the same view of
+containers through the API list, events, D-Bus (org.hangar) and hangarctl as of VMs."""
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import uuid
+
+import harness
+from harness import DaemonTest, wait_for
+from imageserver import ImageServer
+from realsystemd import RealSystemd
+
+HANGARCTL = os.environ.get("HANGARCTL", "build/hangarctl")
+
+
+class Containers(DaemonTest):
+    qemu = harness.FAKE_QEMU
+
+    def setUp(self):
+        self.server_dir = tempfile.mkdtemp(prefix="hangar-images-")
+        self.server = ImageServer(self.server_dir)
+        self.server.start()
+        self.server.publish()
+        self.systemd = RealSystemd().start()
+        self.extra = ("--image-ca", self.server.ca, "--dbus", self.systemd.address)
+        try:
+            super().setUp()
+            status, body = self.daemon.request(
+                "POST", "/v1/images?wait=true",
+                {"name": "busybox", "source": {"type": "simplestreams", "server": self.server.url,
+                                               "alias": "busybox/1.36"}})
+            self.assertEqual(status, 201, body)
+        except BaseException:
+            self.cleanup_peers()
+            raise
+
+    def tearDown(self):
+        super().tearDown()
+        self.cleanup_peers()
+
+    def cleanup_peers(self):
+        self.systemd.stop()  # ends every unit it ran (nspawn and the containers)
+        self.server.stop()
+        subprocess.run(["rm", "-rf", self.server_dir])
+
+    def create_container(self, name, **spec):
+        return self.create(name, type="container", image="busybox", **spec)
+
+    def start(self, name):
+        m = self.daemon.action(name, "start")
+        self.assertEqual(m["state"], "running", m)
+        return m
+
+    def exec(self, name, command, expect=200, **extra):
+        status, body = self.daemon.request("POST", f"/v1/machines/{name}/exec",
+                                           {"command": command, **extra})
+        self.assertEqual(status, expect, body)
+        return body
+
+    def in_machined(self, name):
+        return self.systemd.list_machines().get(name)
+
+    def test_boot_exec_stop(self):
+        m = self.create_container("box", description="busybox")
+        self.assertEqual((m["type"], m["image"], m["state"]), ("container", "busybox", "stopped"))
+        m = self.start("box")
+        self.assertEqual(m["state_reason"], "systemd:active")
+        self.assertGreater(m["pid"], 0)  # systemd-nspawn
+        with open(f"/proc/{m['pid']}/cmdline", "rb") as f:
+            self.assertIn(b"--machine=box", f.read())
+
+        # machined has it as a container, with the machine's UUID; nspawn registered it.
+        entry = wait_for(lambda: self.in_machined("box"), 10, "box in machined")
+        self.assertEqual(entry[0], "container")
+        ident = bytes(self.systemd.machine_property(entry[2], "Id"))
+        self.assertEqual(str(uuid.UUID(bytes=ident)), m["uuid"])
+        leader = self.systemd.machine_property(entry[2], "Leader")
+        with open(f"/proc/{leader}/cmdline", "rb") as f:
+            self.assertIn(b"init", f.read())  # busybox init is the container's PID 1
+
+        # exec inside the running container: output, errors and exit code apart.
+        r = self.exec("box", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+        self.assertEqual((r["exit_code"], r["stdout"], r["stderr"], r["in"]),
+                         (3, "out\n", "err\n", "running"))
+        r = self.exec("box", ["sh", "-c", "echo $GREETING; pwd; hostname; cat /etc/os-release"],
+                      env={"GREETING": "hello"}, cwd="/tmp")
+        self.assertEqual(r["stdout"].splitlines()[:3], ["hello", "/tmp", "box"])
+        self.assertIn('NAME="hangar busybox"', r["stdout"])
+        # It runs in the container's PID namespace: init is PID 1 there.
+        r = self.exec("box", ["cat", "/proc/1/cmdline"])
+        self.assertIn("init", r["stdout"])
+        self.assertEqual(self.exec("box", ["no-such-program"])["exit_code"], 127)
+        r = self.exec("box", ["sh", "-c", "kill -9 $$"])
+        self.assertEqual(r["exit_code"], 128 + 9)
+        # A working directory is resolved inside the container, whatever its symlinks say.
+        self.assertEqual(self.exec("box", ["busybox", "ln", "-s", "/", "/tmp/up"])["exit_code"], 0)
+        r = self.exec("box", ["pwd"], cwd="/tmp/up/../../..")
+        self.assertEqual(r["stdout"], "/\n")
+        self.exec("box", ["pwd"], cwd="/no/such/dir", expect=422)
+        # Output is bounded; the deadline kills a command that does not finish.
+        r = self.exec("box", ["sh", "-c", "i=0; while [ $i -lt 5000 ]; do "
+                              "echo 0123456789012345678901234567890123456789012345678901234567890"
+                              "123456789012345678901234567890123456789012345678901234567890123"
+                              "45678901234567890123456789012345678901234567890123456789012345678"
+                              "9012345678901234567890123456789012345678901234567890123456789012"
+                              "34567890123456789012345678901234567890; i=$((i+1)); done"])
+        self.assertTrue(r["stdout_truncated"])
+        self.assertEqual(len(r["stdout"]), 1 << 20)
+        status, body = self.daemon.request("POST", "/v1/machines/box/exec",
+                                           {"command": ["sleep", "30"], "timeout_s": 1})
+        self.assertEqual((status, body["error"]["code"]), (504, "timeout"), body)
+
+        # Graceful stop: busybox init gets its power-off signal through machined.
+        m = self.daemon.action("box", "stop", {"timeout_s": 20})
+        self.assertEqual((m["state"], m["state_reason"], m["pid"]), ("stopped", "api:stop", 0))
+        wait_for(lambda: not self.in_machined("box"), 10, "box to leave machined")
+
+        # exec in the stopped root file system (configuration), which then boots with it.
+        r = self.exec("box", ["sh", "-c", "echo configured > /etc/motd; echo $X; pwd"],
+                      env={"X": "y"}, cwd="/etc")
+        self.assertEqual((r["exit_code"], r["stdout"], r["in"]), (0, "y\n/etc\n", "rootfs"), r)
+        self.start("box")
+        self.assertEqual(self.exec("box", ["cat", "/etc/motd"])["stdout"], "configured\n")
+        # The image itself was not touched: a second container does not see the change.
+        self.create_container("box2")
+        r = self.exec("box2", ["cat", "/etc/motd"])
+        self.assertNotEqual(r["exit_code"], 0)
+        # Restart: stopped and booted again (a new nspawn).
+        old = self.daemon.machine("box")["pid"]
+        m = self.daemon.action("box", "restart", {"timeout_s": 20})
+        self.assertEqual(m["state"], "running")
+        self.assertNotEqual(m["pid"], old)
+        # Forced delete of a running container ends its unit.
+        status, _ = self.daemon.request("DELETE", "/v1/machines/box?force=true")
+        self.assertEqual(status, 200)
+        wait_for(lambda: not self.in_machined("box"), 10, "box to leave machined")
+        # Its root file system goes in the background.
+        wait_for(lambda: os.listdir(os.path.join(self.state_dir, "machines")) == ["box2"], 10,
+                 "box's directory to go")
+
+    def test_kill_of_nspawn_is_a_crash(self):
+        self.create_container("victim")
+        m = self.start("victim")
+        os.kill(m["pid"], signal.SIGKILL)
+        m = self.daemon.wait_state("victim", "crashed", timeout=10)
+        self.assertIn("signal=9", m["state_reason"])
+        self.assertTrue(m["state_reason"].startswith("systemd:"), m)
+        # Started again from crashed.
+        self.start("victim")
+        m = self.daemon.action("victim", "kill")
+        self.assertEqual((m["state"], m["state_reason"]), ("stopped", "api:kill"))
+
+    def test_adopted_across_hangard_kill(self):
+        self.create_container("keep")
+        m = self.start("keep")
+        self.daemon.kill(signal.SIGKILL)
+        self.assertTrue(harness.pid_alive(m["pid"]))
+        self.daemon.start()
+        m2 = self.daemon.machine("keep")
+        self.assertEqual((m2["state"], m2["pid"]), ("running", m["pid"]))
+        self.assertEqual(self.exec("keep", ["echo", "still here"])["stdout"], "still here\n")
+        # Stopped while hangard is down: the restart finds the unit gone.
+        self.daemon.kill(signal.SIGKILL)
+        out = self.systemd.busctl("call", "org.freedesktop.systemd1",
+                                  "/org/freedesktop/systemd1",
+                                  "org.freedesktop.systemd1.Manager", "StopUnit", "ss",
+                                  "hangar-keep.service", "replace")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        wait_for(lambda: not harness.pid_alive(m["pid"]), 20, "nspawn to exit")
+        self.daemon.start()
+        m3 = self.daemon.wait_state("keep", "crashed", timeout=10)
+        self.assertEqual(m3["state_reason"], "systemd:unit gone")
+        self.start("keep")
+
+    def test_one_shot_command(self):
+        self.create_container("job", boot={"command": ["sh", "-c", "sleep 1; echo done; exit 4"]})
+        m = self.daemon.machine("job")
+        self.assertEqual(m["boot"], {"command": ["sh", "-c", "sleep 1; echo done; exit 4"]})
+        self.start("job")
+        m = self.daemon.wait_state("job", "crashed", timeout=20)
+        self.assertIn("status=4", m["state_reason"])
+        status, log = self.daemon.request("GET", "/v1/machines/job/console/log")
+        self.assertEqual(status, 200, log)
+        self.assertIn("done", log)
+        self.daemon.request("PATCH", "/v1/machines/job", {"boot": {"command": ["sh", "-c", "exit 0"]}})
+        self.start("job")
+        m = self.daemon.wait_state("job", "stopped", timeout=20)
+        self.assertEqual(m["state_reason"], "systemd:result=success status=0")
+
+    def test_same_view_as_vms(self):
+        """Events, the list, D-Bus and hangarctl show a container as they show a VM."""
+        self.create("vm1")
+        self.create_container("ct1")
+        env = dict(os.environ, HANGAR_SOCKET=self.daemon.socket)
+        out = subprocess.run([HANGARCTL, "list"], capture_output=True, text=True, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = {l.split()[0]: l.split() for l in out.stdout.splitlines()[1:]}
+        self.assertEqual(lines["ct1"][1:3], ["container", "stopped"])
+        out = subprocess.run([HANGARCTL, "start", "ct1"], capture_output=True, text=True, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = subprocess.run([HANGARCTL, "exec", "ct1", "--", "sh", "-c", "echo hi; exit 2"],
+                             capture_output=True, text=True, env=env)
+        self.assertEqual((out.returncode, out.stdout), (2, "hi\n"), out.stderr)
+        status, listing = self.daemon.request("GET", "/v1/machines?type=container")
+        self.assertEqual([m["name"] for m in listing["machines"]], ["ct1"])
+        # org.hangar on the same bus.
+        path = "/org/hangar/machine/ct1"
+        wait_for(lambda: self.systemd.busctl("get-property", "org.hangar", path,
+                                             "org.hangar.Machine1", "State").returncode == 0,
+                 10, "org.hangar")
+        state = self.systemd.busctl("get-property", "org.hangar", path, "org.hangar.Machine1",
+                                    "State").stdout
+        self.assertEqual(state.strip(), 's "running"')
+        # Events: created, starting, running in order, as for a VM.
+        tail = subprocess.Popen([HANGARCTL, "--json", "events", "--since", "0", "--machine",
+                                 "ct1"], stdout=subprocess.PIPE, text=True, env=env)
+        timer = threading.Timer(20, tail.kill)
+        timer.start()
+        try:
+            events = [json.loads(tail.stdout.readline()) for _ in range(3)]
+        finally:
+            timer.cancel()
+            tail.kill()
+            tail.wait()
+        self.assertEqual([(e["type"], e["data"].get("to")) for e in events],
+                         [("machine.created", None), ("machine.state", "starting"),
+                          ("machine.state", "running")])
+        self.assertEqual(events[0]["data"]["type"], "container")
+
+    def test_bad_input(self):
+        def create(body):
+            return self.daemon.request("POST", "/v1/machines", body)
+        status, body = create({"name": "c1", "type": "container"})
+        self.assertEqual((status, body["error"]["code"]), (422, "invalid_spec"), body)
+        status, body = create({"name": "c1", "type": "container", "image": "nope"})
+        self.assertEqual((status, body["error"]["code"]), (422, "invalid_spec"), body)
+        status, body = create({"name": "c1", "type": "container", "image": "../x"})
+        self.assertEqual(status, 400, body)
+        status, body = create({"name": "c1", "type": "container", "image": "busybox",
+                               "boot": {"kernel": "/boot/vmlinuz"}})
+        self.assertEqual(status, 422, body)
+        status, body = create({"name": "c1", "type": "container", "image": "busybox",
+                               "boot": {"command": "not a list"}})
+        self.assertEqual(status, 400, body)
+        status, body = create({"name": "c1", "type": "container", "image": "busybox",
+                               "boot": {"command": ["x"] * 300}})
+        self.assertEqual(status, 422, body)
+        status, body = create({"name": "v1", "image": "busybox"})
+        self.assertEqual(status, 422, body)
+        self.create_container("c1")
+        self.create("v1")
+        for name, req, code in [
+                ("c1", {"command": []}, 422),
+                ("c1", {"command": ["true"], "cwd": "relative"}, 422),
+                ("c1", {"command": ["true"], "env": {"1BAD": "x"}}, 422),
+                ("c1", {"command": ["true"], "env": {"A": 1}}, 400),
+                ("c1", {"command": ["true"], "timeout_s": 0}, 422),
+                ("c1", {"command": ["true"], "what": 1}, 400),
+                ("c1", {"cwd": "/"}, 400),
+                ("v1", {"command": ["true"]}, 422),
+                ("nope", {"command": ["true"]}, 404),
+                ("..x", {"command": ["true"]}, 400)]:
+            status, body = self.daemon.request("POST", f"/v1/machines/{name}/exec", req)
+            self.assertEqual(status, code, (name, req, body))
+        status, body = self.daemon.request("POST", "/v1/machines/c1/exec", raw="{nope")
+        self.assertEqual(status, 400, body)
+        self.start("c1")
+        for action in ("pause", "resume"):
+            status, body = self.daemon.request("POST", f"/v1/machines/c1/actions/{action}")
+            self.assertEqual(status, 422, body)
+        status, body = self.daemon.request("POST", "/v1/machines/c1/actions/restart",
+                                           {"reset": True})
+        self.assertEqual(status, 422, body)
+        status, body = self.daemon.request("DELETE", "/v1/machines/c1")
+        self.assertEqual(status, 409, body)
+        status, body = self.daemon.request("PATCH", "/v1/machines/c1", {"image": "other"})
+        self.assertEqual(status, 400, body)
+        self.daemon.action("c1", "kill")
+
+
+if __name__ == "__main__":
+    harness.main()
