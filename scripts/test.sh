@@ -7,6 +7,7 @@ set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 "$src/scripts/setup.sh"
 BUILD_DIR=$src/build "$src/scripts/build.sh"
+"$src/scripts/build-debian-rootfs.sh" >/dev/null  # cached; the container tests import it
 (cd "$src/build" && ctest --output-on-failure --timeout 600)
 if [ "${HANGAR_SKIP_SANITIZE:-0}" != 1 ]; then
     BUILD_DIR=$src/build-asan BUILD_TYPE=Debug "$src/scripts/build.sh" -DHANGAR_SANITIZE=ON

@@ -235,6 +235,12 @@ class Service::Impl::ManagerObject final
                         spec.boot.cmdline = v.get<std::string>();
                     } else if (key == "disk") {
                         spec.boot.disk = v.get<std::string>();
+                    } else if (key == "type") {
+                        spec.type = v.get<std::string>();
+                    } else if (key == "image") {
+                        spec.image = v.get<std::string>();
+                    } else if (key == "command") {
+                        spec.boot.command = v.get<std::vector<std::string>>();
                     } else {
                         st = {Errc::bad_request, "unknown spec key " + json::quote(key)};
                     }

@@ -219,6 +219,17 @@ class Containers(DaemonTest):
         state = self.systemd.busctl("get-property", "org.hangar", path, "org.hangar.Machine1",
                                     "State").stdout
         self.assertEqual(state.strip(), 's "running"')
+        out = self.systemd.busctl("call", "org.hangar", "/org/hangar", "org.hangar.Manager1",
+                                  "CreateMachine", "sa{sv}", "ct2", "3", "type", "s", "container",
+                                  "image", "s", "busybox", "command", "as", "1", "sh")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        m = self.daemon.machine("ct2")
+        self.assertEqual((m["type"], m["image"], m["boot"]),
+                         ("container", "busybox", {"command": ["sh"]}))
+        self.created_uuids.append(m["uuid"])
+        self.assertEqual(self.systemd.busctl("get-property", "org.hangar",
+                                             "/org/hangar/machine/ct2", "org.hangar.Machine1",
+                                             "Type").stdout.strip(), 's "container"')
         # Events: created, starting, running in order, as for a VM.
         tail = subprocess.Popen([HANGARCTL, "--json", "events", "--since", "0", "--machine",
                                  "ct1"], stdout=subprocess.PIPE, text=True, env=env)

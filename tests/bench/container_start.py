@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Container start time: from hangard's start request to `running` (the answer of
+POST .../actions/start), for the busybox root file system and for Debian 12 with systemd
+(scripts/build-debian-rootfs.sh), next to systemd-nspawn run by hand on the same root file
+system with the same options, timed from exec to its READY=1 (nspawn's notify socket; for
+Debian that is systemd inside having booted, as for hangard, which runs nspawn with
+--notify-ready=yes there). Real systemd + machined (tests/e2e/realsystemd.py). The first start,
+which copies the image, is reported apart. Usage: tests/bench/container_start.py [RUNS]"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+import benchlib  # noqa: E402
+from imageserver import make_busybox_rootfs_tar  # noqa: E402
+from realsystemd import RealSystemd  # noqa: E402
+
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+
+
+def by_hand(rootfs, name, systemd_init):
+    """systemd-nspawn started here: seconds from exec to READY=1, then stopped gracefully."""
+    sock_path = tempfile.mktemp(prefix="hangar-notify-")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(120)
+    args = ["systemd-nspawn", "--quiet", "--keep-unit", "--register=no", f"--machine={name}",
+            f"--directory={rootfs}", "--private-network", "--console=read-only",
+            "--kill-signal=" + ("SIGRTMIN+4" if systemd_init else "SIGUSR2"),
+            "--notify-ready=" + ("yes" if systemd_init else "no"), "--boot"]
+    t0 = time.monotonic()
+    p = subprocess.Popen(args, env=dict(os.environ, NOTIFY_SOCKET=sock_path),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while b"READY=1" not in sock.recv(4096):
+            pass
+        elapsed = time.monotonic() - t0
+    finally:
+        p.send_signal(signal.SIGTERM)  # nspawn hands its kill signal to the container's init
+        p.wait(timeout=120)
+        sock.close()
+        os.unlink(sock_path)
+    return elapsed
+
+
+def measure(api, name, image, runs):
+    status, m = api.call("POST", "/v1/machines", {"name": name, "type": "container",
+                                                   "image": image})
+    assert status == 201, m
+    times = []
+    for _ in range(runs + 1):
+        t0 = time.monotonic()
+        status, m = api.call("POST", f"/v1/machines/{name}/actions/start")
+        times.append(time.monotonic() - t0)
+        assert status == 200 and m["state"] == "running", m
+        status, m = api.call("POST", f"/v1/machines/{name}/actions/stop", {"timeout_s": 60})
+        assert status == 200 and m["state"] == "stopped", m
+    return times[0], times[1:]
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="hangar-bench-containers-")
+    busybox_tar = os.path.join(work, "busybox.tar.xz")
+    make_busybox_rootfs_tar(busybox_tar)
+    debian_tar = subprocess.run([os.path.join(benchlib.ROOT, "scripts",
+                                              "build-debian-rootfs.sh")],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    systemd = RealSystemd().start()
+    d = benchlib.Daemon(qemu=benchlib.FAKE_QEMU, extra=["--dbus", systemd.address])
+    d.start()
+    api = benchlib.Api(d.sock)
+    try:
+        for name, tar in (("busybox", busybox_tar), ("debian-12", debian_tar)):
+            status, body = api.call("POST", "/v1/images?wait=true",
+                                    {"name": name, "source": {"type": "file", "path": tar}})
+            assert status == 201, body
+        ms = lambda xs: "median %.0f ms (min %.0f, max %.0f)" % (  # noqa: E731
+            sorted(xs)[len(xs) // 2] * 1000, min(xs) * 1000, max(xs) * 1000)
+        for image, systemd_init in (("busybox", False), ("debian-12", True)):
+            first, hangar = measure(api, "bench-" + image, image, RUNS)
+            rootfs = os.path.join(d.state_dir, "machines", "bench-" + image, "rootfs")
+            hand = [by_hand(rootfs, "hand-" + image, systemd_init) for _ in range(RUNS)]
+            print(f"{image}: start request -> running, {RUNS} runs")
+            print(f"  hangard:            {ms(hangar)}")
+            print(f"  systemd-nspawn by hand (exec -> READY=1): {ms(hand)}")
+            print(f"  hangard first start (copies the image first): {first * 1000:.0f} ms")
+    finally:
+        d.kill()
+        systemd.stop()
+        shutil.rmtree(d.state_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
