@@ -175,6 +175,9 @@ class Machines {
     // Containers (machines_container.cpp).
     void launch_container(Machine& m);
     void stop_container(Machine& m, std::chrono::seconds timeout);
+    void stop_container_step(const std::string& name, uint64_t gen,
+                             std::chrono::steady_clock::time_point deadline, int signal,
+                             std::chrono::seconds timeout);
     void kill_container(Machine& m);
     // Copies the image's root file system to the machine's directory unless it is there.
     void prepare_rootfs(Machine& m, std::function<void(const Status&)> done);

@@ -162,37 +162,55 @@ void Machines::launch_container(Machine& m) {
 }
 
 void Machines::stop_container(Machine& m, std::chrono::seconds timeout) {
-    std::string name = m.spec.name;
-    uint64_t gen = m.generation;
     m.exit_reason = m.restart_pending ? "api:restart" : "api:stop";
-    std::string unit = nspawn::unit_name(name);
-    // After the timeout, systemd stops the unit: nspawn gets SIGTERM and hands its kill signal
-    // to the container's init; systemd kills what is left after the unit's stop timeout.
-    auto stop_unit = [this, name, gen, unit](const std::string& why) {
+    nspawn::InitKind init = nspawn::detect_init(rootfs_of(machine_dir(m.spec.name)));
+    spdlog::info("{}: asking its init ({}) to power off with {}", m.spec.name, init.kind,
+                 init.signal_name);
+    m.stop_timer = std::make_unique<boost::asio::steady_timer>(io_);
+    stop_container_step(m.spec.name, m.generation, std::chrono::steady_clock::now() + timeout,
+                        init.poweroff_signal, timeout);
+}
+
+// Sends the power-off signal again every 2 s (an init that has only just started may not
+// handle it yet; systemd and busybox take a repeat as the same request); at the deadline,
+// systemd stops the unit: nspawn gets SIGTERM and hands its kill signal to the container's
+// init, and systemd kills what is left after the unit's stop timeout.
+void Machines::stop_container_step(const std::string& name, uint64_t gen,
+                                   std::chrono::steady_clock::time_point deadline, int signal,
+                                   std::chrono::seconds timeout) {
+    auto stop_unit = [this, name, gen](const std::string& why) {
         with_machine(name, gen, [&](Machine& m) {
             m.exit_reason = why;
-            host_->stop(unit, [name](const Status& st) {
+            host_->stop(nspawn::unit_name(name), [name](const Status& st) {
                 if (!st) {
                     spdlog::warn("{}: StopUnit: {}", name, st.message());
                 }
             });
         });
     };
-    m.stop_timer = std::make_unique<boost::asio::steady_timer>(io_);
-    m.stop_timer->expires_after(timeout);
-    m.stop_timer->async_wait([stop_unit, timeout](boost::system::error_code ec) {
-        if (!ec) {
-            stop_unit("api:stop: container did not power off within " +
-                      std::to_string(timeout.count()) + " s");
+    with_machine(name, gen, [&](Machine& m) {
+        if (m.state != MachineState::stopping || !m.unit_live || !m.stop_timer) {
+            return;
         }
-    });
-    nspawn::InitKind init = nspawn::detect_init(rootfs_of(machine_dir(name)));
-    spdlog::info("{}: asking its init ({}) to power off with {}", name, init.kind,
-                 init.signal_name);
-    host_->signal_leader(name, init.poweroff_signal, [stop_unit](const Status& st) {
-        if (!st) {
-            stop_unit("api:stop: the power-off signal could not be sent (" + st.message() + ")");
+        auto now = std::chrono::steady_clock::now();
+        if (now >= deadline) {
+            return stop_unit("api:stop: container did not power off within " +
+                             std::to_string(timeout.count()) + " s");
         }
+        host_->signal_leader(name, signal, [stop_unit](const Status& st) {
+            if (!st) {
+                stop_unit("api:stop: the power-off signal could not be sent (" + st.message() +
+                          ")");
+            }
+        });
+        m.stop_timer->expires_after(std::min<std::chrono::steady_clock::duration>(
+            std::chrono::seconds(2), deadline - now));
+        m.stop_timer->async_wait([this, name, gen, deadline, signal,
+                                  timeout](boost::system::error_code ec) {
+            if (!ec) {
+                stop_container_step(name, gen, deadline, signal, timeout);
+            }
+        });
     });
 }
 
