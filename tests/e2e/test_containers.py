@@ -180,6 +180,20 @@ class Containers(DaemonTest):
         self.assertEqual(m3["state_reason"], "systemd:unit gone")
         self.start("keep")
 
+    def test_autostart_after_host_boot(self):
+        """A container with autostart is started by the first hangard after a host boot."""
+        self.create_container("auto", autostart=True)
+        self.create_container("manual")
+        self.daemon.kill()
+        subprocess.run(["sqlite3", os.path.join(self.state_dir, "hangar.db"),
+                        "INSERT OR REPLACE INTO meta(key, value) "
+                        "VALUES('autostart_boot_id', 'an-earlier-boot')"], check=True)
+        self.daemon.start()
+        m = self.daemon.wait_state("auto", "running", timeout=20)
+        self.assertEqual(m["state_reason"], "systemd:active")
+        self.assertEqual(self.daemon.machine("manual")["state"], "stopped")
+        self.assertIn("autostart: 1 started, 0 failed", self.daemon.log())
+
     def test_one_shot_command(self):
         self.create_container("job", boot={"command": ["sh", "-c", "sleep 1; echo done; exit 4"]})
         m = self.daemon.machine("job")
