@@ -11,6 +11,7 @@
 #include "api/event_filter.hpp"
 #include "hangar/names.hpp"
 #include "util/json.hpp"
+#include "util/process.hpp"
 #include "util/x509.hpp"
 
 namespace hangar::api {
@@ -167,26 +168,6 @@ std::string machines_json(const core::Machines& machines,
     return out;
 }
 
-std::string qemu_path(const std::string& binary) {
-    if (binary.find('/') != std::string::npos) {
-        return access(binary.c_str(), X_OK) == 0 ? binary : std::string();
-    }
-    const char* path = getenv("PATH");
-    std::string p = path ? path : "/usr/bin:/bin";
-    size_t i = 0;
-    while (i <= p.size()) {
-        size_t j = p.find(':', i);
-        if (j == std::string::npos) {
-            j = p.size();
-        }
-        std::string cand = p.substr(i, j - i) + "/" + binary;
-        if (access(cand.c_str(), X_OK) == 0) {
-            return cand;
-        }
-        i = j + 1;
-    }
-    return {};
-}
 }  // namespace
 
 Status parse_spec_fields(const std::string& body, MachineSpec& spec, std::set<std::string>& seen) {
@@ -426,7 +407,7 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
     });
 
     router.add("GET", "/v1/health", [&machines, info, &probes](Request&, Respond respond) {
-        std::string qemu = qemu_path(machines.config().qemu.binary);
+        std::string qemu = find_program(machines.config().qemu.binary);
         std::string dbus_detail = "not served";
         bool dbus_ok = probes.dbus && probes.dbus(dbus_detail);
         bool store_ok = access(info.state_dir.c_str(), W_OK) == 0;

@@ -1,7 +1,5 @@
 #include "dbus/units.hpp"
 
-#include <unistd.h>
-
 #include <cstring>
 #include <map>
 
@@ -11,6 +9,7 @@
 
 #include "dbus/raw_client.hpp"
 #include "drivers/nspawn/nspawn.hpp"
+#include "util/process.hpp"
 
 namespace hangar::dbus {
 
@@ -35,28 +34,6 @@ std::string machine_of(const std::string& unit) {
         return {};
     }
     return unit.substr(prefix.size(), unit.size() - prefix.size() - suffix.size());
-}
-
-// An absolute path for a program name, looked up in PATH as a shell would.
-std::string find_program(const std::string& name) {
-    if (name.find('/') != std::string::npos) {
-        return name;
-    }
-    const char* path = getenv("PATH");
-    std::string dirs = path && *path ? path : "/usr/sbin:/usr/bin:/sbin:/bin";
-    size_t start = 0;
-    while (start <= dirs.size()) {
-        size_t end = dirs.find(':', start);
-        if (end == std::string::npos) {
-            end = dirs.size();
-        }
-        std::string candidate = dirs.substr(start, end - start) + "/" + name;
-        if (access(candidate.c_str(), X_OK) == 0) {
-            return candidate;
-        }
-        start = end + 1;
-    }
-    return "/usr/bin/" + name;
 }
 
 // Reads the properties a container's report needs from an a{sv}; skips the rest.
@@ -105,6 +82,9 @@ int append_exec_start(sd_bus_message* m, const std::vector<std::string>& argv) {
     }
     args.push_back(nullptr);
     std::string path = find_program(argv.at(0));
+    if (path.empty()) {
+        path = argv.at(0);  // systemd refuses it, and says so
+    }
     int r = 0;
     (void)((r = sd_bus_message_open_container(m, 'r', "sv")) >= 0 &&
            (r = sd_bus_message_append(m, "s", "ExecStart")) >= 0 &&
@@ -124,8 +104,9 @@ int append_exec_start(sd_bus_message* m, const std::vector<std::string>& argv) {
 
 struct Units::Impl : RawClient, core::ContainerHost {
     core::Machines& machines;
-    bool present = false;  // subscribed to systemd and listed
-    uint64_t epoch = 0;    // one subscription; replies to an older one are dropped
+    bool present = false;       // subscribed to systemd and listed
+    bool closing_down = false;  // hangard is exiting: containers are not marked unresponsive
+    uint64_t epoch = 0;         // one subscription; replies to an older one are dropped
     // What systemd said last of each container's unit, by machine name.
     std::map<std::string, core::UnitStatus> units;
     // Bumped by every change signal of a machine's unit: a lookup older than it is stale.
@@ -458,13 +439,16 @@ void Units::Impl::closing() {
     for (auto& [job, done] : std::exchange(jobs, {})) {
         done({Errc::unavailable, "the connection to systemd was lost"});
     }
-    machines.on_container_host(false, "systemd connection lost: " + state_);
+    if (!closing_down) {
+        machines.on_container_host(false, "systemd connection lost: " + state_);
+    }
 }
 
 Units::Units(boost::asio::io_context& io, core::Machines& machines, std::string address)
     : impl_(std::make_shared<Impl>(io, machines, std::move(address))) {}
 
 Units::~Units() {
+    impl_->closing_down = true;
     impl_->machines.set_container_host(nullptr);
     impl_->teardown();
 }

@@ -123,6 +123,27 @@ Status spawn_process(const SpawnOptions& opts, pid_t& pid) {
     return {};
 }
 
+std::string find_program(const std::string& name) {
+    if (name.find('/') != std::string::npos) {
+        return access(name.c_str(), X_OK) == 0 ? name : std::string();
+    }
+    const char* path = getenv("PATH");
+    std::string dirs = path && *path ? path : "/usr/bin:/bin";
+    size_t i = 0;
+    while (i <= dirs.size()) {
+        size_t j = dirs.find(':', i);
+        if (j == std::string::npos) {
+            j = dirs.size();
+        }
+        std::string candidate = dirs.substr(i, j - i) + "/" + name;
+        if (access(candidate.c_str(), X_OK) == 0) {
+            return candidate;
+        }
+        i = j + 1;
+    }
+    return {};
+}
+
 int open_pidfd(pid_t pid) {
     return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
 }

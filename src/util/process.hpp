@@ -31,6 +31,10 @@ struct SpawnOptions {
 // Starts the process; every fd not named in `opts` is closed in the child.
 Status spawn_process(const SpawnOptions& opts, pid_t& pid);
 
+// The path of an executable: `name` itself when it holds a '/', else the first match in PATH
+// (default /usr/bin:/bin); "" when there is none.
+std::string find_program(const std::string& name);
+
 // pidfd_open(2); -1 with errno set on failure (ESRCH: no such process).
 int open_pidfd(pid_t pid);
 

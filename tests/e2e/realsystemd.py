@@ -114,3 +114,37 @@ class RealSystemd:
                     except OSError:
                         time.sleep(0.05)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SystemdDaemonTest:
+    """Mixin for a harness.DaemonTest whose hangard talks to a RealSystemd's bus (`--dbus`):
+    the manager and machined start before the daemon and end after it. `more_extra()` adds
+    daemon arguments; `start_peers()` / `stop_peers()` add peers of a test's own."""
+
+    def start_peers(self):
+        pass
+
+    def stop_peers(self):
+        pass
+
+    def more_extra(self):
+        return ()
+
+    def setUp(self):
+        self.systemd = RealSystemd()
+        try:
+            self.start_peers()
+            self.systemd.start()
+            self.extra = ("--dbus", self.systemd.address) + tuple(self.more_extra())
+            super().setUp()
+        except BaseException:
+            self._end_peers()
+            raise
+
+    def tearDown(self):
+        super().tearDown()
+        self._end_peers()
+
+    def _end_peers(self):
+        self.systemd.stop()  # ends every unit it ran
+        self.stop_peers()

@@ -16,40 +16,40 @@ import uuid
 import harness
 from harness import DaemonTest, wait_for
 from imageserver import ImageServer
-from realsystemd import RealSystemd
+from realsystemd import SystemdDaemonTest
 
 HANGARCTL = os.environ.get("HANGARCTL", "build/hangarctl")
 
 
-class Containers(DaemonTest):
+class Containers(SystemdDaemonTest, DaemonTest):
     qemu = harness.FAKE_QEMU
 
-    def setUp(self):
+    def start_peers(self):
         self.server_dir = tempfile.mkdtemp(prefix="hangar-images-")
         self.server = ImageServer(self.server_dir)
         self.server.start()
         self.server.publish()
-        self.systemd = RealSystemd().start()
-        self.extra = ("--image-ca", self.server.ca, "--dbus", self.systemd.address)
+
+    def stop_peers(self):
+        if getattr(self, "server", None):
+            self.server.stop()
+            subprocess.run(["rm", "-rf", self.server_dir])
+
+    def more_extra(self):
+        return ("--image-ca", self.server.ca)
+
+    def setUp(self):
+        super().setUp()
         try:
-            super().setUp()
             status, body = self.daemon.request(
                 "POST", "/v1/images?wait=true",
-                {"name": "busybox", "source": {"type": "simplestreams", "server": self.server.url,
+                {"name": "busybox", "source": {"type": "simplestreams",
+                                               "server": self.server.url,
                                                "alias": "busybox/1.36"}})
             self.assertEqual(status, 201, body)
         except BaseException:
-            self.cleanup_peers()
+            self.tearDown()
             raise
-
-    def tearDown(self):
-        super().tearDown()
-        self.cleanup_peers()
-
-    def cleanup_peers(self):
-        self.systemd.stop()  # ends every unit it ran (nspawn and the containers)
-        self.server.stop()
-        subprocess.run(["rm", "-rf", self.server_dir])
 
     def create_container(self, name, **spec):
         return self.create(name, type="container", image="busybox", **spec)

@@ -9,30 +9,19 @@ import subprocess
 
 import harness
 from harness import DaemonTest, wait_for
-from realsystemd import RealSystemd
+from realsystemd import SystemdDaemonTest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class Debian(DaemonTest):
+class Debian(SystemdDaemonTest, DaemonTest):
     qemu = harness.FAKE_QEMU
 
-    def setUp(self):
+    def start_peers(self):
         out = subprocess.run([os.path.join(ROOT, "scripts", "build-debian-rootfs.sh")],
                              capture_output=True, text=True, timeout=1800)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.tarball = out.stdout.strip()
-        self.systemd = RealSystemd().start()
-        self.extra = ("--dbus", self.systemd.address)
-        try:
-            super().setUp()
-        except BaseException:
-            self.systemd.stop()
-            raise
-
-    def tearDown(self):
-        super().tearDown()
-        self.systemd.stop()
 
     def exec(self, name, command, **extra):
         status, body = self.daemon.request("POST", f"/v1/machines/{name}/exec",

@@ -10,22 +10,10 @@ import uuid
 
 import harness
 from harness import DaemonTest, wait_for
-from realsystemd import RealSystemd
+from realsystemd import SystemdDaemonTest
 
 
-class Machined(DaemonTest):
-    def setUp(self):
-        self.systemd = RealSystemd().start()
-        self.extra = ("--dbus", self.systemd.address)
-        try:
-            super().setUp()
-        except BaseException:
-            self.systemd.stop()
-            raise
-
-    def tearDown(self):
-        super().tearDown()
-        self.systemd.stop()
+class Machined(SystemdDaemonTest, DaemonTest):
 
     def start_vm(self, name):
         self.create(name, memory_mib=128)

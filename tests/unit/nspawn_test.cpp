@@ -81,8 +81,9 @@ TEST(Nspawn, ExecArgv) {
     EXPECT_TRUE(has(argv, "/tmp/a b"));
 
     argv = exec_stopped_argv("/r", "/etc", {{"A", "1"}}, {"true"});
-    for (const char* want : {"--register=no", "--keep-unit", "--pipe", "--directory=/r",
-                             "--chdir=/etc", "--setenv=A=1", "--setenv=HOME=/root"}) {
+    for (const char* want :
+         {"--register=no", "--keep-unit", "--pipe", "--directory=/r", "--private-users=pick",
+          "--chdir=/etc", "--setenv=A=1", "--setenv=HOME=/root"}) {
         EXPECT_TRUE(has(argv, want)) << want;
     }
     EXPECT_FALSE(has(argv, "--boot"));

@@ -52,16 +52,14 @@ InitKind detect_init(const std::string& rootfs) {
 
 std::vector<std::string> unit_argv(const MachineSpec& spec, const std::string& rootfs,
                                    const InitKind& init) {
-    std::vector<std::string> argv = {"systemd-nspawn",
-                                     "--quiet",
-                                     "--keep-unit",
-                                     "--register=yes",
-                                     "--machine=" + spec.name,
-                                     "--uuid=" + spec.uuid,
-                                     "--directory=" + rootfs,
-                                     "--private-network",
-                                     "--console=read-only",
-                                     "--kill-signal=" + init.signal_name};
+    std::vector<std::string> argv = {"systemd-nspawn", "--quiet", "--keep-unit", "--register=yes",
+                                     "--machine=" + spec.name, "--uuid=" + spec.uuid,
+                                     "--directory=" + rootfs, "--private-network",
+                                     // Unprivileged: its root is an unprivileged uid range
+                                     // on the host (an idmapped mount where the file system
+                                     // has them, else a one-time chown of the tree).
+                                     "--private-users=pick", "--private-users-ownership=auto",
+                                     "--console=read-only", "--kill-signal=" + init.signal_name};
     if (spec.boot.command.empty()) {
         // systemd inside says READY=1 once booted; other inits cannot say it.
         argv.push_back(init.kind == "systemd" ? "--notify-ready=yes" : "--notify-ready=no");
@@ -106,9 +104,17 @@ std::vector<std::string> exec_running_argv(pid_t leader, const std::string& cwd,
 std::vector<std::string> exec_stopped_argv(const std::string& rootfs, const std::string& cwd,
                                            const std::map<std::string, std::string>& env,
                                            const std::vector<std::string>& command) {
-    std::vector<std::string> argv = {"systemd-nspawn",        "--quiet",       "--register=no",
-                                     "--keep-unit",           "--pipe",        "--as-pid2",
-                                     "--directory=" + rootfs, "--chdir=" + cwd};
+    // The same user namespacing as its boots, so what it writes is owned alike.
+    std::vector<std::string> argv = {"systemd-nspawn",
+                                     "--quiet",
+                                     "--register=no",
+                                     "--keep-unit",
+                                     "--pipe",
+                                     "--as-pid2",
+                                     "--private-users=pick",
+                                     "--private-users-ownership=auto",
+                                     "--directory=" + rootfs,
+                                     "--chdir=" + cwd};
     for (const auto& kv : command_env(env)) {
         argv.push_back("--setenv=" + kv);
     }
