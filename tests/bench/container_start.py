@@ -2,7 +2,7 @@
 """Container start time: from hangard's start request to `running` (the answer of
 POST .../actions/start), for the busybox root file system and for Debian 12 with systemd
 (scripts/build-debian-rootfs.sh), next to systemd-nspawn run by hand on the same root file
-system with the same options, timed from exec to its READY=1 (nspawn's notify socket; for
+system with the same options in a delegated scope, timed from exec to its READY=1 (nspawn's notify socket; for
 Debian that is systemd inside having booted, as for hangard, which runs nspawn with
 --notify-ready=yes there). Real systemd + machined (tests/e2e/realsystemd.py). The first start,
 which copies the image, is reported apart. Usage: tests/bench/container_start.py [RUNS]"""
@@ -23,23 +23,34 @@ from realsystemd import RealSystemd  # noqa: E402
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 
 
-def by_hand(rootfs, name, systemd_init, mount_ns):
-    """systemd-nspawn started here, in the harness's mount namespace (its /run/systemd is a
-    tmpfs, as on a systemd host): seconds from exec to READY=1, then stopped gracefully."""
+def by_hand(rootfs, name, systemd_init, systemd):
+    """systemd-nspawn started here in a delegated scope of the harness's manager (`systemd-run
+    --scope`, as one would by hand; the container's systemd needs its cgroup delegated) and in
+    its mount namespace (its /run/systemd is a tmpfs, as on a systemd host): seconds from exec
+    to READY=1, then stopped gracefully."""
     sock_path = tempfile.mktemp(prefix="hangar-notify-")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
-    sock.settimeout(120)
-    args = ["nsenter", f"--mount={mount_ns}", "systemd-nspawn", "--quiet", "--keep-unit", "--register=no", f"--machine={name}",
-            f"--directory={rootfs}", "--private-network", "--console=read-only",
+    sock.settimeout(60)
+    args = ["systemd-run", "--user", "--scope", "--quiet", "-p", "Delegate=yes", "nsenter",
+            f"--mount=/proc/{systemd.manager.pid}/ns/mnt", "systemd-nspawn", "--quiet", "--keep-unit", "--register=no", f"--machine={name}",
+            f"--directory={rootfs}", "--private-network", "--private-users=pick",
+            "--private-users-ownership=auto", "--console=read-only",
             "--kill-signal=" + ("SIGRTMIN+4" if systemd_init else "SIGUSR2"),
             "--notify-ready=" + ("yes" if systemd_init else "no"), "--boot"]
-    t0 = time.monotonic()  # nsenter's own exec is a fraction of a millisecond
-    p = subprocess.Popen(args, env=dict(os.environ, NOTIFY_SOCKET=sock_path),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    log = tempfile.TemporaryFile()
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, XDG_RUNTIME_DIR=systemd.runtime,
+               DBUS_SESSION_BUS_ADDRESS=systemd.address)
+    p = subprocess.Popen(args, env=env, stdout=log,
+                         stderr=subprocess.STDOUT)
     try:
-        while b"READY=1" not in sock.recv(4096):
-            pass
+        try:
+            while b"READY=1" not in sock.recv(4096):
+                pass
+        except TimeoutError:
+            log.seek(0)
+            sys.exit("systemd-nspawn by hand did not get ready: " + log.read()[-3000:].decode())
         elapsed = time.monotonic() - t0
         time.sleep(1)  # as for hangard below: stop a container that has settled
     finally:
@@ -92,8 +103,8 @@ def main():
         for image, systemd_init in (("busybox", False), ("debian-12", True)):
             first, hangar = measure(d.sock, "bench-" + image, image, RUNS)
             rootfs = os.path.join(d.state_dir, "machines", "bench-" + image, "rootfs")
-            ns = f"/proc/{systemd.manager.pid}/ns/mnt"
-            hand = [by_hand(rootfs, "hand-" + image, systemd_init, ns) for _ in range(RUNS)]
+            hand = [by_hand(rootfs, "hand-" + image, systemd_init, systemd)
+                    for _ in range(RUNS)]
             print(f"{image}: start request -> running, {RUNS} runs")
             print(f"  hangard:            {ms(hangar)}")
             print(f"  systemd-nspawn by hand (exec -> READY=1): {ms(hand)}")
