@@ -318,6 +318,9 @@ void print_machine(simdjson::dom::element m) {
                           "created_at", "cpus", "memory_mib", "autostart", "description", "pid"}) {
         std::cout << std::left << std::setw(14) << (std::string(k) + ":") << str(m, k) << "\n";
     }
+    if (std::string image = str(m, "image"); !image.empty()) {
+        std::cout << std::left << std::setw(14) << "image:" << image << "\n";
+    }
     simdjson::dom::element boot;
     if (m["boot"].get(boot) == simdjson::SUCCESS) {
         for (const char* k : {"kernel", "initrd", "cmdline", "disk"}) {
@@ -326,6 +329,17 @@ void print_machine(simdjson::dom::element m) {
                 std::cout << std::left << std::setw(14) << ("boot." + std::string(k) + ":") << v
                           << "\n";
             }
+        }
+        simdjson::dom::array command;
+        if (boot["command"].get(command) == simdjson::SUCCESS) {
+            std::string line;
+            for (auto arg : command) {
+                std::string_view v;
+                if (arg.get(v) == simdjson::SUCCESS) {
+                    line += (line.empty() ? "" : " ") + hangar::json::quote(v);
+                }
+            }
+            std::cout << std::left << std::setw(14) << "boot.command:" << line << "\n";
         }
     }
 }

@@ -203,24 +203,35 @@ void Machines::stop_container_step(const std::string& name, uint64_t gen,
                           ")");
             }
         });
-        m.stop_timer->expires_after(std::min<std::chrono::steady_clock::duration>(
-            std::chrono::seconds(2), deadline - now));
-        m.stop_timer->async_wait([this, name, gen, deadline, signal,
-                                  timeout](boost::system::error_code ec) {
-            if (!ec) {
-                stop_container_step(name, gen, deadline, signal, timeout);
-            }
-        });
+        m.stop_timer->expires_after(
+            std::min<std::chrono::steady_clock::duration>(std::chrono::seconds(2), deadline - now));
+        m.stop_timer->async_wait(
+            [this, name, gen, deadline, signal, timeout](boost::system::error_code ec) {
+                if (!ec) {
+                    stop_container_step(name, gen, deadline, signal, timeout);
+                }
+            });
     });
 }
 
 void Machines::kill_container(Machine& m) {
     std::string name = m.spec.name;
-    host_->kill(nspawn::unit_name(name), SIGKILL, [name](const Status& st) {
-        if (!st) {
-            spdlog::warn("{}: KillUnit: {}", name, st.message());
-        }
-    });
+    host_->kill(nspawn::unit_name(name), SIGKILL,
+                [this, name, gen = m.generation](const Status& st) {
+                    if (st) {
+                        return;  // the unit's end completes what waits
+                    }
+                    spdlog::warn("{}: KillUnit: {}", name, st.message());
+                    // Nothing will end: what waits for the kill fails now.
+                    with_machine(name, gen, [&](Machine& m) {
+                        m.delete_after_exit = false;
+                        m.exit_reason.clear();
+                        if (!m.op.empty()) {
+                            finish_op(m, {Errc::unavailable,
+                                          "the container could not be killed: " + st.message()});
+                        }
+                    });
+                });
 }
 
 void Machines::kill_now(Machine& m) {

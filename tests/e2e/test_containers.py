@@ -241,6 +241,9 @@ class Containers(SystemdDaemonTest, DaemonTest):
         self.assertEqual((m["type"], m["image"], m["boot"]),
                          ("container", "busybox", {"command": ["sh"]}))
         self.created_uuids.append(m["uuid"])
+        out = subprocess.run([HANGARCTL, "show", "ct2"], capture_output=True, text=True, env=env)
+        self.assertIn("image:        busybox", out.stdout)
+        self.assertIn('boot.command: "sh"', out.stdout)
         self.assertEqual(self.systemd.busctl("get-property", "org.hangar",
                                              "/org/hangar/machine/ct2", "org.hangar.Machine1",
                                              "Type").stdout.strip(), 's "container"')
