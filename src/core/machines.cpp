@@ -768,7 +768,7 @@ void Machines::on_exit(Machine& m, const std::string& how, bool clean) {
     }
     if (m.restart_pending && m.state == MachineState::stopped) {
         m.restart_pending = false;
-        launch(m, "api:restart");
+        launch(m, m.state_reason == kContainerReboot ? kContainerReboot : "api:restart");
         return;
     }
     m.restart_pending = false;

@@ -215,6 +215,9 @@ class Machines {
     ImageLookup image_lookup_;
 };
 
+// The reason of a container's stop and start when it rebooted itself (nspawn exits 133).
+inline constexpr const char* kContainerReboot = "container:reboot";
+
 // QEMU runs, or the container's unit is up.
 inline bool is_live(const Machine& m) {
     return m.proc || m.unit_live;

@@ -285,6 +285,13 @@ void Machines::on_unit(const std::string& name, const UnitStatus& st) {
         return;
     }
     std::string how = "systemd:" + st.describe();
+    // (Not a stop hangard asked for: that sets exit_reason.)
+    if (st.exists && st.exec_code == CLD_EXITED && st.exec_status == 133 && m.exit_reason.empty() &&
+        (m.state == MachineState::running || m.state == MachineState::stopping)) {
+        // The container asked for a reboot: nspawn ended with 133; boot it again.
+        m.exit_reason = kContainerReboot;
+        m.restart_pending = true;
+    }
     if (m.state == MachineState::starting && m.exit_reason.empty()) {
         if (!m.spec.boot.command.empty() && st.exists && st.result == "success") {
             // A command that was done before systemd reported the unit active: it ran.

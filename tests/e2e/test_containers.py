@@ -138,6 +138,13 @@ class Containers(SystemdDaemonTest, DaemonTest):
         m = self.daemon.action("box", "restart", {"timeout_s": 20})
         self.assertEqual(m["state"], "running")
         self.assertNotEqual(m["pid"], old)
+        # A reboot from inside boots it again (nspawn exits 133).
+        old = m["pid"]
+        self.exec("box", ["busybox", "reboot"])
+        m = wait_for(lambda: (lambda m: m if m["state"] == "running" and m["pid"] != old
+                              else None)(self.daemon.machine("box")), 20, "box to reboot")
+        self.assertEqual(m["state_reason"], "systemd:active")
+        self.assertIn("box: stopped -> starting (container:reboot)", self.daemon.log())
         # Forced delete of a running container ends its unit.
         status, _ = self.daemon.request("DELETE", "/v1/machines/box?force=true")
         self.assertEqual(status, 200)
