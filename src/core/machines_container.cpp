@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <signal.h>
-#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "store/db.hpp"
 #include "util/json.hpp"
 #include "util/process.hpp"
+#include "util/sha256.hpp"
 
 namespace hangar::core {
 
@@ -60,15 +60,6 @@ Status check_command(const char* what, const std::vector<std::string>& command) 
     return {};
 }
 
-std::string random_suffix() {
-    unsigned char b[4] = {};
-    if (getrandom(b, sizeof b, 0) != static_cast<ssize_t>(sizeof b)) {
-        return "0";
-    }
-    char out[9];
-    snprintf(out, sizeof out, "%02x%02x%02x%02x", b[0], b[1], b[2], b[3]);
-    return out;
-}
 }  // namespace
 
 bool UnitStatus::up() const {
@@ -337,7 +328,7 @@ void Machines::prepare_rootfs(Machine& m, std::function<void(const Status&)> don
     }
     // A copy that a crash interrupted goes first; the copy is renamed into place whole.
     std::string tmp = (dir / ".rootfs-copy").string();
-    remove_tree_async(io_, tmp, tmp + "-" + random_suffix());
+    remove_tree_async(io_, tmp, tmp + "-" + random_hex(4));
     spdlog::info("{}: copying image {} to {}", m.spec.name, m.spec.image, rootfs);
     run_command(io_, {"cp", "-a", "--reflink=auto", "--", src, tmp}, 64 * 1024,
                 [tmp, rootfs, done = std::move(done)](const Status& st, const ExitInfo& exit,
@@ -355,7 +346,7 @@ void Machines::prepare_rootfs(Machine& m, std::function<void(const Status&)> don
 
 void Machines::remove_tree(const std::filesystem::path& dir) {
     std::string trash =
-        dir.parent_path() / (".trash-" + dir.filename().string() + "-" + random_suffix());
+        dir.parent_path() / (".trash-" + dir.filename().string() + "-" + random_hex(4));
     if (Status st = remove_tree_async(io_, dir.string(), trash); !st) {
         spdlog::warn("{}", st.message());
     }
