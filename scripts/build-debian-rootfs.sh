@@ -14,7 +14,7 @@ mirror=${HANGAR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 include=systemd-sysv,dbus
 sd=$(apt-cache policy systemd | awk '/Candidate:/{print $2}')
 bf=$(apt-cache policy base-files | awk '/Candidate:/{print $2}')
-key=$(printf '%s\n' "$mirror" "systemd=$sd" "base-files=$bf" "$include" "$(sha256sum "$0")" |
+key=$(printf '%s\n' "$mirror" "systemd=$sd" "base-files=$bf" "$include" "$(sha256sum < "$0")" |
     sha256sum | cut -c1-16)
 cache="$cache_root/debian12-$key"
 

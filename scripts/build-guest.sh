@@ -16,7 +16,7 @@ kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{p
 [ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-amd64" >&2; exit 1; }
 kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
 bbver=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$(printf '%s\n%s\n%s\n' "$kpkg=$kver" "busybox-static=$bbver" "$(sha256sum "$0")" | sha256sum | cut -c1-16)
+key=$(printf '%s\n%s\n%s\n' "$kpkg=$kver" "busybox-static=$bbver" "$(sha256sum < "$0")" | sha256sum | cut -c1-16)
 cache="$cache_root/guest-$key"
 
 if [ ! -s "$cache/vmlinuz" ] || [ ! -s "$cache/initrd.img" ]; then
