@@ -160,7 +160,11 @@ void RawClient::send(sd_bus_message* m, Reply fn, uint64_t timeout_usec) {
         return lost("cannot send a call: " + std::string(strerror(-r)));
     }
     sd_bus_slot_set_destroy_callback(slot, destroy_reply);
-    sd_bus_slot_set_floating(slot, 1);  // the bus owns it now, and frees `owned` with it
+    // A floating slot is referenced by the bus, which drops it after the reply (or on close)
+    // and frees `owned` with it; the reference sd_bus_call_async gave here goes now, or the
+    // slot, the callback and all it holds would outlive the call.
+    sd_bus_slot_set_floating(slot, 1);
+    sd_bus_slot_unref(slot);
     pump_->kick();
 }
 
