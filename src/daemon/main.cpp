@@ -373,24 +373,29 @@ int main(int argc, char** argv) {
         daemon::notify_ready(std::to_string(total) + " machines, " + std::to_string(adopted) +
                              " running QEMU adopted; socket " + opts.socket +
                              (tcp_url.empty() ? "" : ", " + tcp_url));
-        if (units) {
-            units->start();  // containers' units are looked up: they are adopted from systemd
-        }
-        if (machined) {
-            machined->start();  // only now: it reconciles machined with the adopted VMs
-        }
         // Autostart once per host boot: a restart of hangard does not start again what a
-        // user stopped.
-        std::string boot_id = read_boot_id();
-        if (boot_id.empty() || db.get_meta("autostart_boot_id") != boot_id) {
+        // user stopped. It waits until systemd has reported every container's unit, so that
+        // a container found running is not started again and one found gone is.
+        auto autostart = [&db, &machines] {
+            std::string boot_id = read_boot_id();
+            if (!boot_id.empty() && db.get_meta("autostart_boot_id") == boot_id) {
+                return spdlog::info("autostart: already done since this host booted ({})", boot_id);
+            }
             db.set_meta("autostart_boot_id", boot_id);
             machines.autostart([](size_t started, size_t failed) {
                 if (started + failed > 0) {
                     spdlog::info("autostart: {} started, {} failed", started, failed);
                 }
             });
-        } else {
-            spdlog::info("autostart: already done since this host booted ({})", boot_id);
+        };
+        if (units) {
+            units->start(autostart);  // containers' units are looked up: adopted from systemd
+        }
+        if (machined) {
+            machined->start();  // only now: it reconciles machined with the adopted VMs
+        }
+        if (!units) {
+            autostart();
         }
     });
     daemon::Watchdog watchdog(io);

@@ -105,6 +105,7 @@ int append_exec_start(sd_bus_message* m, const std::vector<std::string>& argv) {
 struct Units::Impl : RawClient, core::ContainerHost {
     core::Machines& machines;
     bool present = false;       // subscribed to systemd and listed
+    bool subscribing = false;   // connected, Subscribe in flight: calls wait for its answer
     bool closing_down = false;  // hangard is exiting: containers are not marked unresponsive
     uint64_t epoch = 0;         // one subscription; replies to an older one are dropped
     // What systemd said last of each container's unit, by machine name.
@@ -113,6 +114,10 @@ struct Units::Impl : RawClient, core::ContainerHost {
     std::map<std::string, uint64_t> changes;
     // Start jobs in flight, by job object path.
     std::map<std::string, Done> jobs;
+    // Calls made while subscribing, made again once it has an answer (either way).
+    std::vector<std::function<void()>> waiting;
+    // Runs once: the first subscription's lookups have all answered, or it failed.
+    std::function<void()> on_settled;
 
     Impl(boost::asio::io_context& io, core::Machines& m, std::string address)
         : RawClient(io, std::move(address), "systemd"), machines(m) {}
@@ -120,7 +125,9 @@ struct Units::Impl : RawClient, core::ContainerHost {
     void connected() override;
     void closing() override;
     void subscribe();
-    void lookup(const std::string& name);
+    void subscribed();
+    void lookup(const std::string& name, std::shared_ptr<void> settle_token);
+    void settle();
     void report(const std::string& name);
     void on_properties(sd_bus_message* m);
     void on_job_removed(sd_bus_message* m);
@@ -129,6 +136,15 @@ struct Units::Impl : RawClient, core::ContainerHost {
     const std::string& state() const { return state_; }
     sd_bus_message* manager(const char* member) {
         return method(kSystemd, kSystemdPath, kSystemdManager, member);
+    }
+    // While subscribing, `again` runs once the subscription has an answer: a call made just
+    // after hangard started (an API request, autostart) waits for systemd instead of failing.
+    bool defer(std::function<void()> again) {
+        if (present || !subscribing) {
+            return false;
+        }
+        waiting.push_back(std::move(again));
+        return true;
     }
     // Sends `m`; `done` gets ok, or the D-Bus error as `unavailable`.
     void call(sd_bus_message* m, Done done) {
@@ -145,9 +161,14 @@ struct Units::Impl : RawClient, core::ContainerHost {
 
     // core::ContainerHost
     void start(const core::ContainerLaunch& l, Done done) override {
-        start_unit(l, std::move(done), 0);
+        if (!defer([this, l, done] { start(l, done); })) {
+            start_unit(l, std::move(done), 0);
+        }
     }
     void stop(const std::string& unit, Done done) override {
+        if (defer([this, unit, done] { stop(unit, done); })) {
+            return;
+        }
         sd_bus_message* m = manager("StopUnit");
         if (m && sd_bus_message_append(m, "ss", unit.c_str(), "replace") < 0) {
             m = sd_bus_message_unref(m);
@@ -155,6 +176,9 @@ struct Units::Impl : RawClient, core::ContainerHost {
         call(m, std::move(done));
     }
     void kill(const std::string& unit, int signal, Done done) override {
+        if (defer([this, unit, signal, done] { kill(unit, signal, done); })) {
+            return;
+        }
         sd_bus_message* m = manager("KillUnit");
         if (m && sd_bus_message_append(m, "ssi", unit.c_str(), "all", signal) < 0) {
             m = sd_bus_message_unref(m);
@@ -162,6 +186,9 @@ struct Units::Impl : RawClient, core::ContainerHost {
         call(m, std::move(done));
     }
     void signal_leader(const std::string& machine, int signal, Done done) override {
+        if (defer([this, machine, signal, done] { signal_leader(machine, signal, done); })) {
+            return;
+        }
         sd_bus_message* m = method(kMachined, kMachinedPath, kMachinedManager, "KillMachine");
         if (m && sd_bus_message_append(m, "ssi", machine.c_str(), "leader", signal) < 0) {
             m = sd_bus_message_unref(m);
@@ -170,6 +197,9 @@ struct Units::Impl : RawClient, core::ContainerHost {
     }
     void leader(const std::string& machine,
                 std::function<void(const Status&, pid_t)> done) override {
+        if (defer([this, machine, done] { leader(machine, done); })) {
+            return;
+        }
         if (!present) {
             return boost::asio::post(io_, [done = std::move(done), why = state_] {
                 done({Errc::unavailable, "systemd is not reachable: " + why}, 0);
@@ -243,6 +273,7 @@ void Units::Impl::connected() {
 // Subscribe (systemd sends unit signals only to subscribers), then look every container up.
 void Units::Impl::subscribe() {
     uint64_t ep = ++epoch;
+    subscribing = true;
     send(manager("Subscribe"), [this, ep](sd_bus_message*, const sd_bus_error* err) {
         if (ep != epoch) {
             return;
@@ -253,23 +284,51 @@ void Units::Impl::subscribe() {
                      error_text(err) + ")";
             spdlog::warn("systemd: {}; containers cannot run until it is", state_);
             machines.on_container_host(false, state_);
+            subscribed();
             return;
         }
         present = true;
         state_ = "subscribed to " + std::string(kSystemd);
+        // The first subscription is settled when every lookup's last callback is gone.
+        std::shared_ptr<void> token;
+        if (on_settled) {
+            token = std::shared_ptr<void>(nullptr, [weak = weak_from_this()](void*) {
+                if (auto self = weak.lock()) {
+                    static_cast<Impl*>(self.get())->settle();
+                }
+            });
+        }
         size_t n = 0;
         for (const auto& [name, m] : machines.all()) {
             if (m->spec.type == "container") {
-                lookup(name);
+                lookup(name, token);
                 ++n;
             }
         }
         spdlog::info("systemd: subscribed; looking up {} containers' units", n);
+        subscribed();
     });
 }
 
+// The subscription has its answer: what waited for it is made again, now sent or refused.
+void Units::Impl::subscribed() {
+    subscribing = false;
+    for (auto& again : std::exchange(waiting, {})) {
+        again();
+    }
+    if (!present) {
+        settle();
+    }
+}
+
+void Units::Impl::settle() {
+    if (auto done = std::exchange(on_settled, nullptr)) {
+        boost::asio::post(io_, std::move(done));
+    }
+}
+
 // GetUnit, then the Service and Unit properties: reported unless a signal came meanwhile.
-void Units::Impl::lookup(const std::string& name) {
+void Units::Impl::lookup(const std::string& name, std::shared_ptr<void> settle_token) {
     sd_bus_message* m = manager("GetUnit");
     std::string unit = nspawn::unit_name(name);
     if (m && sd_bus_message_append(m, "s", unit.c_str()) < 0) {
@@ -277,7 +336,7 @@ void Units::Impl::lookup(const std::string& name) {
     }
     uint64_t ep = epoch, seen = changes[name];
     auto current = [this, ep, seen, name] { return ep == epoch && changes[name] == seen; };
-    send(m, [this, name, current](sd_bus_message* reply, const sd_bus_error* err) {
+    send(m, [this, name, current, settle_token](sd_bus_message* reply, const sd_bus_error* err) {
         if (!current()) {
             return;
         }
@@ -299,22 +358,22 @@ void Units::Impl::lookup(const std::string& name) {
             }
             send(g, std::move(fn));
         };
-        get_all(kServiceIface,
-                [this, name, current, st, get_all](sd_bus_message* reply, const sd_bus_error* err) {
-                    bool ignored = false;
-                    if (!current() || err || read_properties(reply, *st, ignored) < 0) {
-                        return;  // gone meanwhile: its signals say so
-                    }
-                    get_all(kUnitIface, [this, name, current, st](sd_bus_message* reply,
-                                                                  const sd_bus_error* err) {
-                        bool saw = false;
-                        if (!current() || err || read_properties(reply, *st, saw) < 0 || !saw) {
-                            return;
-                        }
-                        units[name] = *st;
-                        report(name);
-                    });
-                });
+        get_all(kServiceIface, [this, name, current, st, get_all, settle_token](
+                                   sd_bus_message* reply, const sd_bus_error* err) {
+            bool ignored = false;
+            if (!current() || err || read_properties(reply, *st, ignored) < 0) {
+                return;  // gone meanwhile: its signals say so
+            }
+            get_all(kUnitIface, [this, name, current, st, settle_token](sd_bus_message* reply,
+                                                                        const sd_bus_error* err) {
+                bool saw = false;
+                if (!current() || err || read_properties(reply, *st, saw) < 0 || !saw) {
+                    return;
+                }
+                units[name] = *st;
+                report(name);
+            });
+        });
     });
 }
 
@@ -373,6 +432,9 @@ void Units::Impl::on_job_removed(sd_bus_message* m) {
 }
 
 void Units::Impl::start_unit(const core::ContainerLaunch& l, Done done, int attempt) {
+    if (!present) {
+        return call(nullptr, std::move(done));  // answers "not reachable"
+    }
     sd_bus_message* m = manager("StartTransientUnit");
     int r = m ? 0 : -ENOMEM;
     auto usec = [](auto d) {
@@ -408,9 +470,6 @@ void Units::Impl::start_unit(const core::ContainerLaunch& l, Done done, int atte
             done({Errc::internal, std::string("StartTransientUnit: ") + strerror(-r)});
         });
     }
-    if (!present) {
-        return call(m, std::move(done));  // answers "not reachable"
-    }
     units.erase(l.machine);
     send(m, [this, l, done, attempt](sd_bus_message* reply, const sd_bus_error* err) mutable {
         const char* job = nullptr;
@@ -436,6 +495,7 @@ void Units::Impl::start_unit(const core::ContainerLaunch& l, Done done, int atte
 void Units::Impl::closing() {
     present = false;
     ++epoch;
+    subscribed();  // what waited is refused now
     for (auto& [job, done] : std::exchange(jobs, {})) {
         done({Errc::unavailable, "the connection to systemd was lost"});
     }
@@ -453,7 +513,8 @@ Units::~Units() {
     impl_->teardown();
 }
 
-void Units::start() {
+void Units::start(std::function<void()> settled) {
+    impl_->on_settled = std::move(settled);
     impl_->connect();
 }
 

@@ -8,7 +8,9 @@
 // each hangar unit's change to Machines: the Service interface's change (Result, ExecMain*,
 // MainPID) comes first, then the Unit interface's (ActiveState), which is when it is reported.
 // On every (re)connection each container's unit is looked up once (GetUnit + GetAll), which is
-// how containers are adopted after a hangard restart.
+// how containers are adopted after a hangard restart. Calls made while a subscription is in
+// flight wait for its answer.
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,7 +26,9 @@ class Units {
     Units(boost::asio::io_context& io, core::Machines& machines, std::string address);
     ~Units();
     // Connects and reports every container's unit; call once the machines are loaded.
-    void start();
+    // `settled` runs once, when every container's unit has been reported after the first
+    // subscription, or when that first connection or subscription failed.
+    void start(std::function<void()> settled = {});
     core::ContainerHost* host();
     bool healthy(std::string& detail) const;
 

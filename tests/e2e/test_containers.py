@@ -201,6 +201,15 @@ class Containers(SystemdDaemonTest, DaemonTest):
         self.assertEqual(self.daemon.machine("manual")["state"], "stopped")
         self.assertIn("autostart: 1 started, 0 failed", self.daemon.log())
 
+    def test_start_as_soon_as_hangard_answers(self):
+        """A start sent the moment hangard serves waits for its systemd subscription."""
+        self.create_container("early")
+        self.daemon.kill()
+        self.daemon.start()
+        self.start("early")
+        log = self.daemon.log()
+        self.assertNotIn("systemd is not reachable", log)
+
     def test_one_shot_command(self):
         self.create_container("job", boot={"command": ["sh", "-c", "sleep 1; echo done; exit 4"]})
         m = self.daemon.machine("job")
