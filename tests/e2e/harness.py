@@ -2,7 +2,11 @@
 
 Environment (set by CTest): HANGARD, FAKE_QEMU, GUEST_DIR.
 Every process a test starts is ended by PID at teardown; nothing else is touched.
+At teardown hangard is stopped with SIGTERM, as systemd stops it, and a sanitizer build's
+reports (errors at any time, leaks at exit) fail the test: hangard writes them to
+STATE_DIR/sanitizer.PID, since its stderr is /dev/null once it serves.
 """
+import glob
 import json
 import os
 import shutil
@@ -64,8 +68,12 @@ class Daemon:
                 "--log-level", "debug", "--listen", "127.0.0.1:0"] + self.extra
         if self.qemu:
             args += ["--qemu", self.qemu]
+        env = dict(os.environ)
+        report = os.path.join(self.state_dir, "sanitizer")
+        for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+            env[var] = ":".join(filter(None, [env.get(var), f"log_path={report}"]))
         # Without --foreground, hangard returns once it serves (and has adopted its machines).
-        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
         if out.returncode != 0:
             raise AssertionError(f"hangard failed to start: {out.stderr}")
         self.pid = int(out.stderr.split("(pid ")[1].split(")")[0])
@@ -78,6 +86,25 @@ class Daemon:
             os.kill(self.pid, sig)
             wait_for(lambda: not pid_alive(self.pid), 10, "hangard to exit")
         self.pid = None
+
+    def stop(self, timeout=30):
+        """SIGTERM: hangard leaves its machines running and exits through its destructors."""
+        if self.pid and pid_alive(self.pid):
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                wait_for(lambda: not pid_alive(self.pid), timeout, "hangard to exit on SIGTERM")
+            except AssertionError:
+                self.kill()
+                raise
+        self.pid = None
+
+    def sanitizer_reports(self):
+        """What a sanitizer build reported (AddressSanitizer, LeakSanitizer, UBSan)."""
+        out = []
+        for path in sorted(glob.glob(os.path.join(self.state_dir, "sanitizer.*"))):
+            with open(path, errors="replace") as f:
+                out.append(f"{path}:\n{f.read()}")
+        return "\n".join(out)
 
     def log(self):
         try:
@@ -134,13 +161,18 @@ class DaemonTest(unittest.TestCase):
     def tearDown(self):
         # Every machine this test created, known even if the daemon died.
         uuids = list(self.created_uuids)
-        self.daemon.kill()
-        for u in uuids:
-            for pid in pids_with_argument(u):
-                os.kill(pid, signal.SIGKILL)
-        if self._outcome_failed():
+        try:
+            self.daemon.stop()
+        finally:
+            for u in uuids:
+                for pid in pids_with_argument(u):
+                    os.kill(pid, signal.SIGKILL)
+        reports = self.daemon.sanitizer_reports()
+        if self._outcome_failed() or reports:
             print(self.daemon.log()[-6000:])
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        if reports:
+            self.fail(f"hangard's sanitizer reports:\n{reports[-20000:]}")
 
     def _outcome_failed(self):
         result = getattr(self._outcome, "result", None)
