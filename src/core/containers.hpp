@@ -56,6 +56,9 @@ class ContainerHost {
     virtual void kill(const std::string& unit, int signal, Done done) = 0;
     // machined's KillMachine(leader, signal): the container's init gets `signal`.
     virtual void signal_leader(const std::string& machine, int signal, Done done) = 0;
+    // Whether machined's State of `machine` is "closing": machined itself is ending it
+    // (TerminateMachine, `machinectl terminate`). false when that cannot be told.
+    virtual void machined_closing(const std::string& machine, std::function<void(bool)> done) = 0;
     // machined's Leader of `machine`: the container's init as seen from the host.
     virtual void leader(const std::string& machine,
                         std::function<void(const Status&, pid_t)> done) = 0;

@@ -179,6 +179,7 @@ class Machines {
                              std::chrono::steady_clock::time_point deadline, int signal,
                              std::chrono::seconds timeout);
     void kill_container(Machine& m);
+    void explain_container_stop(Machine& m);
     // Copies the image's root file system to the machine's directory unless it is there.
     void prepare_rootfs(Machine& m, std::function<void(const Status&)> done);
     void run_exec(Machine& m, ExecRequest req, pid_t leader, ExecDone done);
@@ -217,6 +218,8 @@ class Machines {
 
 // The reason of a container's stop and start when it rebooted itself (nspawn exits 133).
 inline constexpr const char* kContainerReboot = "container:reboot";
+// The reason of an end that machined brought about (TerminateMachine from someone else).
+inline constexpr const char* kMachinedTerminated = "machined:terminated";
 
 // QEMU runs, or the container's unit is up.
 inline bool is_live(const Machine& m) {

@@ -266,6 +266,9 @@ void Machines::on_unit(const std::string& name, const UnitStatus& st) {
             }
         } else if (st.active_state == "deactivating" && m.state == MachineState::running) {
             set_state(m, MachineState::stopping, "systemd:deactivating");
+            if (m.exit_reason.empty() && !m.explaining) {
+                explain_container_stop(m);
+            }
         }
         return;
     }
@@ -296,6 +299,24 @@ void Machines::on_unit(const std::string& name, const UnitStatus& st) {
         }
     }
     on_exit(m, how, st.exists && st.result == "success");
+}
+
+// A stop hangard did not ask for: when machined is the one ending the container, the end is
+// reported as machined's (as for a VM), not as a plain end of its unit.
+void Machines::explain_container_stop(Machine& m) {
+    m.explaining = true;
+    host_->machined_closing(m.spec.name,
+                            [this, name = m.spec.name, gen = m.generation](bool closing) {
+                                with_machine(name, gen, [&](Machine& m) {
+                                    m.explaining = false;
+                                    if (closing && m.exit_reason.empty()) {
+                                        m.exit_reason = kMachinedTerminated;
+                                    }
+                                    if (auto exit = std::exchange(m.deferred_exit, std::nullopt)) {
+                                        on_exit(m, exit->first, exit->second);
+                                    }
+                                });
+                            });
 }
 
 void Machines::on_container_host(bool reachable, const std::string& why) {

@@ -321,7 +321,7 @@ void Machined::Impl::explain(const core::Machine& m, std::function<void(std::str
         return answer("");
     }
     if (it->second.pid == 0) {
-        return answer(it->second.removed_outside ? "machined:terminated" : "");
+        return answer(it->second.removed_outside ? core::kMachinedTerminated : "");
     }
     // machined marks a machine "closing" before it has its scope stopped, and may be done with
     // it by the time this call arrives: either way the signal QEMU got came from machined.
@@ -338,10 +338,10 @@ void Machined::Impl::explain(const core::Machine& m, std::function<void(std::str
             std::string why;
             if (error_is(err, "org.freedesktop.machine1.NoSuchMachine") ||
                 error_is(err, "org.freedesktop.DBus.Error.UnknownObject")) {
-                why = "machined:terminated";
+                why = core::kMachinedTerminated;
             } else if (!err && sd_bus_message_read(reply, "v", "s", &st) >= 0 && st &&
                        strcmp(st, "closing") == 0) {
-                why = "machined:terminated";
+                why = core::kMachinedTerminated;
             }
             node.mapped()(why);
         },

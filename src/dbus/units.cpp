@@ -23,6 +23,7 @@ constexpr const char* kUnitPrefix = "/org/freedesktop/systemd1/unit";
 constexpr const char* kMachined = "org.freedesktop.machine1";
 constexpr const char* kMachinedPath = "/org/freedesktop/machine1";
 constexpr const char* kMachinedManager = "org.freedesktop.machine1.Manager";
+constexpr uint64_t kMachinedQueryUsec = 2'000'000;
 constexpr int kStartRetries = 30;  // a unit of the same name still being collected
 constexpr auto kStartRetryDelay = std::chrono::milliseconds(100);
 
@@ -194,6 +195,23 @@ struct Units::Impl : RawClient, core::ContainerHost {
             m = sd_bus_message_unref(m);
         }
         call(m, std::move(done));
+    }
+    void machined_closing(const std::string& machine, std::function<void(bool)> done) override {
+        if (defer([this, machine, done] { machined_closing(machine, done); })) {
+            return;
+        }
+        if (!present) {
+            return boost::asio::post(io_, [done = std::move(done)] { done(false); });
+        }
+        get_property(
+            kMachined, object_path("/org/freedesktop/machine1/machine", machine),
+            "org.freedesktop.machine1.Machine", "State",
+            [done](sd_bus_message* reply, const sd_bus_error* err) {
+                const char* state = nullptr;
+                done(!err && sd_bus_message_read(reply, "v", "s", &state) >= 0 && state &&
+                     strcmp(state, "closing") == 0);
+            },
+            kMachinedQueryUsec);
     }
     void leader(const std::string& machine,
                 std::function<void(const Status&, pid_t)> done) override {

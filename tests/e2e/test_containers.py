@@ -2,9 +2,10 @@
 (imageserver.py), run by a real systemd (`systemd --user` in a mount namespace, realsystemd.py)
 as hangar-NAME.service executing systemd-nspawn, registered in a real systemd-machined. Boot,
 machined's listing, exec inside the running container and in the stopped root file system,
-graceful stop, kill -9 of nspawn (crashed, with the reason), hangard killed and restarted
-(adopted, still controllable), one-shot command containers, bad input, and the same view of
-containers through the API list, events, D-Bus (org.hangar) and hangarctl as of VMs."""
+graceful stop, kill -9 of nspawn (crashed, with the reason), machinectl terminate
+(machined:terminated), hangard killed and restarted (adopted, still controllable), one-shot
+command containers, bad input, and the same view of containers through the API list, events,
+D-Bus (org.hangar) and hangarctl as of VMs."""
 import json
 import os
 import signal
@@ -164,6 +165,26 @@ class Containers(SystemdDaemonTest, DaemonTest):
         self.start("victim")
         m = self.daemon.action("victim", "kill")
         self.assertEqual((m["state"], m["state_reason"]), ("stopped", "api:kill"))
+
+    def test_terminate_through_machined(self):
+        """machinectl terminate (machined's TerminateMachine) is reported as machined's doing,
+        as for a VM; a stop of the unit by someone else is systemd's."""
+        self.create_container("term")
+        self.start("term")
+        out = self.systemd.busctl("call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                  "org.freedesktop.machine1.Manager", "TerminateMachine", "s",
+                                  "term")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        m = self.daemon.wait_state("term", "stopped", timeout=20)
+        self.assertEqual(m["state_reason"], "machined:terminated")
+        wait_for(lambda: self.in_machined("term") is None, 10, "term to leave machined")
+        self.start("term")
+        out = self.systemd.busctl("call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                                  "org.freedesktop.systemd1.Manager", "StopUnit", "ss",
+                                  "hangar-term.service", "replace")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        m = self.daemon.wait_state("term", "stopped", timeout=20)
+        self.assertTrue(m["state_reason"].startswith("systemd:result="), m)
 
     def test_adopted_across_hangard_kill(self):
         self.create_container("keep")
