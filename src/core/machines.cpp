@@ -701,13 +701,10 @@ void Machines::on_qmp_event(Machine& m, std::string_view event, const std::strin
             m.explaining = true;
             explainer_(m, [this, name = m.spec.name, gen = m.generation](std::string why) {
                 with_machine(name, gen, [&](Machine& m) {
-                    m.explaining = false;
                     if (!why.empty()) {
                         m.exit_reason = std::move(why);
                     }
-                    if (auto exit = std::exchange(m.deferred_exit, std::nullopt)) {
-                        on_exit(m, exit->first, exit->second);
-                    }
+                    explained(m);
                 });
             });
         }
@@ -730,6 +727,13 @@ void Machines::on_responsive(Machine& m, bool responsive, const std::string& why
     w.begin_object().field("unresponsive", m.unresponsive).field("reason", why).end_object();
     events_.publish("machine.updated", m.spec.name, m.spec.owner, w.str());
     spdlog::log(responsive ? spdlog::level::info : spdlog::level::warn, "{}: {}", m.spec.name, why);
+}
+
+void Machines::explained(Machine& m) {
+    m.explaining = false;
+    if (auto exit = std::exchange(m.deferred_exit, std::nullopt)) {
+        on_exit(m, exit->first, exit->second);
+    }
 }
 
 void Machines::on_exit(Machine& m, const std::string& how, bool clean) {

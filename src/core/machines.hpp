@@ -194,6 +194,8 @@ class Machines {
     void force_quit(Machine& m, const std::string& why);
     void on_qmp_event(Machine& m, std::string_view event, const std::string& detail);
     void on_exit(Machine& m, const std::string& how, bool clean);
+    // The answer to why a machine is ending is in (any reason set): the exit that waited goes on.
+    void explained(Machine& m);
     void on_responsive(Machine& m, bool responsive, const std::string& why);
     void adopted(Machine& m, const std::string& status);
     void erase(Machine& m);

@@ -308,13 +308,10 @@ void Machines::explain_container_stop(Machine& m) {
     host_->machined_closing(m.spec.name,
                             [this, name = m.spec.name, gen = m.generation](bool closing) {
                                 with_machine(name, gen, [&](Machine& m) {
-                                    m.explaining = false;
                                     if (closing && m.exit_reason.empty()) {
                                         m.exit_reason = kMachinedTerminated;
                                     }
-                                    if (auto exit = std::exchange(m.deferred_exit, std::nullopt)) {
-                                        on_exit(m, exit->first, exit->second);
-                                    }
+                                    explained(m);
                                 });
                             });
 }

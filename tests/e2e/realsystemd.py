@@ -90,6 +90,16 @@ class RealSystemd:
         return subprocess.run(["busctl", f"--address={self.address}"] + list(args),
                               capture_output=True, text=True, timeout=30)
 
+    def terminate_machine(self, name):
+        """machined's TerminateMachine, as `machinectl terminate NAME` calls it."""
+        return self.busctl("call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                           "org.freedesktop.machine1.Manager", "TerminateMachine", "s", name)
+
+    def stop_unit(self, unit):
+        """systemd's StopUnit(UNIT, "replace"), as `systemctl stop UNIT` calls it."""
+        return self.busctl("call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                           "org.freedesktop.systemd1.Manager", "StopUnit", "ss", unit, "replace")
+
     def stop(self):
         for p in (self.machined, self.manager):
             if p and p.poll() is None:

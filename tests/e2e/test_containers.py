@@ -171,17 +171,13 @@ class Containers(SystemdDaemonTest, DaemonTest):
         as for a VM; a stop of the unit by someone else is systemd's."""
         self.create_container("term")
         self.start("term")
-        out = self.systemd.busctl("call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
-                                  "org.freedesktop.machine1.Manager", "TerminateMachine", "s",
-                                  "term")
+        out = self.systemd.terminate_machine("term")
         self.assertEqual(out.returncode, 0, out.stderr)
         m = self.daemon.wait_state("term", "stopped", timeout=20)
         self.assertEqual(m["state_reason"], "machined:terminated")
         wait_for(lambda: self.in_machined("term") is None, 10, "term to leave machined")
         self.start("term")
-        out = self.systemd.busctl("call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                                  "org.freedesktop.systemd1.Manager", "StopUnit", "ss",
-                                  "hangar-term.service", "replace")
+        out = self.systemd.stop_unit("hangar-term.service")
         self.assertEqual(out.returncode, 0, out.stderr)
         m = self.daemon.wait_state("term", "stopped", timeout=20)
         self.assertTrue(m["state_reason"].startswith("systemd:result="), m)
@@ -197,10 +193,7 @@ class Containers(SystemdDaemonTest, DaemonTest):
         self.assertEqual(self.exec("keep", ["echo", "still here"])["stdout"], "still here\n")
         # Stopped while hangard is down: the restart finds the unit gone.
         self.daemon.kill(signal.SIGKILL)
-        out = self.systemd.busctl("call", "org.freedesktop.systemd1",
-                                  "/org/freedesktop/systemd1",
-                                  "org.freedesktop.systemd1.Manager", "StopUnit", "ss",
-                                  "hangar-keep.service", "replace")
+        out = self.systemd.stop_unit("hangar-keep.service")
         self.assertEqual(out.returncode, 0, out.stderr)
         wait_for(lambda: not harness.pid_alive(m["pid"]), 20, "nspawn to exit")
         self.daemon.start()
@@ -228,8 +221,7 @@ class Containers(SystemdDaemonTest, DaemonTest):
         self.daemon.kill()
         self.daemon.start()
         self.start("early")
-        log = self.daemon.log()
-        self.assertNotIn("systemd is not reachable", log)
+        self.assertNotIn("systemd is not reachable", self.daemon.log())
 
     def test_one_shot_command(self):
         self.create_container("job", boot={"command": ["sh", "-c", "sleep 1; echo done; exit 4"]})

@@ -60,9 +60,7 @@ class Machined(SystemdDaemonTest, DaemonTest):
     def test_terminate_from_outside_is_reported(self):
         m = self.start_vm("db")
         self.registered("db", m["pid"])
-        out = self.systemd.busctl("call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
-                                  "org.freedesktop.machine1.Manager", "TerminateMachine", "s",
-                                  "db")
+        out = self.systemd.terminate_machine("db")
         self.assertEqual(out.returncode, 0, out.stderr)
         m = self.daemon.wait_state("db", "stopped", timeout=20)
         self.assertEqual(m["state_reason"], "machined:terminated")
