@@ -29,14 +29,21 @@ if [ ! -s "$cache/vmlinuz" ] || [ ! -s "$cache/initrd.img" ]; then
     root="$work/root"
     mkdir -p "$root"/{bin,sbin,etc/acpi,proc,sys,dev,tmp,run,var/log,lib/modules}
     cp /bin/busybox "$root/bin/busybox"
-    for m in drivers/acpi/button.ko drivers/input/evdev.ko; do
+    # virtio_blk and what it needs, in load order: a boot disk shows up as /dev/vda.
+    for m in drivers/acpi/button.ko drivers/input/evdev.ko drivers/virtio/virtio_ring.ko \
+        drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko \
+        drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko \
+        drivers/block/virtio_blk.ko; do
         cp "$work/k/lib/modules/$kdir/kernel/$m" "$root/lib/modules/"
     done
     # busybox init: PID 1 that handles poweroff (SIGUSR2) by running ::shutdown and powering off.
+# A shell on the serial console (ttyS0) and one on the display's text console (tty1: what VNC
+# shows and types into).
     cat > "$root/etc/inittab" <<'INITTAB'
 ::sysinit:/etc/rc
 ::respawn:/bin/acpid -f -l /dev/null -c /etc/acpi -a /etc/acpid.conf
 ttyS0::respawn:/bin/sh
+tty1::respawn:/bin/sh
 ::shutdown:/bin/echo HANGAR-GUEST-POWEROFF
 INITTAB
     cat > "$root/etc/rc" <<RC
@@ -44,9 +51,15 @@ INITTAB
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-insmod /lib/modules/button.ko
-insmod /lib/modules/evdev.ko
+for m in button evdev virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+    insmod /lib/modules/\$m.ko
+done
 hostname hangar-guest
+# What the boot disk holds, as the guest sees it: its first bytes (letters, digits, '-').
+if cat /sys/bus/pci/devices/*/device | grep -qE '0x1001|0x1042'; then
+    for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.1; done
+fi
+[ -b /dev/vda ] && echo "HANGAR-DISK: \$(head -c 64 /dev/vda | tr -cd 'A-Za-z0-9-')"
 echo "$marker"
 RC
     # acpid runs /etc/acpi/<action> for an event whose text contains <key>.

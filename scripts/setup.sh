@@ -9,6 +9,7 @@ pkgs=(
     qemu-system-x86 qemu-utils busybox-static cpio gzip curl xz-utils squashfs-tools
     python3 python3-websockets python3-jsonschema dbus systemd-container wrk openssl
     clang libclang-rt-14-dev nodejs debootstrap util-linux
+    chromium
 )
 # npm comes with Node.js builds other than Debian's; only Debian's nodejs needs the package.
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

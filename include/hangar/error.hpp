@@ -24,6 +24,8 @@ enum class Errc {
     internal,
     unavailable,
     timeout,
+    // Only in an operation's result: hangard was restarted while the operation was in flight.
+    interrupted,
 };
 
 // The snake_case code of the API's error shape, e.g. "invalid_state".

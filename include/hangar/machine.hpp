@@ -11,6 +11,8 @@ namespace hangar {
 enum class MachineState { stopped, starting, running, paused, stopping, crashed };
 
 std::string_view to_string(MachineState s);
+// Something runs (or is being started or stopped): starting, running, paused, stopping.
+bool is_active(MachineState s);
 std::optional<MachineState> parse_machine_state(std::string_view s);
 
 struct BootSpec {

@@ -7,13 +7,6 @@
 
 namespace hangar::api {
 
-namespace {
-const std::set<std::string> kEventTypes = {
-    "machine.created",   "machine.updated",    "machine.deleted", "machine.state",
-    "operation.created", "operation.progress", "operation.done",  "image.created",
-    "image.deleted",     "events.gap"};
-}  // namespace
-
 bool EventFilter::matches(const core::Event& e) const {
     // Every user may list every image, so image.* events are everyone's; the rest are their
     // owner's (and the admins').
@@ -40,7 +33,7 @@ Status parse_event_query(const std::map<std::string, std::string>& query,
                     j = v.size();
                 }
                 std::string t = v.substr(i, j - i);
-                if (!kEventTypes.count(t)) {
+                if (!core::parse_event_type(t)) {
                     return {Errc::bad_request, "unknown event type " + json::quote(t)};
                 }
                 filter.types.insert(t);

@@ -1,5 +1,6 @@
 #include "api/event_stream.hpp"
 
+#include <algorithm>
 #include <deque>
 #include <memory>
 
@@ -54,8 +55,8 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
 
   private:
     void on_open() {
-        // Subscribe, then replay the ring: both happen in this one turn of the reactor, so no
-        // event can fall between the replay and the live stream.
+        // Subscribe, then start the replay: both in this one turn of the reactor. While the
+        // replay runs, live events are not queued: they are in the ring, ahead of the cursor.
         std::weak_ptr<EventSession> weak = this->weak_from_this();
         sub_ = streams_.bus().subscribe([weak](const core::Event& e) {
             if (auto self = weak.lock()) {
@@ -63,39 +64,77 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
             }
         });
         if (since_) {
-            replay(*since_);
+            start_replay(*since_);
         }
         read_loop();
     }
 
-    void replay(uint64_t since) {
-        const auto& ring = streams_.bus().ring();
+    // Sets the cursor after `since`; a `since` the ring no longer covers (or from another
+    // history) gets events.gap first.
+    void start_replay(uint64_t since) {
         uint64_t revision = streams_.bus().revision();
-        uint64_t oldest = ring.empty() ? revision + 1 : ring.front().seq;
-        if (since > revision || since + 1 < oldest) {
-            json::Writer w;
-            w.begin_object()
-                .field("since", since)
-                .field("oldest", oldest)
-                .field("revision", revision)
-                .field("message", since > revision
-                                      ? "since is newer than this server's history: re-list"
-                                      : "events after since are no longer kept: re-list, then "
-                                        "continue from the list's revision")
-                .end_object();
-            // Not part of the sequence: seq 0.
-            enqueue(0, std::make_shared<const std::string>(
-                           core::EventBus::frame(0, now_rfc3339_us(), "events.gap", "", w.str())));
+        uint64_t oldest = oldest_kept();
+        if (since > revision) {
+            enqueue(0, gap_frame(since, oldest, revision,
+                                 "since is newer than this server's history: re-list"));
+            cursor_ = revision + 1;
+        } else if (since + 1 < oldest) {
+            enqueue(0, gap_frame(since, oldest, revision, kLostMessage));
+            cursor_ = oldest;
+        } else {
+            cursor_ = since + 1;
         }
-        for (const auto& e : ring) {
-            if (e.seq > since) {
-                offer(e);
+        replaying_ = true;
+        write_next();
+    }
+
+    uint64_t oldest_kept() const {
+        const auto& ring = streams_.bus().ring();
+        return ring.empty() ? streams_.bus().revision() + 1 : ring.front().seq;
+    }
+
+    static constexpr const char* kLostMessage =
+        "events after since are no longer kept: re-list, then continue from the list's "
+        "revision";
+
+    static std::shared_ptr<const std::string> gap_frame(uint64_t since, uint64_t oldest,
+                                                        uint64_t revision, const char* message) {
+        // Not part of the sequence: seq 0.
+        return std::make_shared<const std::string>(core::EventBus::frame(
+            0, now_rfc3339_us(), to_string(core::EventType::events_gap), "",
+            core::event_data(core::EventsGap{since, oldest, revision, message})));
+    }
+
+    // Replay: the next frame at or after the cursor that passes the filter, taken from the
+    // ring only when the previous write has completed, so the socket paces it and nothing
+    // piles up here. The ring may have dropped events under a slow reader: that range is
+    // announced with events.gap and the replay goes on from the oldest kept. Once the cursor
+    // is past the newest event the session is live, in the same turn, so every later event
+    // reaches offer() and none is sent twice.
+    bool pull_replay() {
+        const auto& ring = streams_.bus().ring();
+        if (uint64_t oldest = oldest_kept(); cursor_ < oldest) {
+            queue_.push_back(
+                {0, gap_frame(cursor_ - 1, oldest, streams_.bus().revision(), kLostMessage)});
+            cursor_ = oldest;
+            return true;
+        }
+        auto it = std::lower_bound(ring.begin(), ring.end(), cursor_,
+                                   [](const core::Event& e, uint64_t seq) { return e.seq < seq; });
+        for (; it != ring.end(); ++it) {
+            if (filter_.matches(*it)) {
+                cursor_ = it->seq + 1;
+                queue_.push_back({it->seq, it->frame});
+                return true;
             }
         }
+        cursor_ = streams_.bus().revision() + 1;
+        replaying_ = false;
+        return false;
     }
 
     void offer(const core::Event& e) {
-        if (filter_.matches(e)) {
+        if (!replaying_ && filter_.matches(e)) {
             enqueue(e.seq, e.frame);
         }
     }
@@ -116,7 +155,10 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
     }
 
     void write_next() {
-        if (writing_ || queue_.empty()) {
+        if (writing_ || closing_) {
+            return;
+        }
+        if (queue_.empty() && !(replaying_ && pull_replay())) {
             return;
         }
         writing_ = true;
@@ -193,6 +235,8 @@ class EventSession : public std::enable_shared_from_this<EventSession<Stream>> {
     EventFilter filter_;
     std::optional<uint64_t> since_;
     uint64_t sub_ = 0;
+    bool replaying_ = false;
+    uint64_t cursor_ = 0;  // while replaying: the next seq to take from the ring
     struct Queued {
         uint64_t seq;  // 0 for frames outside the sequence (events.gap)
         std::shared_ptr<const std::string> frame;

@@ -1,8 +1,9 @@
 #pragma once
 // GET /v1/events: a WebSocket that first replays what the client missed (`since`), then goes
-// live. Each subscriber has a filter, a bounded queue and one write in flight; one that cannot
-// keep up is closed with a reason instead of being buffered without bound. Frames are shared:
-// an event is serialized once for all subscribers.
+// live. The replay is a cursor into the bus's ring, advanced as writes complete, so it never
+// queues; live, each subscriber has a filter, a bounded queue and one write in flight, and one
+// that cannot keep up is closed with a reason instead of being buffered without bound. Frames
+// are shared: an event is serialized once for all subscribers.
 #include <cstdint>
 #include <optional>
 #include <set>
@@ -18,7 +19,7 @@
 namespace hangar::api {
 
 struct EventStreamLimits {
-    size_t queue = 4096;  // events waiting for one subscriber
+    size_t queue = 4096;  // live events waiting for one subscriber
     size_t max_subscribers = 1024;
 };
 

@@ -3,18 +3,27 @@
 #include <functional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "api/router.hpp"
 #include "core/credentials.hpp"
+#include "core/health.hpp"
 #include "core/images.hpp"
 #include "core/machines.hpp"
 #include "core/operations.hpp"
 
+namespace boost::asio {
+class io_context;
+}
 namespace hangar::api {
+
+class Tickets;
 
 struct ServerInfo {
     std::filesystem::path state_dir;
     std::string accelerator;
+    const core::Quotas* quotas = nullptr;  // shown to the caller by GET /v1
+    const core::Health* health = nullptr;  // GET /v1/health's checks; required
 };
 
 // Figures only the listeners know, read when /v1/metrics is rendered. Set them once the
@@ -22,8 +31,14 @@ struct ServerInfo {
 struct Probes {
     std::function<size_t()> subscribers, subscribers_dropped, connections;
     std::function<size_t()> images, image_pulls_running, image_pulls_succeeded, image_pulls_failed;
-    // Whether org.hangar is served on D-Bus, and how it stands.
-    std::function<bool(std::string& detail)> dbus;
+    // Connections the listeners refused, by listener ("unix", "tcp") and reason.
+    struct Refused {
+        std::string listener, reason;
+        uint64_t count = 0;
+    };
+    std::function<std::vector<Refused>()> connections_refused;
+    // Appends the metrics of other parts (the consoles).
+    std::vector<std::function<void(std::string& out)>> more;
 };
 
 // Registers every route of the API on `router`. `info` and `probes` must outlive it.
@@ -37,12 +52,13 @@ void register_image_routes(Router& router, core::Images& images);
 void register_meta_routes(Router& router, core::Machines& machines,
                           const core::Credentials& credentials, const Probes& probes);
 
+// A VM's display and browsers' tickets (display_routes.cpp): GET /v1/machines/{name}/vnc (a
+// WebSocket piped to QEMU's VNC server), GET /v1/machines/{name}/screenshot (PNG) and
+// POST /v1/machines/{name}/console/ticket. `io` and `tickets` must outlive the router.
+void register_display_routes(Router& router, core::Machines& machines, boost::asio::io_context& io,
+                             Tickets& tickets);
+
 // The OpenAPI 3.1 document served at /v1/openapi.json (docs/openapi.json, built in).
 std::string_view openapi_document();
-
-// Parses a create body into `spec`. Unknown fields and wrong types are errors.
-Status parse_machine_spec(const std::string& body, MachineSpec& spec);
-// Reads the fields present in `body` over `spec` (create and PATCH); `seen` lists them.
-Status parse_spec_fields(const std::string& body, MachineSpec& spec, std::set<std::string>& seen);
 
 }  // namespace hangar::api

@@ -5,8 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <vector>
 
@@ -23,7 +26,11 @@
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
 
+#include "api/browser_access.hpp"
+#include "api/connection_budget.hpp"
 #include "api/event_stream.hpp"
+#include "api/ws_session.hpp"
+#include "core/admin_group.hpp"
 #include "util/x509.hpp"
 
 namespace hangar::api {
@@ -53,6 +60,114 @@ tcp::socket& lowest(TlsStream& s) {
 local::socket& lowest(local::socket& s) {
     return s;
 }
+
+std::string_view trim(std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) {
+        v.remove_prefix(1);
+    }
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) {
+        v.remove_suffix(1);
+    }
+    return v;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+std::string quoted(std::string_view v) {
+    return "'" + std::string(v.substr(0, 64)) + (v.size() > 64 ? "...'" : "'");
+}
+
+// A body is framed by Content-Length or by exactly one "Transfer-Encoding: chunked". Any other
+// transfer coding ("xchunked", "chunked, identity", "identity") is refused: Beast would read
+// such a body as empty, and a proxy in front might not, which smuggles a second request.
+Status check_framing(const http::request_header<>& h) {
+    auto [first, last] = h.equal_range(http::field::transfer_encoding);
+    if (first == last) {
+        return {};
+    }
+    if (std::next(first) != last) {
+        return {Errc::bad_request, "more than one Transfer-Encoding header"};
+    }
+    std::string_view v = trim({first->value().data(), first->value().size()});
+    if (!iequals(v, "chunked")) {
+        return {Errc::bad_request, "Transfer-Encoding must be exactly 'chunked', not " + quoted(v)};
+    }
+    return {};
+}
+
+bool is_base64_key(std::string_view key) {
+    // 16 bytes in base64: 22 characters of the alphabet, then "==" (RFC 6455 4.2.1).
+    if (key.size() != 24 || key.substr(22) != "==") {
+        return false;
+    }
+    return std::all_of(key.begin(), key.begin() + 22, [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/';
+    });
+}
+
+// What Beast's WebSocket accept would refuse with a text body, refused here in JSON instead.
+Status check_websocket_handshake(const http::request_header<>& h, bool& bad_version) {
+    bad_version = false;
+    if (!boost::beast::websocket::is_upgrade(h)) {
+        return {Errc::bad_request,
+                "a WebSocket upgrade needs 'Connection: Upgrade' and 'Upgrade: websocket'"};
+    }
+    if (h.version() != 11) {
+        return {Errc::bad_request, "a WebSocket upgrade needs HTTP/1.1"};
+    }
+    if (h.count(http::field::host) == 0) {
+        return {Errc::bad_request, "a WebSocket upgrade needs a Host header"};
+    }
+    auto key = h[http::field::sec_websocket_key];
+    if (!is_base64_key(trim({key.data(), key.size()}))) {
+        return {Errc::bad_request, "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)"};
+    }
+    auto version = h[http::field::sec_websocket_version];
+    if (trim({version.data(), version.size()}) != "13") {
+        bad_version = true;
+        return {Errc::bad_request, "Sec-WebSocket-Version must be 13, not " +
+                                       quoted({version.data(), version.size()})};
+    }
+    return {};
+}
+
+const char* reason_name(ConnectionBudget::Refusal r, bool by_address) {
+    switch (r) {
+        case ConnectionBudget::Refusal::per_key:
+            return by_address ? "address_limit" : "uid_limit";
+        case ConnectionBudget::Refusal::shared:
+            return "users_share";
+        case ConnectionBudget::Refusal::total:
+        case ConnectionBudget::Refusal::none:
+            break;
+    }
+    return by_address ? "pending_limit" : "total";
+}
+
+// The 503 message of a refused connection.
+std::string refusal_message(ConnectionBudget::Refusal r, uint32_t uid,
+                            const ConnectionBudget::Limits& l) {
+    switch (r) {
+        case ConnectionBudget::Refusal::per_key:
+            return "too many connections from uid " + std::to_string(uid) + " (at most " +
+                   std::to_string(l.per_key) + " at once); close some and try again";
+        case ConnectionBudget::Refusal::shared:
+            return "every connection for unprivileged users is in use (" +
+                   std::to_string(l.total - l.reserved) +
+                   "; the rest is kept for root and the admin group); try again later";
+        case ConnectionBudget::Refusal::total:
+        case ConnectionBudget::Refusal::none:
+            break;
+    }
+    return "too many connections (" + std::to_string(l.total) + "); try again later";
+}
+
+constexpr auto kLinger = std::chrono::seconds(1);
 }  // namespace
 
 struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
@@ -64,13 +179,30 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
           events(e),
           authenticate(std::move(a)),
           unix_acceptor(io),
-          tcp_acceptor(io) {}
+          tcp_acceptor(io),
+          unix_retry(io),
+          tcp_retry(io),
+          unix_budget({l.unix_connections, l.unix_per_uid, l.unix_reserved}),
+          tcp_budget({l.tcp_connections, l.tcp_per_uid, l.tcp_reserved}),
+          pending_budget({l.tcp_pending, l.tcp_pending_per_address, 0}) {
+        for (const char* r : {"uid_limit", "users_share", "total"}) {
+            refusals[{"unix", r}] = 0;
+            refusals[{"tcp", r}] = 0;
+        }
+        for (const char* r : {"address_limit", "pending_limit", "auth_timeout"}) {
+            refusals[{"tcp", r}] = 0;
+        }
+    }
 
     void accept_unix();
     void accept_tcp();
-    bool in_admin_group(local::socket& sock, unsigned gid) const;
-    // false (and logged) for a failed accept or one over the connection limit.
-    bool admit(const boost::system::error_code& ec) const;
+    std::vector<unsigned> peer_groups(local::socket& sock, unsigned gid) const;
+    // A failed accept (out of fds, say): logged, and accepting resumes a little later instead
+    // of failing again at once in a loop.
+    void accept_failed(const boost::system::error_code& ec, boost::asio::steady_timer& retry,
+                       void (Impl::*again)());
+    // Counts a refused connection; logs it, at most every 10 s per listener at warning level.
+    void note_refusal(const char* listener, const char* reason, const std::string& what);
 
     boost::asio::io_context& io;
     const Router& router;
@@ -80,31 +212,127 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     local::acceptor unix_acceptor;
     tcp::acceptor tcp_acceptor;
     boost::asio::ssl::context* tls = nullptr;
-    std::optional<unsigned> admin_gid;
+    const core::AdminGroup* admins = nullptr;  // none: root only
+    std::vector<std::string> allowed_origins;  // --allowed-origin
+    boost::asio::steady_timer unix_retry, tcp_retry;
+    ConnectionBudget unix_budget;     // by uid
+    ConnectionBudget tcp_budget;      // by uid, once authenticated
+    ConnectionBudget pending_budget;  // by client address, until authenticated
+    std::map<std::pair<std::string, std::string>, uint64_t> refusals;
+    std::map<std::string, std::pair<std::chrono::steady_clock::time_point, uint64_t>> last_warn;
+    std::array<char, 16 * 1024> scratch{};  // what a closing connection still sends, dropped
     size_t sessions = 0;
+    size_t refusing = 0;
     bool closed = false;
 };
 
 namespace {
 
-// One HTTP connection. On the unix socket `caller_` is known from SO_PEERCRED; on TCP every
-// request must carry a bearer token (except GET /v1/health).
+// One HTTP connection. On the unix socket `peer_caller_` is known from SO_PEERCRED; on TCP
+// the caller is whoever the request's bearer token or trusted client certificate stands for,
+// or else anonymous, and the router answers 401 where a route needs more. A TCP connection is
+// pending until a request authenticates: it holds a slot of the pending budget, has
+// `auth_timeout` for its TLS handshake and first request, and is closed after its first
+// answer. A refused connection (`refusal_`) is answered and closed.
 template <typename Stream>
 class Session : public std::enable_shared_from_this<Session<Stream>> {
   public:
     Session(std::shared_ptr<HttpServer::Impl> server, Stream stream,
-            std::optional<core::Caller> caller)
+            std::optional<core::Caller> caller, ConnectionBudget::Slot slot, bool pending,
+            std::optional<Response> refusal = std::nullopt)
         : server_(std::move(server)),
           stream_(std::move(stream)),
           timer_(lowest(stream_).get_executor()),
-          peer_caller_(caller) {
+          peer_caller_(caller),
+          slot_(std::move(slot)),
+          refusal_(std::move(refusal)),
+          pending_(pending) {
         ++server_->sessions;
+        if (refusal_) {
+            ++server_->refusing;
+        }
     }
-    ~Session() { --server_->sessions; }
+    ~Session() {
+        --server_->sessions;
+        if (refusal_) {
+            --server_->refusing;
+        }
+    }
 
     void start() {
+        if (refusal_) {
+            keep_alive_ = false;
+            return write(std::move(*refusal_));
+        }
+        if (pending_) {
+            arm(server_->limits.auth_timeout);  // one deadline for handshake and request
+        }
         if constexpr (std::is_same_v<Stream, TlsStream>) {
-            arm(server_->limits.read_timeout);
+            sniff();
+        } else {
+            read(server_->limits.idle_timeout);
+        }
+    }
+
+  private:
+    void arm(std::chrono::steady_clock::duration timeout) {
+        timer_.expires_after(timeout);
+        timer_.async_wait([weak = this->weak_from_this()](boost::system::error_code ec) {
+            if (auto self = weak.lock(); self && !ec) {
+                if (self->pending_ && !self->answering_) {
+                    self->server_->note_refusal("tcp", "auth_timeout",
+                                                "a connection that did not authenticate in time");
+                }
+                boost::system::error_code ignored;
+                lowest(self->stream_).close(ignored);
+            }
+        });
+    }
+
+    // TLS only: a client that speaks plain HTTP to this port gets a plain HTTP answer saying
+    // so, instead of a failed handshake. A TLS connection begins with a handshake record
+    // (0x16); an HTTP request with a method's capital letter.
+    void sniff() {
+        lowest(stream_).async_wait(tcp::socket::wait_read, [self = this->shared_from_this()](
+                                                               boost::system::error_code ec) {
+            if (ec) {
+                return self->close();
+            }
+            unsigned char first = 0;
+            ssize_t n =
+                ::recv(lowest(self->stream_).native_handle(), &first, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                return self->sniff();
+            }
+            if (n <= 0) {
+                return self->close();
+            }
+            if (first >= 'A' && first <= 'Z') {
+                return self->answer_plain_http();
+            }
+            self->handshake();
+        });
+    }
+
+    void answer_plain_http() {
+        if constexpr (std::is_same_v<Stream, TlsStream>) {
+            keep_alive_ = false;
+            answering_ = true;
+            auto out = prepare(error_response(
+                {Errc::bad_request, "this port speaks HTTPS: use https:// (TLS) to reach it"}));
+            http::async_write(
+                lowest(stream_), *out,
+                [self = this->shared_from_this(), out](boost::system::error_code ec, size_t) {
+                    if (ec) {
+                        return self->close();
+                    }
+                    self->linger();
+                });
+        }
+    }
+
+    void handshake() {
+        if constexpr (std::is_same_v<Stream, TlsStream>) {
             stream_.async_handshake(
                 boost::asio::ssl::stream_base::server,
                 [self = this->shared_from_this()](boost::system::error_code ec) {
@@ -118,42 +346,76 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                     }
                     self->read(self->server_->limits.idle_timeout);
                 });
-        } else {
-            read(server_->limits.idle_timeout);
         }
     }
 
-  private:
-    void arm(std::chrono::seconds timeout) {
-        timer_.expires_after(timeout);
-        timer_.async_wait([weak = this->weak_from_this()](boost::system::error_code ec) {
-            if (auto self = weak.lock(); self && !ec) {
-                boost::system::error_code ignored;
-                lowest(self->stream_).close(ignored);
-            }
-        });
-    }
-
-    void read(std::chrono::seconds timeout) {
+    void read(std::chrono::steady_clock::duration timeout) {
         parser_.emplace();
         parser_->header_limit(static_cast<uint32_t>(server_->limits.header_limit));
         parser_->body_limit(server_->limits.body_limit);
-        arm(timeout);
+        if (!pending_) {
+            arm(timeout);
+        }
         http::async_read_header(stream_, buffer_, *parser_,
                                 [self = this->shared_from_this()](boost::system::error_code ec,
                                                                   size_t) { self->on_header(ec); });
     }
 
+    // The header is in: framing, target and caller are decided before any body is read, so a
+    // caller that is refused never gets to send one.
     void on_header(boost::system::error_code ec) {
         if (ec) {
             return on_read_error(ec);
         }
+        auto& msg = parser_->get();
+        keep_alive_ = msg.keep_alive() && !pending_;
+        if (Status st = check_framing(msg); !st) {
+            return refuse(error_response(st));
+        }
+        req_ = Request{};
+        req_.method = std::string(msg.method_string());
+        if (!parse_target(std::string(msg.target()), req_.path, req_.query)) {
+            return refuse(error_response({Errc::bad_request, "malformed request target"}));
+        }
+        req_.caller = identify(msg);
+        // The router decides whether this caller may call this route; one nobody stands for
+        // is refused before it sends a body.
+        target_ = server_->router.resolve(req_);
+        if (target_.refusal && target_.refusal->status == 401) {
+            keep_alive_ = false;
+            return server_->router.run(
+                target_, std::move(req_),
+                [self = this->shared_from_this()](Response res) { self->write(std::move(res)); });
+        }
+        const core::Caller* caller = &req_.caller;
+        if (pending_ && !is_anonymous(*caller)) {
+            // Authenticated: from the pending budget (by address) to the uid's.
+            ConnectionBudget::Slot slot;
+            auto why = server_->tcp_budget.take(std::to_string(caller->uid), caller->admin, slot);
+            if (why != ConnectionBudget::Refusal::none) {
+                std::string message =
+                    refusal_message(why, caller->uid, server_->tcp_budget.limits());
+                server_->note_refusal("tcp", reason_name(why, false), message);
+                return refuse(error_response({Errc::unavailable, message}));
+            }
+            slot_ = std::move(slot);
+            pending_ = false;
+            keep_alive_ = msg.keep_alive();
+        }
         // The request has begun: the rest must arrive within the read timeout.
-        arm(server_->limits.read_timeout);
+        if (!pending_) {
+            arm(server_->limits.read_timeout);
+        }
         http::async_read(stream_, buffer_, *parser_,
                          [self = this->shared_from_this()](boost::system::error_code ec, size_t) {
                              self->on_read(ec);
                          });
+    }
+
+    // An answer before the body was read: the connection cannot go on.
+    void refuse(Response res) {
+        keep_alive_ = false;
+        write(std::move(res));
     }
 
     void on_read_error(boost::system::error_code ec) {
@@ -166,15 +428,14 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                       ? Errc::too_large
                       : Errc::bad_request,
                   reason_message(ec)};
-        keep_alive_ = false;
-        write(error_response(st));
+        refuse(error_response(st));
     }
 
-    // The one place where a request gets its caller.
-    std::optional<core::Caller> identify(const http::request<http::string_body>& msg,
-                                         const std::string& path, Response& refusal) {
+    // The one place where a request gets its caller: the unix peer, the one its token or
+    // certificate stands for, or else anonymous (with why, for the router's 401).
+    core::Caller identify(const http::request_header<>& msg) {
         if (peer_caller_) {
-            return peer_caller_;
+            return *peer_caller_;
         }
         auto header = msg[http::field::authorization];
         std::string_view auth(header.data(), header.size());
@@ -183,25 +444,29 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
             server_->authenticate.token) {
             std::string_view token(auth.data() + kBearer.size(), auth.size() - kBearer.size());
             if (auto caller = server_->authenticate.token(token)) {
-                return caller;
+                return *caller;
             }
+        } else if (auto t = req_.query.find("ticket");
+                   t != req_.query.end() && server_->authenticate.ticket) {
+            if (auto caller = server_->authenticate.ticket(t->second, req_.path)) {
+                return *caller;
+            }
+            req_.unauthenticated =
+                "the ticket is not valid for this route: unknown, used already (a ticket is good "
+                "for one connection), or older than 30 s; ask for a new one";
+            return anonymous_caller();
         } else if (!cert_fingerprint_.empty() && server_->authenticate.certificate) {
             if (auto caller = server_->authenticate.certificate(cert_fingerprint_)) {
-                return caller;
+                return *caller;
             }
         }
-        if (path == "/v1/health") {
-            return core::Caller{static_cast<uint32_t>(-1), false, false, "anonymous"};
-        }
-        std::string why =
+        req_.unauthenticated =
             !auth.empty() ? "the bearer token is not valid"
             : !cert_fingerprint_.empty()
                 ? "the client certificate (SHA-256 " + cert_fingerprint_ + ") is not trusted"
                 : "this request needs a bearer token (Authorization: Bearer ...) or "
                   "a trusted client certificate";
-        refusal = error_response({Errc::unauthorized, why});
-        refusal.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"hangar\"");
-        return std::nullopt;
+        return anonymous_caller();
     }
 
     void on_read(boost::system::error_code ec) {
@@ -209,31 +474,55 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
             return on_read_error(ec);
         }
         timer_.cancel();
+        answering_ = true;
         auto& msg = parser_->get();
-        keep_alive_ = msg.keep_alive();
-        Request req;
-        req.method = std::string(msg.method_string());
-        if (!parse_target(std::string(msg.target()), req.path, req.query)) {
-            return write(error_response({Errc::bad_request, "malformed request target"}));
-        }
-        Response refusal;
-        auto caller = identify(msg, req.path, refusal);
-        if (!caller) {
-            return write(std::move(refusal));
-        }
-        req.caller = *caller;
-        if (boost::beast::websocket::is_upgrade(msg) && req.path == "/v1/events" &&
-            req.method == "GET" && server_->events) {
-            return upgrade_events(req);
-        }
+        Request req = std::move(req_);
+        auto answer = [self = this->shared_from_this()](Response res) {
+            self->write(std::move(res));
+        };
         if (msg.count(http::field::upgrade) != 0) {
-            return write(error_response(
-                {Errc::bad_request, "this route does not accept a protocol upgrade"}));
+            // The route names the WebSocket; the router has checked who may open it.
+            Upgrade upgrade = target_.upgrade();
+            if (upgrade == Upgrade::events && !server_->events) {
+                upgrade = Upgrade::none;
+            }
+            if (upgrade == Upgrade::none) {
+                return write(error_response(
+                    {Errc::bad_request, "this route does not accept a protocol upgrade"}));
+            }
+            if (!target_.permitted()) {
+                return server_->router.run(target_, std::move(req), std::move(answer));
+            }
+            bool bad_version = false;
+            if (Status st = check_websocket_handshake(msg, bad_version); !st) {
+                auto res = error_response(st);
+                if (bad_version) {
+                    res.headers.emplace_back("Sec-WebSocket-Version", "13");
+                }
+                return write(std::move(res));
+            }
+            // A browser's page may open a WebSocket to any site: only this server's own origin
+            // and the allowed ones may (cross-site WebSocket hijacking).
+            auto origin = msg[http::field::origin];
+            auto host = msg[http::field::host];
+            if (Status st = check_origin({origin.data(), origin.size()},
+                                         std::is_same_v<Stream, TlsStream> ? "https" : "http",
+                                         {host.data(), host.size()}, server_->allowed_origins);
+                !st) {
+                return write(error_response(st));
+            }
+            switch (upgrade) {
+                case Upgrade::events:
+                    return upgrade_events(req);
+                case Upgrade::channel:
+                    return upgrade_channel(std::move(req));
+                case Upgrade::none:
+                    break;
+            }
+            return;
         }
         req.body = std::move(msg.body());
-        server_->router.dispatch(std::move(req), [self = this->shared_from_this()](Response res) {
-            self->write(std::move(res));
-        });
+        server_->router.run(target_, std::move(req), std::move(answer));
     }
 
     void upgrade_events(const Request& req) {
@@ -251,7 +540,21 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         server_->events->start(std::move(stream_), parser_->release(), std::move(filter), since);
     }
 
-    void write(Response res) {
+    void upgrade_channel(Request req) {
+        timer_.cancel();
+        server_->router.upgrade(
+            target_, std::move(req),
+            [self = this->shared_from_this()](Response res) { self->write(std::move(res)); },
+            [self = this->shared_from_this()](std::shared_ptr<WsChannel> channel,
+                                              WsOptions options) {
+                // The WebSocket session takes the connection over; this one ends here.
+                self->timer_.cancel();
+                start_ws_channel(std::move(self->stream_), self->parser_->release(),
+                                 std::move(channel), std::move(options));
+            });
+    }
+
+    std::shared_ptr<http::response<http::string_body>> prepare(Response res) const {
         auto out = std::make_shared<http::response<http::string_body>>(
             static_cast<http::status>(res.status), 11);
         out->set(http::field::server, "hangard/" HANGAR_VERSION);
@@ -262,22 +565,55 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         out->body() = std::move(res.body);
         out->keep_alive(keep_alive_);
         out->prepare_payload();
+        return out;
+    }
+
+    void write(Response res) {
+        answering_ = true;
+        auto out = prepare(std::move(res));
         arm(server_->limits.read_timeout);
         http::async_write(
             stream_, *out,
             [self = this->shared_from_this(), out](boost::system::error_code ec, size_t) {
-                if (ec || !self->keep_alive_ || self->server_->closed) {
+                if (ec) {
                     return self->close();
                 }
+                if (!self->keep_alive_ || self->server_->closed) {
+                    return self->linger();
+                }
+                self->answering_ = false;
                 self->read(self->server_->limits.idle_timeout);
+            });
+    }
+
+    // After a last answer: stop sending, then drop what the client still sends until it
+    // closes (or for a second). Closing with unread input would reset the connection, and
+    // the client could lose the answer (what Apache calls a lingering close).
+    void linger() {
+        boost::system::error_code ec;
+        lowest(stream_).shutdown(boost::asio::socket_base::shutdown_send, ec);
+        if (ec) {
+            return close();
+        }
+        arm(kLinger);
+        drain();
+    }
+
+    void drain() {
+        lowest(stream_).async_read_some(
+            boost::asio::buffer(server_->scratch),
+            [self = this->shared_from_this()](boost::system::error_code ec, size_t) {
+                if (ec) {
+                    return self->close();
+                }
+                self->drain();
             });
     }
 
     void close() {
         timer_.cancel();
         boost::system::error_code ec;
-        lowest(stream_).shutdown(std::remove_reference_t<decltype(lowest(stream_))>::shutdown_both,
-                                 ec);
+        lowest(stream_).shutdown(boost::asio::socket_base::shutdown_both, ec);
         lowest(stream_).close(ec);
     }
 
@@ -287,44 +623,59 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     boost::beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::string_body>> parser_;
     std::optional<core::Caller> peer_caller_;
-    std::string cert_fingerprint_;  // of the TLS peer certificate, when it sent one
+    ConnectionBudget::Slot slot_;      // pending (by address) or open (by uid)
+    std::optional<Response> refusal_;  // what a refused connection is answered
+    Request req_;                      // the request being read, from its header
+    Router::Target target_;            // its route, resolved from the header
+    std::string cert_fingerprint_;     // of the TLS peer certificate, when it sent one
+    bool pending_ = false;             // TCP, not authenticated yet
+    bool answering_ = false;           // a request is in: the deadline is no longer auth's
     bool keep_alive_ = true;
 };
 
 }  // namespace
 
-bool HttpServer::Impl::in_admin_group(local::socket& sock, unsigned gid) const {
-    if (!admin_gid) {
-        return false;
-    }
-    if (gid == *admin_gid) {
-        return true;
-    }
+// The peer's groups as the kernel recorded them at connect (its primary group first).
+std::vector<unsigned> HttpServer::Impl::peer_groups(local::socket& sock, unsigned gid) const {
     std::vector<gid_t> groups(64);
     socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-    if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0 &&
-        errno == ERANGE) {
+    int rc = getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len);
+    if (rc != 0 && errno == ERANGE) {  // `len` is the size it needs
         groups.resize(len / sizeof(gid_t) + 1);
         len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-        if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) {
-            return false;
-        }
+        rc = getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len);
     }
-    groups.resize(len / sizeof(gid_t));
-    return std::find(groups.begin(), groups.end(), *admin_gid) != groups.end();
+    groups.resize(rc == 0 ? len / sizeof(gid_t) : 0);
+    std::vector<unsigned> out{gid};
+    out.insert(out.end(), groups.begin(), groups.end());
+    return out;
 }
 
-bool HttpServer::Impl::admit(const boost::system::error_code& ec) const {
-    if (ec) {
-        spdlog::warn("api: accept failed: {}", ec.message());
-        return false;
+void HttpServer::Impl::accept_failed(const boost::system::error_code& ec,
+                                     boost::asio::steady_timer& retry, void (Impl::*again)()) {
+    spdlog::warn("api: accept failed: {}; accepting again in 100 ms", ec.message());
+    retry.expires_after(std::chrono::milliseconds(100));
+    retry.async_wait([self = shared_from_this(), again](boost::system::error_code e) {
+        if (!e && !self->closed) {
+            ((*self).*again)();
+        }
+    });
+}
+
+void HttpServer::Impl::note_refusal(const char* listener, const char* reason,
+                                    const std::string& what) {
+    ++refusals[{listener, reason}];
+    auto now = std::chrono::steady_clock::now();
+    auto& [at, since] = last_warn[listener];
+    ++since;
+    if (at == std::chrono::steady_clock::time_point{} || now - at >= std::chrono::seconds(10)) {
+        spdlog::warn("api: {} connection refused ({}): {}; {} refused since the last such line",
+                     listener, reason, what, since);
+        at = now;
+        since = 0;
+    } else {
+        spdlog::debug("api: {} connection refused ({}): {}", listener, reason, what);
     }
-    if (sessions >= limits.max_connections) {
-        spdlog::warn("api: connection limit ({}) reached; refusing a connection",
-                     limits.max_connections);
-        return false;
-    }
-    return true;
 }
 
 void HttpServer::Impl::accept_unix() {
@@ -333,13 +684,32 @@ void HttpServer::Impl::accept_unix() {
         if (self->closed) {
             return;
         }
-        if (self->admit(ec)) {
-            ucred cred{};
-            socklen_t len = sizeof cred;
-            if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-                core::Caller caller{cred.uid, cred.uid == 0 || self->in_admin_group(sock, cred.gid),
-                                    true};
-                std::make_shared<Session<local::socket>>(self, std::move(sock), caller)->start();
+        if (ec) {
+            return self->accept_failed(ec, self->unix_retry, &Impl::accept_unix);
+        }
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+            bool admin = cred.uid == 0 ||
+                         (self->admins &&
+                          self->admins->peer_is_admin(cred.uid, self->peer_groups(sock, cred.gid)));
+            core::Caller caller{cred.uid, admin, true};
+            ConnectionBudget::Slot slot;
+            auto why = self->unix_budget.take(std::to_string(cred.uid), caller.admin, slot);
+            if (why == ConnectionBudget::Refusal::none) {
+                std::make_shared<Session<local::socket>>(self, std::move(sock), caller,
+                                                         std::move(slot), false)
+                    ->start();
+            } else {
+                std::string message = refusal_message(why, cred.uid, self->unix_budget.limits());
+                self->note_refusal("unix", reason_name(why, false), message);
+                // Answered 503, unless so many are being answered already.
+                if (self->refusing < self->limits.refusing) {
+                    std::make_shared<Session<local::socket>>(
+                        self, std::move(sock), caller, ConnectionBudget::Slot{}, false,
+                        error_response({Errc::unavailable, message}))
+                        ->start();
+                }
             }
         }
         self->accept_unix();
@@ -352,17 +722,32 @@ void HttpServer::Impl::accept_tcp() {
             if (self->closed) {
                 return;
             }
-            if (self->admit(ec)) {
-                boost::system::error_code ignored;
-                sock.set_option(tcp::no_delay(true), ignored);
-                if (self->tls) {
-                    std::make_shared<Session<TlsStream>>(
-                        self, TlsStream(std::move(sock), *self->tls), std::nullopt)
-                        ->start();
-                } else {
-                    std::make_shared<Session<tcp::socket>>(self, std::move(sock), std::nullopt)
-                        ->start();
-                }
+            if (ec) {
+                return self->accept_failed(ec, self->tcp_retry, &Impl::accept_tcp);
+            }
+            boost::system::error_code ignored;
+            std::string address = sock.remote_endpoint(ignored).address().to_string();
+            ConnectionBudget::Slot slot;
+            auto why = self->pending_budget.take(address, false, slot);
+            if (why != ConnectionBudget::Refusal::none) {
+                // Nothing is known about this client yet: no TLS handshake, no answer; closed.
+                self->note_refusal(
+                    "tcp", reason_name(why, true),
+                    "too many connections not yet authenticated" +
+                        std::string(why == ConnectionBudget::Refusal::per_key ? " from " + address
+                                                                              : ""));
+                sock.close(ignored);
+                return self->accept_tcp();
+            }
+            sock.set_option(tcp::no_delay(true), ignored);
+            if (self->tls) {
+                std::make_shared<Session<TlsStream>>(self, TlsStream(std::move(sock), *self->tls),
+                                                     std::nullopt, std::move(slot), true)
+                    ->start();
+            } else {
+                std::make_shared<Session<tcp::socket>>(self, std::move(sock), std::nullopt,
+                                                       std::move(slot), true)
+                    ->start();
             }
             self->accept_tcp();
         });
@@ -376,7 +761,8 @@ HttpServer::~HttpServer() {
     close();
 }
 
-Status HttpServer::listen_unix(const std::string& path) {
+Status HttpServer::listen_unix(const std::string& path, unsigned mode,
+                               std::optional<unsigned> gid) {
     boost::system::error_code ec;
     struct stat st {};
     if (lstat(path.c_str(), &st) == 0) {
@@ -388,7 +774,17 @@ Status HttpServer::listen_unix(const std::string& path) {
     auto& a = impl_->unix_acceptor;
     a.open(local(), ec);
     if (!ec) {
+        // Created 0600 (one thread: nothing else runs under this umask), then given its group
+        // and mode before anyone can connect: it is never reachable more widely than `mode`.
+        mode_t old = umask(0177);
         a.bind(local::endpoint(path), ec);
+        umask(old);
+    }
+    if (!ec && gid && chown(path.c_str(), static_cast<uid_t>(-1), *gid) != 0) {
+        ec.assign(errno, boost::system::system_category());
+    }
+    if (!ec && chmod(path.c_str(), mode) != 0) {
+        ec.assign(errno, boost::system::system_category());
     }
     if (!ec) {
         a.listen(boost::asio::socket_base::max_listen_connections, ec);
@@ -396,7 +792,6 @@ Status HttpServer::listen_unix(const std::string& path) {
     if (ec) {
         return {Errc::internal, "cannot listen on " + path + ": " + ec.message()};
     }
-    chmod(path.c_str(), 0660);
     impl_->accept_unix();
     return {};
 }
@@ -476,12 +871,18 @@ uint16_t HttpServer::bound_port() const {
     return ec ? 0 : ep.port();
 }
 
-void HttpServer::set_admin_gid(std::optional<unsigned> gid) {
-    impl_->admin_gid = gid;
+void HttpServer::set_admins(const core::AdminGroup* admins) {
+    impl_->admins = admins;
+}
+
+void HttpServer::set_allowed_origins(std::vector<std::string> origins) {
+    impl_->allowed_origins = std::move(origins);
 }
 
 void HttpServer::close() {
     impl_->closed = true;
+    impl_->unix_retry.cancel();
+    impl_->tcp_retry.cancel();
     boost::system::error_code ec;
     impl_->unix_acceptor.close(ec);
     impl_->tcp_acceptor.close(ec);
@@ -489,6 +890,14 @@ void HttpServer::close() {
 
 size_t HttpServer::connections() const {
     return impl_->sessions;
+}
+
+std::vector<RefusedConnections> HttpServer::refused() const {
+    std::vector<RefusedConnections> out;
+    for (const auto& [key, n] : impl_->refusals) {
+        out.push_back({key.first, key.second, n});
+    }
+    return out;
 }
 
 }  // namespace hangar::api

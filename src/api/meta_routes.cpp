@@ -24,17 +24,13 @@ size_t probe(const std::function<size_t()>& fn) {
 
 void register_meta_routes(Router& router, core::Machines& machines,
                           const core::Credentials& credentials, const Probes& probes) {
-    router.add("GET", "/v1/openapi.json", [](Request&, Respond respond) {
+    router.add("GET", "/v1/openapi.json", Access::user, [](Request&, Respond respond) {
         respond(json_response(200, std::string(openapi_document())));
     });
 
     router.add(
-        "GET", "/v1/metrics",
-        [&router, &machines, &credentials, &probes](Request& req, Respond respond) {
-            if (!req.caller.admin) {
-                return respond(
-                    error_response({Errc::forbidden, "metrics are for root and the admin group"}));
-            }
+        "GET", "/v1/metrics", Access::admin,
+        [&router, &machines, &credentials, &probes](Request&, Respond respond) {
             std::string out;
             metrics::header(out, "hangar_machines", "gauge", "Machines by state and type");
             std::map<std::pair<std::string, std::string>, int> by_state;
@@ -62,6 +58,15 @@ void register_meta_routes(Router& router, core::Machines& machines,
                   "Event subscribers closed for being too slow", probe(probes.subscribers_dropped));
             gauge(out, "hangar_api_connections", "gauge", "Open API connections",
                   probe(probes.connections));
+            metrics::header(out, "hangar_api_connections_refused_total", "counter",
+                            "API connections refused by a connection budget, or closed for "
+                            "not authenticating in time, by listener and reason");
+            if (probes.connections_refused) {
+                for (const auto& r : probes.connections_refused()) {
+                    out += "hangar_api_connections_refused_total{listener=\"" + r.listener +
+                           "\",reason=\"" + r.reason + "\"} " + std::to_string(r.count) + "\n";
+                }
+            }
             gauge(out, "hangar_images", "gauge", "Local images", probe(probes.images));
             gauge(out, "hangar_image_pulls_running", "gauge", "Image pulls and imports under way",
                   probe(probes.image_pulls_running));
@@ -74,6 +79,9 @@ void register_meta_routes(Router& router, core::Machines& machines,
             gauge(out, "hangar_tokens", "gauge", "API tokens", credentials.count(core::kToken));
             gauge(out, "hangar_client_certificates", "gauge", "Trusted TLS client certificates",
                   credentials.count(core::kCertificate));
+            for (const auto& render : probes.more) {
+                render(out);
+            }
             router.render_metrics(out);
             metrics::header(out, "hangar_qmp_command_duration_seconds", "histogram",
                             "Time from sending a QMP command to its reply");

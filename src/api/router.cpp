@@ -1,8 +1,10 @@
 #include "api/router.hpp"
 
 #include <chrono>
+#include <exception>
 
 #include "util/json.hpp"
+#include "util/reactor.hpp"
 
 namespace hangar::api {
 
@@ -68,13 +70,7 @@ Response json_response(int status, std::string body) {
 
 Response error_response(const Status& st) {
     json::Writer w;
-    w.begin_object()
-        .key("error")
-        .begin_object()
-        .field("code", errc_name(st.code()))
-        .field("message", st.message())
-        .end_object()
-        .end_object();
+    w.begin_object().field("error", st).end_object();
     return json_response(http_status(st.code()), w.take());
 }
 
@@ -114,18 +110,57 @@ bool parse_target(const std::string& target, std::string& path,
     return true;
 }
 
-void Router::add(std::string method, std::string pattern, Handler handler) {
-    auto segments = split_path(pattern);
-    routes_.push_back(
-        {std::move(method), std::move(pattern), std::move(segments), std::move(handler)});
+std::string_view to_string(Access a) {
+    switch (a) {
+        case Access::anonymous:
+            return "anonymous";
+        case Access::user:
+            return "user";
+        case Access::local:
+            return "local";
+        case Access::admin:
+            return "admin";
+    }
+    return "user";
 }
 
-std::vector<std::pair<std::string, std::string>> Router::routes() const {
-    std::vector<std::pair<std::string, std::string>> out;
+core::Caller anonymous_caller() {
+    return core::Caller{static_cast<uint32_t>(-1), false, false, "anonymous"};
+}
+
+bool is_anonymous(const core::Caller& caller) {
+    return std::string_view(caller.method) == "anonymous";
+}
+
+void Router::add(std::string method, std::string pattern, Access access, Handler handler) {
+    add_upgrade(std::move(method), std::move(pattern), access, Upgrade::none, std::move(handler));
+}
+
+void Router::add_upgrade(std::string method, std::string pattern, Access access, Upgrade upgrade,
+                         Handler handler) {
+    auto segments = split_path(pattern);
+    routes_.push_back({{std::move(method), std::move(pattern), access, upgrade},
+                       std::move(segments),
+                       std::move(handler),
+                       nullptr});
+}
+
+void Router::add_channel(std::string method, std::string pattern, Access access,
+                         ChannelHandler on_upgrade, Handler plain) {
+    add_upgrade(std::move(method), std::move(pattern), access, Upgrade::channel, std::move(plain));
+    routes_.back().on_upgrade = std::move(on_upgrade);
+}
+
+std::vector<RouteInfo> Router::routes() const {
+    std::vector<RouteInfo> out;
     for (const auto& r : routes_) {
-        out.emplace_back(r.method, r.pattern);
+        out.push_back(r.info);
     }
     return out;
+}
+
+Upgrade Router::Target::upgrade() const {
+    return route ? route->info.upgrade : Upgrade::none;
 }
 
 Respond Router::measured(const std::string& key, Respond respond) const {
@@ -168,7 +203,37 @@ void Router::render_metrics(std::string& out) const {
     }
 }
 
-void Router::dispatch(Request req, Respond respond) const {
+namespace {
+Response unauthorized(const Request& req) {
+    auto res = error_response({Errc::unauthorized, req.unauthenticated.empty()
+                                                       ? "this request needs credentials"
+                                                       : req.unauthenticated});
+    res.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"hangar\"");
+    return res;
+}
+}  // namespace
+
+// The one place where access levels are enforced.
+std::optional<Response> Router::refusal(const Route& route, const Request& req) const {
+    const RouteInfo& r = route.info;
+    if (r.access == Access::anonymous) {
+        return std::nullopt;
+    }
+    if (is_anonymous(req.caller)) {
+        return unauthorized(req);
+    }
+    if (r.access == Access::local && !req.caller.local) {
+        return error_response(
+            {Errc::forbidden, r.method + " " + r.pattern + " is served over the unix socket only"});
+    }
+    if (r.access == Access::admin && !req.caller.admin) {
+        return error_response(
+            {Errc::forbidden, r.method + " " + r.pattern + " is for root and the admin group"});
+    }
+    return std::nullopt;
+}
+
+Router::Target Router::resolve(Request& req) const {
     auto segments = split_path(req.path);
     std::string allowed;
     for (const auto& r : routes_) {
@@ -190,24 +255,71 @@ void Router::dispatch(Request req, Respond respond) const {
         if (!match) {
             continue;
         }
-        if (r.method != req.method) {
-            allowed += (allowed.empty() ? "" : ", ") + r.method;
+        if (r.info.method != req.method) {
+            allowed += (allowed.empty() ? "" : ", ") + r.info.method;
             continue;
         }
         req.params = std::move(params);
-        r.handler(req, measured(r.method + " " + r.pattern, std::move(respond)));
-        return;
+        return Target{&r, refusal(r, req)};
     }
-    respond = measured("unmatched", std::move(respond));
-    if (!allowed.empty()) {
-        auto res = error_response({Errc::method_not_allowed, "method " + req.method +
-                                                                 " is not allowed on " + req.path +
-                                                                 " (allowed: " + allowed + ")"});
-        res.headers.emplace_back("Allow", allowed);
-        respond(std::move(res));
-        return;
+    Target t;
+    if (is_anonymous(req.caller)) {
+        // What exists is not told to a caller nobody stands for.
+        t.refusal = unauthorized(req);
+    } else if (!allowed.empty()) {
+        t.refusal = error_response({Errc::method_not_allowed, "method " + req.method +
+                                                                  " is not allowed on " + req.path +
+                                                                  " (allowed: " + allowed + ")"});
+        t.refusal->headers.emplace_back("Allow", allowed);
+    } else {
+        t.refusal =
+            error_response({Errc::not_found, "no route for " + req.method + " " + req.path});
     }
-    respond(error_response({Errc::not_found, "no route for " + req.method + " " + req.path}));
+    return t;
+}
+
+void Router::run(const Target& target, Request req, Respond respond) const {
+    if (!target.route) {
+        return measured("unmatched", std::move(respond))(*target.refusal);
+    }
+    const RouteInfo& r = target.route->info;
+    respond = measured(r.method + " " + r.pattern, std::move(respond));
+    if (target.refusal) {
+        return respond(*target.refusal);
+    }
+    try {
+        target.route->handler(req, std::move(respond));
+    } catch (...) {
+        // Never a 500: expected failures are Status values, so an exception is a bug that
+        // may have left the core half-updated. It goes on to the reactor, which ends the
+        // daemon (util/reactor.hpp); this adds where it came from.
+        std::throw_with_nested(reactor::EscapedFrom("handler of " + r.method + " " + r.pattern));
+    }
+}
+
+void Router::upgrade(const Target& target, Request req, Respond refuse, Accept accept) const {
+    if (!target.permitted() || !target.route->on_upgrade) {
+        return run(target, std::move(req), std::move(refuse));
+    }
+    const RouteInfo& r = target.route->info;
+    std::string key = r.method + " " + r.pattern;
+    refuse = measured(key, std::move(refuse));
+    accept = [this, key, accept = std::move(accept)](std::shared_ptr<WsChannel> channel,
+                                                     WsOptions options) {
+        ++stats_[key].by_status[101];
+        accept(std::move(channel), std::move(options));
+    };
+    try {
+        target.route->on_upgrade(req, std::move(refuse), std::move(accept));
+    } catch (...) {
+        std::throw_with_nested(
+            reactor::EscapedFrom("upgrade handler of " + r.method + " " + r.pattern));
+    }
+}
+
+void Router::dispatch(Request req, Respond respond) const {
+    Target target = resolve(req);
+    run(target, std::move(req), std::move(respond));
 }
 
 }  // namespace hangar::api

@@ -29,6 +29,9 @@
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
 
+#include "cli/connection.hpp"
+#include "cli/terminal_session.hpp"
+#include "core/spec_codec.hpp"
 #include "util/json.hpp"
 
 namespace http = boost::beast::http;
@@ -36,6 +39,8 @@ namespace websocket = boost::beast::websocket;
 using local = boost::asio::local::stream_protocol;
 using tcp = boost::asio::ip::tcp;
 namespace ssl = boost::asio::ssl;
+using hangar::cli::Connector;
+using hangar::cli::Target;
 
 namespace {
 
@@ -45,6 +50,7 @@ const char* kUsage =
     "commands:\n"
     "  info                         server information\n"
     "  list [--state S] [--type T]  machines\n"
+    "       [--limit N [--after NAME]]  one page: N machines named after NAME\n"
     "  create NAME [--cpus N] [--memory MIB] [--kernel F] [--initrd F] [--cmdline S]\n"
     "              [--disk F] [--description S] [--autostart]\n"
     "              [--type container --image IMAGE [-- COMMAND ARGS...]]\n"
@@ -52,11 +58,18 @@ const char* kUsage =
     "  exec NAME [--env K=V]... [--cwd DIR] [--timeout S] -- COMMAND ARGS...\n"
     "                               run in a container (its root file system when stopped);\n"
     "                               exits with the command's exit status\n"
+    "  exec -it NAME [--env K=V]... [--cwd DIR] -- COMMAND ARGS...\n"
+    "                               the same on a terminal (pty, window size) in a running\n"
+    "                               container; Ctrl-] leaves\n"
     "  show NAME                    one machine\n"
     "  start|kill|pause|resume NAME\n"
     "  stop NAME [--timeout S]      graceful: ACPI power button, forced after S seconds\n"
     "  restart NAME [--timeout S] [--reset]\n"
     "  delete NAME [--force]\n"
+    "  console NAME [--readonly] [--from OFFSET]\n"
+    "                               the live serial console (scrollback first, from byte\n"
+    "                               OFFSET if given); Ctrl-] leaves; without a terminal on\n"
+    "                               stdin, its end leaves once the output is quiet for 1 s\n"
     "  console-log NAME [--tail BYTES]\n"
     "  events [--since SEQ] [--types a,b] [--machine NAME]   live tail\n"
     "  token create NAME | token list | token revoke NAME   (over the unix socket)\n"
@@ -67,6 +80,8 @@ const char* kUsage =
     "                               pull a container root file system; waits for it\n"
     "  image import NAME FILE       a local rootfs tarball or squashfs\n"
     "  image remote SERVER [--type simplestreams|lxc]   what a server offers\n"
+    "  operation show ID | operation cancel ID\n"
+    "                               an operation; cancel a running image pull or import\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
 
 struct UsageError {
@@ -110,34 +125,11 @@ simdjson::dom::parser& parser() {
     return p;
 }
 
-// Where hangard is: its unix socket, or an HTTPS/HTTP URL with a token.
-struct Target {
-    std::string socket;
-    std::string host, port;
-    bool tls = false, insecure = false;
-    std::string token;
-    std::string cert, key;  // a TLS client certificate and its key (PEM files)
-};
-
 class Client {
   public:
-    explicit Client(Target t) : t_(std::move(t)), tls_ctx_(ssl::context::tls_client) {
-        if (t_.tls) {
-            tls_ctx_.set_default_verify_paths();
-            tls_ctx_.set_verify_mode(t_.insecure ? ssl::verify_none : ssl::verify_peer);
-            if (!t_.cert.empty()) {
-                boost::system::error_code ec;
-                tls_ctx_.use_certificate_chain_file(t_.cert, ec);
-                if (ec) {
-                    throw std::runtime_error("cannot load " + t_.cert + ": " + ec.message());
-                }
-                tls_ctx_.use_private_key_file(t_.key, ssl::context::pem, ec);
-                if (ec) {
-                    throw std::runtime_error("cannot load " + t_.key + ": " + ec.message());
-                }
-            }
-        }
-    }
+    explicit Client(Target t) : connector_(io_, std::move(t)) {}
+
+    Connector& connector() { return connector_; }
 
     // Returns the status; throws std::runtime_error when the daemon cannot be reached.
     int call(http::verb method, const std::string& target, const std::string& body,
@@ -161,13 +153,13 @@ class Client {
             http::read(stream, buf, parser);
         };
         if (!t_.socket.empty()) {
-            auto sock = connect_unix();
+            auto sock = connector_.connect_unix();
             exchange(sock);
         } else if (t_.tls) {
-            auto stream = connect_tls();
+            auto stream = connector_.connect_tls();
             exchange(stream);
         } else {
-            auto sock = connect_tcp();
+            auto sock = connector_.connect_tcp();
             exchange(sock);
         }
         out = parser.get().body();
@@ -178,13 +170,13 @@ class Client {
     void events(const std::string& target,
                 const std::function<void(const std::string&)>& on_frame) {
         if (!t_.socket.empty()) {
-            websocket::stream<local::socket> ws(connect_unix());
+            websocket::stream<local::socket> ws(connector_.connect_unix());
             tail(ws, target, on_frame);
         } else if (t_.tls) {
-            websocket::stream<boost::beast::ssl_stream<tcp::socket>> ws(connect_tls());
+            websocket::stream<boost::beast::ssl_stream<tcp::socket>> ws(connector_.connect_tls());
             tail(ws, target, on_frame);
         } else {
-            websocket::stream<tcp::socket> ws(connect_tcp());
+            websocket::stream<tcp::socket> ws(connector_.connect_tcp());
             tail(ws, target, on_frame);
         }
     }
@@ -228,51 +220,9 @@ class Client {
         }
     }
 
-    local::socket connect_unix() {
-        local::socket sock(io_);
-        boost::system::error_code ec;
-        sock.connect(local::endpoint(t_.socket), ec);
-        if (ec) {
-            throw std::runtime_error("cannot connect to hangard at " + t_.socket + ": " +
-                                     ec.message() + " (is it running? see --socket)");
-        }
-        return sock;
-    }
-
-    tcp::socket connect_tcp() {
-        tcp::resolver resolver(io_);
-        tcp::socket sock(io_);
-        boost::system::error_code ec;
-        auto results = resolver.resolve(t_.host, t_.port, ec);
-        if (!ec) {
-            boost::asio::connect(sock, results, ec);
-        }
-        if (ec) {
-            throw std::runtime_error("cannot connect to hangard at " + t_.host + ":" + t_.port +
-                                     ": " + ec.message());
-        }
-        return sock;
-    }
-
-    boost::beast::ssl_stream<tcp::socket> connect_tls() {
-        boost::beast::ssl_stream<tcp::socket> stream(connect_tcp(), tls_ctx_);
-        SSL_set_tlsext_host_name(stream.native_handle(), t_.host.c_str());
-        if (!t_.insecure) {
-            stream.set_verify_callback(ssl::host_name_verification(t_.host));
-        }
-        boost::system::error_code ec;
-        stream.handshake(ssl::stream_base::client, ec);
-        if (ec) {
-            throw std::runtime_error(
-                "TLS handshake with " + t_.host + " failed: " + ec.message() +
-                (t_.insecure ? "" : " (a self-signed server needs --insecure)"));
-        }
-        return stream;
-    }
-
-    Target t_;
     boost::asio::io_context io_;
-    ssl::context tls_ctx_;
+    Connector connector_;
+    const Target& t_ = connector_.target();
 };
 
 std::string str(simdjson::dom::element e, const char* key) {
@@ -528,7 +478,7 @@ int run(int argc, char** argv) {
         return 0;
     }
     if (cmd == "list") {
-        auto a = parse_args(args, {"--state", "--type"}, {});
+        auto a = parse_args(args, {"--state", "--type", "--limit", "--after"}, {});
         if (!a.pos.empty()) {
             throw UsageError{"list takes no arguments"};
         }
@@ -555,6 +505,9 @@ int run(int argc, char** argv) {
                             str(m, "state_reason")});
         }
         print_table({"NAME", "TYPE", "STATE", "CPUS", "MEMORY", "PID", "REASON"}, rows);
+        if (std::string_view next; doc["next"].get(next) == simdjson::SUCCESS) {
+            std::cerr << "more: hangarctl list --after " << next << "\n";
+        }
         return 0;
     }
     if (cmd == "create") {
@@ -565,51 +518,92 @@ int run(int argc, char** argv) {
         if (a.pos.size() != 1) {
             throw UsageError{"create needs exactly one NAME"};
         }
-        hangar::json::Writer w;
-        w.begin_object().field("name", a.pos[0]);
-        if (a.opt.count("--type"))
-            w.field("type", a.opt["--type"]);
-        if (a.opt.count("--cpus"))
-            w.field("cpus", to_number("--cpus", a.opt["--cpus"]));
-        if (a.opt.count("--memory"))
-            w.field("memory_mib", to_number("--memory", a.opt["--memory"]));
-        if (a.opt.count("--description"))
-            w.field("description", a.opt["--description"]);
-        if (a.opt.count("--image"))
-            w.field("image", a.opt["--image"]);
-        if (a.flags.count("--autostart"))
-            w.field("autostart", true);
-        if (a.opt.count("--kernel") || a.opt.count("--initrd") || a.opt.count("--cmdline") ||
-            a.opt.count("--disk") || !a.command.empty()) {
-            w.key("boot").begin_object();
-            for (const char* k : {"kernel", "initrd", "cmdline", "disk"}) {
-                if (a.opt.count(std::string("--") + k)) {
-                    w.field(k, a.opt[std::string("--") + k]);
-                }
+        // The body through the spec codec: the same keys hangard reads.
+        hangar::MachineSpec spec;
+        std::set<std::string> given{"name"};
+        spec.name = a.pos[0];
+        auto take = [&](const char* opt, const char* field, std::string& to) {
+            if (a.opt.count(opt)) {
+                to = a.opt[opt];
+                given.insert(field);
             }
-            if (!a.command.empty()) {
-                w.key("command").begin_array();
-                for (const auto& arg : a.command) {
-                    w.value(arg);
+        };
+        auto take_u32 = [&](const char* opt, const char* field, uint32_t& to) {
+            if (a.opt.count(opt)) {
+                uint64_t n = to_number(opt, a.opt[opt]);
+                if (n > UINT32_MAX) {
+                    throw UsageError{std::string(opt) + " is too large"};
                 }
-                w.end_array();
+                to = static_cast<uint32_t>(n);
+                given.insert(field);
             }
-            w.end_object();
+        };
+        take("--type", "type", spec.type);
+        take_u32("--cpus", "cpus", spec.cpus);
+        take_u32("--memory", "memory_mib", spec.memory_mib);
+        take("--description", "description", spec.description);
+        take("--image", "image", spec.image);
+        if (a.flags.count("--autostart")) {
+            spec.autostart = true;
+            given.insert("autostart");
         }
-        w.end_object();
-        if (int rc = request(http::verb::post, "/v1/machines", w.str(), &doc)) {
+        take("--kernel", "boot", spec.boot.kernel);
+        take("--initrd", "boot", spec.boot.initrd);
+        take("--cmdline", "boot", spec.boot.cmdline);
+        take("--disk", "boot", spec.boot.disk);
+        if (!a.command.empty()) {
+            spec.boot.command = a.command;
+            given.insert("boot");
+        }
+        std::string body = hangar::core::encode_spec(spec, given);
+        if (int rc = request(http::verb::post, "/v1/machines", body, &doc)) {
             return rc;
         }
         return show_machine();
     }
+    if (cmd == "console") {
+        auto a = parse_args(args, {"--from"}, {"--readonly"});
+        auto name = need_name(a);
+        std::string q;
+        if (a.opt.count("--from"))
+            q += "&from=" + std::to_string(to_number("--from", a.opt["--from"]));
+        if (a.flags.count("--readonly"))
+            q += "&readonly=true";
+        if (!q.empty()) {
+            q[0] = '?';
+        }
+        hangar::cli::TerminalOptions o;
+        o.path = "/v1/machines/" + name + "/console" + q;
+        o.machine = a.pos[0];
+        o.readonly = a.flags.count("--readonly") != 0;
+        return hangar::cli::run_terminal(client.connector(), o);
+    }
     if (cmd == "exec") {
+        // -it: the command on a pty, the terminal attached to it.
+        bool interactive = false;
+        for (auto it = args.begin(); it != args.end() && *it != "--";) {
+            if (*it == "-it" || *it == "-ti" || *it == "--interactive") {
+                interactive = true;
+                it = args.erase(it);
+            } else {
+                ++it;
+            }
+        }
         auto a = parse_args(args, {"--env", "--cwd", "--timeout"}, {});
         auto name = need_name(a);
         if (a.command.empty()) {
             throw UsageError{"exec needs a command after --"};
         }
         hangar::json::Writer w;
-        w.begin_object().key("command").begin_array();
+        w.begin_object();
+        if (interactive) {
+            auto size = hangar::cli::terminal_size().value_or(hangar::cli::TerminalSize{80, 24});
+            w.field("interactive", true).key("tty").begin_object();
+            w.field("cols", static_cast<uint64_t>(size.cols))
+                .field("rows", static_cast<uint64_t>(size.rows))
+                .end_object();
+        }
+        w.key("command").begin_array();
         for (const auto& arg : a.command) {
             w.value(arg);
         }
@@ -632,6 +626,17 @@ int run(int argc, char** argv) {
         w.end_object();
         if (int rc = request(http::verb::post, "/v1/machines/" + name + "/exec", w.str(), &doc)) {
             return rc;
+        }
+        if (interactive) {
+            hangar::cli::TerminalOptions o;
+            o.path = str(doc, "url");
+            o.machine = a.pos[0];
+            o.exec = true;
+            if (o.path.empty()) {
+                std::cerr << "hangarctl: unexpected answer from hangard: " << out << "\n";
+                return 1;
+            }
+            return hangar::cli::run_terminal(client.connector(), o);
         }
         if (as_json) {
             std::cout << out << "\n";
@@ -961,6 +966,19 @@ int run(int argc, char** argv) {
         throw UsageError{
             "image list | image show NAME | image delete NAME | image pull SERVER ALIAS "
             "[--type T] [--name NAME] | image import NAME FILE | image remote SERVER [--type T]"};
+    }
+    if (cmd == "operation") {
+        auto a = parse_args(args, {}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        if ((sub == "show" || sub == "cancel") && a.pos.size() == 2) {
+            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
+            if (int rc = request(verb, "/v1/operations/" + url_encode(a.pos[1]), "", &doc)) {
+                return rc;
+            }
+            std::cout << (as_json ? out : str(doc, "id") + ": " + str(doc, "status")) << "\n";
+            return 0;
+        }
+        throw UsageError{"operation show ID | operation cancel ID"};
     }
     throw UsageError{"unknown command " + cmd};
 }

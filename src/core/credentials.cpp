@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "hangar/names.hpp"
+#include "util/reactor.hpp"
 #include "util/sha256.hpp"
 #include "util/time.hpp"
 
@@ -40,7 +41,7 @@ Status check_managed(const Caller& caller, std::string_view kind, const std::str
 }
 }  // namespace
 
-Credentials::Credentials(store::Db& db) : db_(db) {
+Credentials::Credentials(store::Db& db, const AdminGroup* admins) : db_(db), admins_(admins) {
     for (auto& row : db_.load_credentials()) {
         hash_by_name_[row.name] = row.hash;
         by_hash_.emplace(row.hash, std::move(row));
@@ -49,6 +50,7 @@ Credentials::Credentials(store::Db& db) : db_(db) {
 
 Status Credentials::add(const Caller& caller, std::string_view kind, const std::string& name,
                         std::string hash, store::CredentialRow& row) {
+    HANGAR_ASSERT_REACTOR();
     if (Status st = check_managed(caller, kind, name); !st) {
         return st;
     }
@@ -65,7 +67,8 @@ Status Credentials::add(const Caller& caller, std::string_view kind, const std::
         return {Errc::conflict, "uid " + std::to_string(caller.uid) + " already has " +
                                     std::to_string(owned) + " tokens and certificates (the limit)"};
     }
-    row = {name, std::string(kind), std::move(hash), caller.uid, caller.admin, now_rfc3339()};
+    row = {name,       std::string(kind),    std::move(hash),
+           caller.uid, is_admin(caller.uid), now_rfc3339()};
     db_.insert_credential(row);
     if (!db_.flush()) {
         return {Errc::internal, "the store could not record the " + std::string(kind)};
@@ -78,6 +81,7 @@ Status Credentials::add(const Caller& caller, std::string_view kind, const std::
 
 Status Credentials::create_token(const Caller& caller, const std::string& name, std::string& token,
                                  store::CredentialRow& row) {
+    HANGAR_ASSERT_REACTOR();
     std::string secret = "hgr_" + random_hex(32);
     if (Status st = add(caller, kToken, name, sha256_hex(secret), row); !st) {
         return st;
@@ -88,6 +92,7 @@ Status Credentials::create_token(const Caller& caller, const std::string& name, 
 
 Status Credentials::add_certificate(const Caller& caller, const std::string& name,
                                     std::string_view fingerprint, store::CredentialRow& row) {
+    HANGAR_ASSERT_REACTOR();
     auto hash = normalize_fingerprint(fingerprint);
     if (!hash) {
         return {Errc::bad_request,
@@ -103,6 +108,7 @@ std::vector<store::CredentialRow> Credentials::list(const Caller& caller,
     for (const auto& [h, c] : by_hash_) {
         if (c.kind == kind && (caller.admin || c.uid == caller.uid)) {
             out.push_back(c);
+            out.back().admin = is_admin(c.uid);
             if (kind == kToken) {
                 out.back().hash.clear();
             }
@@ -113,6 +119,7 @@ std::vector<store::CredentialRow> Credentials::list(const Caller& caller,
 }
 
 Status Credentials::remove(const Caller& caller, std::string_view kind, const std::string& name) {
+    HANGAR_ASSERT_REACTOR();
     if (Status st = check_managed(caller, kind, name); !st) {
         return st;
     }
@@ -137,7 +144,9 @@ std::optional<Caller> Credentials::find(std::string_view kind, const std::string
     if (it == by_hash_.end() || it->second.kind != kind) {
         return std::nullopt;
     }
-    return Caller{it->second.uid, it->second.admin, false,
+    // The right of the uid as it is now: a creator who left the admin group takes the admin
+    // right of their tokens with them.
+    return Caller{it->second.uid, is_admin(it->second.uid), false,
                   kind == kToken ? "token" : "certificate"};
 }
 

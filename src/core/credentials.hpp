@@ -1,14 +1,16 @@
 #pragma once
 // How HTTPS callers prove who they are: API tokens (shown once, stored only as a SHA-256
 // hash) and trusted TLS client certificates (stored as the SHA-256 fingerprint of their DER
-// form). Both are managed over the unix socket only and act as the uid (and admin right) of
-// whoever registered them. Names are unique across both kinds.
+// form). Both are managed over the unix socket only and act as the uid of whoever registered
+// them, with that uid's admin right as it is at each use (AdminGroup), not as it was at
+// registration. Names are unique across both kinds.
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "core/admin_group.hpp"
 #include "core/machines.hpp"
 #include "hangar/error.hpp"
 #include "store/db.hpp"
@@ -20,7 +22,8 @@ inline constexpr std::string_view kCertificate = "certificate";
 
 class Credentials {
   public:
-    explicit Credentials(store::Db& db);
+    // `admins` decides the admin right at each use; without it only uid 0 is admin.
+    explicit Credentials(store::Db& db, const AdminGroup* admins = nullptr);
 
     // On success `token` holds the secret, which is not kept anywhere.
     Status create_token(const Caller& caller, const std::string& name, std::string& token,
@@ -28,6 +31,7 @@ class Credentials {
     // `fingerprint`: the SHA-256 of the certificate's DER form, hex, colons and case ignored.
     Status add_certificate(const Caller& caller, const std::string& name,
                            std::string_view fingerprint, store::CredentialRow& row);
+    // Each row's `admin` is its uid's right now.
     std::vector<store::CredentialRow> list(const Caller& caller, std::string_view kind) const;
     Status remove(const Caller& caller, std::string_view kind, const std::string& name);
 
@@ -40,8 +44,10 @@ class Credentials {
     Status add(const Caller& caller, std::string_view kind, const std::string& name,
                std::string hash, store::CredentialRow& row);
     std::optional<Caller> find(std::string_view kind, const std::string& hash) const;
+    bool is_admin(uint32_t uid) const { return admins_ ? admins_->is_admin(uid) : uid == 0; }
 
     store::Db& db_;
+    const AdminGroup* admins_;
     std::unordered_map<std::string, store::CredentialRow> by_hash_;
     std::unordered_map<std::string, std::string> hash_by_name_;
 };

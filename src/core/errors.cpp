@@ -36,6 +36,8 @@ std::string_view errc_name(Errc code) {
             return "unavailable";
         case Errc::timeout:
             return "timeout";
+        case Errc::interrupted:
+            return "interrupted";
     }
     return "internal";
 }
@@ -65,6 +67,7 @@ int http_status(Errc code) {
         case Errc::invalid_spec:
             return 422;
         case Errc::internal:
+        case Errc::interrupted:
             return 500;
         case Errc::unavailable:
             return 503;

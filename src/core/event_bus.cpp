@@ -2,6 +2,7 @@
 
 #include "store/db.hpp"
 #include "util/json.hpp"
+#include "util/reactor.hpp"
 #include "util/time.hpp"
 
 namespace hangar::core {
@@ -11,7 +12,8 @@ EventBus::EventBus(store::Db& db, size_t ring_size)
     for (auto& row : db_.load_events_after(seq_ > ring_size ? seq_ - ring_size : 0, ring_size)) {
         ring_.push_back({row.seq, row.type, row.machine, row.owner,
                          std::make_shared<const std::string>(
-                             frame(row.seq, row.time, row.type, row.machine, row.data))});
+                             frame(row.seq, row.time, row.type, row.machine, row.data)),
+                         parse_event_type(row.type), nullptr});
     }
 }
 
@@ -29,15 +31,24 @@ std::string EventBus::frame(uint64_t seq, std::string_view time, std::string_vie
     return w.take();
 }
 
-uint64_t EventBus::publish(std::string_view type, std::string_view machine, uint32_t owner,
-                           std::string_view data_json) {
+uint64_t EventBus::publish(EventPayload payload, std::string_view machine, uint32_t owner) {
+    HANGAR_ASSERT_REACTOR();
     uint64_t seq = ++seq_;
     ++published_;
     std::string time = now_rfc3339_us();
-    Event ev{seq, std::string(type), std::string(machine), owner,
-             std::make_shared<const std::string>(frame(seq, time, type, machine, data_json))};
-    db_.append_event({seq, time, ev.type, ev.machine, std::string(data_json), owner}, ring_size_);
-    ring_.push_back(ev);
+    EventType kind = type_of(payload);
+    std::string_view type = to_string(kind);
+    std::string data_json = event_data(payload);
+    Event ev{seq,
+             std::string(type),
+             std::string(machine),
+             owner,
+             std::make_shared<const std::string>(frame(seq, time, type, machine, data_json)),
+             kind,
+             nullptr};
+    db_.append_event({seq, time, ev.type, ev.machine, std::move(data_json), owner}, ring_size_);
+    ring_.push_back(ev);  // frames only: the ring is for replay
+    ev.payload = std::make_shared<const EventPayload>(std::move(payload));
     if (ring_.size() > ring_size_) {
         ring_.pop_front();
     }
@@ -49,12 +60,14 @@ uint64_t EventBus::publish(std::string_view type, std::string_view machine, uint
 }
 
 uint64_t EventBus::subscribe(Subscriber s) {
+    HANGAR_ASSERT_REACTOR();
     uint64_t id = next_sub_++;
     subscribers_.emplace(id, std::move(s));
     return id;
 }
 
 void EventBus::unsubscribe(uint64_t id) {
+    HANGAR_ASSERT_REACTOR();
     subscribers_.erase(id);
 }
 

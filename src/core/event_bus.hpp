@@ -8,8 +8,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+
+#include "core/event_types.hpp"
 
 namespace hangar::store {
 class Db;
@@ -19,10 +22,21 @@ namespace hangar::core {
 
 struct Event {
     uint64_t seq = 0;
-    std::string type;
+    std::string type;  // the wire name, to_string(*kind)
     std::string machine;
     uint32_t owner = 0;                        // uid owning `machine`
     std::shared_ptr<const std::string> frame;  // the serialized event
+    // Unset only for a stored event of a type this build does not know (a newer hangard's).
+    std::optional<EventType> kind;
+    // What the frame says, typed. Set on the events handed to subscribers as they are
+    // published; the replay ring (and what is read back from the store) keeps frames only.
+    std::shared_ptr<const EventPayload> payload;
+
+    // The payload if it is a T, else nullptr.
+    template <typename T>
+    const T* data() const {
+        return payload ? std::get_if<T>(payload.get()) : nullptr;
+    }
 };
 
 class EventBus {
@@ -30,9 +44,9 @@ class EventBus {
     using Subscriber = std::function<void(const Event&)>;
 
     EventBus(store::Db& db, size_t ring_size);
-    // Records and delivers an event; `data_json` is a serialized object.
-    uint64_t publish(std::string_view type, std::string_view machine, uint32_t owner,
-                     std::string_view data_json);
+    // Records and delivers an event of the payload's type; its frame's data is
+    // event_data(payload).
+    uint64_t publish(EventPayload payload, std::string_view machine, uint32_t owner);
     // Serializes one event frame: {"seq","time","type","machine","data"}.
     static std::string frame(uint64_t seq, std::string_view time, std::string_view type,
                              std::string_view machine, std::string_view data_json);

@@ -1,5 +1,6 @@
 #include "core/images.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,12 +13,15 @@
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "hangar/names.hpp"
 #include "util/json.hpp"
 #include "util/process.hpp"
+#include "util/reactor.hpp"
 #include "util/sha256.hpp"
 #include "util/time.hpp"
+#include "util/user_files.hpp"
 
 namespace hangar::core {
 
@@ -35,6 +39,17 @@ struct Images::Pull {
     Image img;
     std::function<void(const Status&, const Image*)> done;
     std::chrono::steady_clock::time_point last_progress{};
+    // Finished, failed, cancelled or timed out: late callbacks do nothing, and a download
+    // still running (`ctl.cancelled` is this flag) ends at its next read.
+    std::shared_ptr<bool> ended = std::make_shared<bool>(false);
+    Transfer::Control ctl;  // what its downloads may reach
+    // The archive, opened once (a user's file as that user); every step reads this descriptor.
+    UniqueFd archive_fd;
+    // The step's child process (sha256sum, tar, unsquashfs): a way to kill it, and whether it
+    // still runs (a pull that ends meanwhile leaves its directory to the child's end).
+    std::shared_ptr<std::function<void()>> kill_child;
+    bool child_running = false;
+    std::unique_ptr<boost::asio::steady_timer> deadline;
 };
 
 namespace {
@@ -53,15 +68,33 @@ bool printable(std::string_view s) {
     return true;
 }
 
-bool is_squashfs(const std::string& path) {
+bool is_squashfs(int fd) {
     char magic[4] = {};
-    FILE* f = fopen(path.c_str(), "rb");
-    if (!f) {
-        return false;
+    return pread(fd, magic, sizeof magic, 0) == 4 && std::string_view(magic, 4) == "hsqs";
+}
+
+// How long a step over `bytes` of archive may take before the pull is ended: generous for a
+// slow disk, finite for a stuck one.
+std::chrono::seconds step_deadline(uint64_t bytes) {
+    return std::chrono::seconds(300 + bytes / (4u << 20));
+}
+
+// "https://host:port/" of a URL ("" when it is not one), for comparing servers.
+std::string url_origin(const std::string& url) {
+    size_t scheme = url.find("://");
+    if (scheme == std::string::npos) {
+        return "";
     }
-    size_t n = fread(magic, 1, sizeof magic, f);
-    fclose(f);
-    return n == 4 && std::string_view(magic, 4) == "hsqs";
+    size_t end = url.find('/', scheme + 3);
+    std::string o = url.substr(0, end);
+    for (auto& c : o) {
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    bool tls = o.rfind("https://", 0) == 0;
+    if (o.find(':', scheme + 3) == std::string::npos) {
+        o += tls ? ":443" : ":80";
+    }
+    return o + "/";
 }
 
 void info_fields(json::Writer& w, const images::ImageInfo& i) {
@@ -138,14 +171,22 @@ Status check_server_url(const std::string& url, std::string& base) {
 }
 
 Images::Images(boost::asio::io_context& io, store::Db& db, EventBus& events, Operations& ops,
-               std::string dir, Transfer* transfer)
-    : io_(io), db_(db), events_(events), ops_(ops), dir_(std::move(dir)), transfer_(transfer) {}
+               std::string dir, Transfer* transfer, std::map<std::string, std::string> remotes)
+    : io_(io), db_(db), events_(events), ops_(ops), dir_(std::move(dir)), transfer_(transfer) {
+    for (const auto& [name, url] : remotes) {
+        std::string base;
+        if (check_server_url(url, base)) {
+            remotes_[name] = base;
+        }
+    }
+}
 
 Images::~Images() {
     *alive_ = false;
 }
 
 void Images::load() {
+    HANGAR_ASSERT_REACTOR();
     std::error_code ec;
     fs::create_directories(dir_, ec);
     chmod(dir_.c_str(), 0700);  // root file systems hold set-uid programs of their own
@@ -156,7 +197,7 @@ void Images::load() {
             db_.delete_image(name);
             continue;
         }
-        if (!fs::is_directory(dir_ + "/" + name + "/rootfs", ec)) {
+        if (!fs::is_directory(rootfs_dir(name), ec)) {
             spdlog::warn("images: {} has no root file system in {}; dropping its record", name,
                          dir_);
             db_.delete_image(name);
@@ -196,7 +237,17 @@ Status Images::get(const std::string& name, const Image** out) const {
     return {};
 }
 
+Status Images::rootfs(const std::string& name, std::string& path) const {
+    const Image* img = nullptr;
+    if (Status st = get(name, &img); !st) {
+        return st;
+    }
+    path = rootfs_dir(name);
+    return {};
+}
+
 Status Images::remove(const Caller& caller, const std::string& name) {
+    HANGAR_ASSERT_REACTOR();
     const Image* img = nullptr;
     if (Status st = get(name, &img); !st) {
         return st;
@@ -211,19 +262,24 @@ Status Images::remove(const Caller& caller, const std::string& name) {
         return {Errc::internal, "image " + json::quote(name) + ": " + st.message()};
     }
     db_.delete_image(name);
-    json::Writer w;
-    w.begin_object().field("image", name).end_object();
-    events_.publish("image.deleted", "", img->owner, w.str());
+    events_.publish(ImageDeleted{name}, "", img->owner);
     images_.erase(name);
     return {};
 }
 
-void Images::remote(const std::string& server, const std::string& type,
+void Images::remote(const Caller& caller, const std::string& server, const std::string& type,
                     std::function<void(const Status&, std::vector<RemoteImage>)> done) {
+    HANGAR_ASSERT_REACTOR();
     std::string base;
-    if (Status st = check_server_url(server, base); !st) {
+    Transfer::Control ctl;
+    if (Status st = resolve_server(caller, server, base, ctl); !st) {
         return done(st, {});
     }
+    catalog(base, type, ctl, std::move(done));
+}
+
+void Images::catalog(const std::string& base, const std::string& type, const Transfer::Control& ctl,
+                     std::function<void(const Status&, std::vector<RemoteImage>)> done) {
     if (type != "simplestreams" && type != "lxc") {
         return done({Errc::bad_request, "type must be simplestreams or lxc"}, {});
     }
@@ -244,32 +300,78 @@ void Images::remote(const std::string& server, const std::string& type,
         return Status{st.code(), "cannot read " + what + " of " + base + ": " + st.message()};
     };
     if (type == "lxc") {
-        return transfer_->get(base + std::string(images::kLxcIndex), kMaxCatalogBytes,
+        return transfer_->get(base + std::string(images::kLxcIndex), kMaxCatalogBytes, ctl,
                               [parse, where](const Status& st, std::string body) {
                                   parse(st ? st : where(st, "the LXC index"), std::move(body));
                               });
     }
-    transfer_->get(base + std::string(images::kSimplestreamsIndex), kMaxCatalogBytes,
-                   [this, alive, base, parse, where, done](const Status& st, std::string body) {
-                       if (!*alive) {
-                           return;
-                       }
-                       if (!st) {
-                           return done(where(st, "the simplestreams index"), {});
-                       }
-                       std::string products;
-                       if (Status pst = images::simplestreams_products_path(body, products); !pst) {
-                           return done(pst, {});
-                       }
-                       transfer_->get(base + products, kMaxCatalogBytes,
-                                      [parse, where, products](const Status& st, std::string body) {
-                                          parse(st ? st : where(st, products), std::move(body));
-                                      });
-                   });
+    transfer_->get(
+        base + std::string(images::kSimplestreamsIndex), kMaxCatalogBytes, ctl,
+        [this, alive, base, ctl, parse, where, done](const Status& st, std::string body) {
+            if (!*alive) {
+                return;
+            }
+            if (!st) {
+                return done(where(st, "the simplestreams index"), {});
+            }
+            std::string products;
+            if (Status pst = images::simplestreams_products_path(body, products); !pst) {
+                return done(pst, {});
+            }
+            transfer_->get(base + products, kMaxCatalogBytes, ctl,
+                           [parse, where, products](const Status& st, std::string body) {
+                               parse(st ? st : where(st, products), std::move(body));
+                           });
+        });
+}
+
+Status Images::resolve_server(const Caller& caller, const std::string& server, std::string& base,
+                              Transfer::Control& ctl) const {
+    auto remote = remotes_.find(server);
+    if (remote != remotes_.end()) {
+        base = remote->second;
+    } else if (Status st = check_server_url(server, base); !st) {
+        return st;
+    }
+    if (caller.admin) {
+        return {};  // root and admins may use any server, and follow any redirect
+    }
+    std::vector<std::string> origins;
+    bool configured = false;
+    for (const auto& [name, url] : remotes_) {
+        configured = configured || url == base;
+        origins.push_back(url_origin(url));
+    }
+    if (!configured) {
+        std::string names;
+        for (const auto& [name, url] : remotes_) {
+            names += (names.empty() ? "" : ", ") + name + "=" + url;
+        }
+        return {Errc::forbidden, "uid " + std::to_string(caller.uid) +
+                                     " may use only the configured image remotes (" +
+                                     (names.empty() ? "none" : names) +
+                                     "; --image-remote NAME=URL); " + json::quote(server) +
+                                     " is not one of them"};
+    }
+    // Redirects stay on the remotes' own servers.
+    ctl.allow = [origins](const std::string& url) -> Status {
+        std::string o = url_origin(url);
+        if (std::find(origins.begin(), origins.end(), o) != origins.end()) {
+            return {};
+        }
+        return {Errc::forbidden, "it leaves the configured image remotes"};
+    };
+    return {};
 }
 
 Status Images::pull(const Caller& caller, const PullRequest& req, std::string& op_id,
                     std::function<void(const Status&, const Image*)> done) {
+    HANGAR_ASSERT_REACTOR();
+    if (quotas_ && !caller.admin && !quotas_->exempt(caller.uid)) {
+        if (Status st = quotas_->check_pull(caller.uid); !st) {
+            return st;
+        }
+    }
     if (Status st = check_name("image", req.name); !st) {
         return st;
     }
@@ -280,30 +382,48 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
         return {Errc::busy, std::to_string(kMaxConcurrentPulls) +
                                 " images are being pulled already; try again when one is done"};
     }
+    if (!caller.admin) {
+        size_t mine = pulling(caller.uid), users = 0;
+        for (const auto& [name, pull] : pending_) {
+            users += !pull.admin;
+        }
+        if (mine >= kMaxPullsPerUser) {
+            return {Errc::busy, "uid " + std::to_string(caller.uid) + " has " +
+                                    std::to_string(mine) +
+                                    " pulls or imports running (the limit per user); try again "
+                                    "when one is done"};
+        }
+        if (users + kPullsKeptForAdmins >= kMaxConcurrentPulls) {
+            return {Errc::busy,
+                    "the pull slots open to users are taken; try again when one is done"};
+        }
+    }
     auto p = std::make_shared<Pull>();
     p->req = req;
     p->done = std::move(done);
     p->img.name = req.name;
     p->img.source_type = req.type;
     p->img.owner = caller.uid;
+    p->ctl.cancelled = p->ended;
+    p->kill_child = std::make_shared<std::function<void()>>([] {});
     if (req.type == "file") {
         if (req.path.empty() || req.path.front() != '/' || !printable(req.path)) {
             return {Errc::bad_request, "source.path must be an absolute path without spaces"};
         }
-        struct stat sb {};
-        if (::stat(req.path.c_str(), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-            return {Errc::not_found, "no file " + json::quote(req.path)};
-        }
-        // hangard can read what its caller may not: others import only their own files.
-        if (!caller.admin && sb.st_uid != caller.uid) {
-            return {Errc::forbidden, json::quote(req.path) + " is not the caller's file"};
+        // Opened once, as the caller: what the caller may not read is refused like a missing
+        // file, and a FIFO, device or directory never reaches a tool.
+        OpenedFile f;
+        if (Status st = open_user_file("source.path", req.path, {caller.uid, caller.admin}, false,
+                                       kMaxArchiveBytes, f);
+            !st) {
+            return st;
         }
         p->img.path = req.path;
-        p->img.size = static_cast<uint64_t>(sb.st_size);
-        p->archive = req.path;
-        p->format = is_squashfs(req.path) ? "squashfs" : "tar";
+        p->img.size = static_cast<uint64_t>(f.st.st_size);
+        p->format = is_squashfs(f.fd.get()) ? "squashfs" : "tar";
+        p->archive_fd = std::move(f.fd);
     } else if (req.type == "simplestreams" || req.type == "lxc") {
-        if (Status st = check_server_url(req.server, p->base); !st) {
+        if (Status st = resolve_server(caller, req.server, p->base, p->ctl); !st) {
             return st;
         }
         if (req.alias.empty() || req.alias.size() > kMaxAlias || !printable(req.alias)) {
@@ -312,7 +432,7 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
         if (!transfer_) {
             return {Errc::unavailable, "downloads are not available in this process"};
         }
-        p->img.server = req.server;
+        p->img.server = remotes_.count(req.server) ? p->base : req.server;
         p->img.alias = req.alias;
     } else {
         return {Errc::bad_request, "source.type must be simplestreams, lxc or file"};
@@ -323,98 +443,149 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
     if (::mkdir(p->tmp.c_str(), 0700) != 0) {
         return {Errc::internal, "cannot create " + p->tmp + ": " + strerror(errno)};
     }
-    if (req.type != "file") {
-        p->archive = p->tmp + "/archive";
-    }
+    p->archive = p->tmp + "/archive";
     p->op = op_id = ops_.new_id();
-    pending_.insert(req.name);
+    pending_[req.name] = {caller.uid, caller.admin};
     ops_.start_image(p->op, req.name, caller.uid,
                      req.type == "file" ? "image.import" : "image.pull");
-
+    p->deadline = std::make_unique<boost::asio::steady_timer>(io_);
     auto alive = alive_;
-    // Each step hands on to the next; any failure ends in finish(), which cleans up.
-    auto unpack = [this, alive, p] {
-        ops_.progress(p->op, "unpack", p->img.size, p->img.size);
-        std::string rootfs = p->tmp + "/rootfs";
-        std::vector<std::string> argv;
-        if (p->format == "squashfs") {
-            argv = {"unsquashfs", "-no-progress", "-quiet", "-d", rootfs, p->archive};
-        } else {
-            ::mkdir(rootfs.c_str(), 0755);
-            argv = {
-                "tar", "-x",  "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f", p->archive,
-                "-C",  rootfs};
+    ops_.set_canceller(p->op, [this, alive, p](uint32_t by) {
+        if (*alive) {
+            finish(p, {Errc::conflict, "cancelled by uid " + std::to_string(by)});
         }
-        run_command(io_, argv, kMaxCommandOutput,
-                    [this, alive, p, rootfs, tool = argv[0]](const Status& st, const ExitInfo& ex,
-                                                             std::string out) {
+    });
+    // Every step has a deadline; when it passes, the pull ends (its child killed).
+    auto arm = [this, alive, p](const std::string& step, std::chrono::seconds limit) {
+        p->deadline->expires_after(limit);
+        p->deadline->async_wait([this, alive, p, step, limit](boost::system::error_code ec) {
+            if (!ec && *alive) {
+                finish(p, {Errc::timeout, step + " did not finish within " +
+                                              std::to_string(limit.count()) + " s"});
+            }
+        });
+    };
+    // A step's child reads the archive's descriptor from its start, as stdin or as fd 3.
+    auto run_step = [this, alive, p, arm](const std::string& step, std::vector<std::string> argv,
+                                          int archive_as,
+                                          std::function<void(const CaptureResult&)> next) {
+        arm(step, step_deadline(p->img.size));
+        lseek(p->archive_fd.get(), 0, SEEK_SET);
+        CaptureOptions co;
+        co.argv = std::move(argv);
+        co.fds = {{p->archive_fd.get(), archive_as}};
+        co.limit = kMaxCommandOutput;
+        co.merge_stderr = true;
+        co.new_session = true;  // killed as a process group, by finish() through the switch
+        co.kill_switch = p->kill_child;
+        p->child_running = true;
+        std::string tool = co.argv[0];
+        run_capture(io_, std::move(co),
+                    [this, alive, p, tool, next](const Status& st, CaptureResult r) {
                         if (!*alive) {
+                            return;
+                        }
+                        p->child_running = false;
+                        if (*p->ended) {
+                            // Ended while this step ran (a pull succeeds only after it), so
+                            // as a failure: its directory is removed now that nothing writes.
+                            remove_tree_async(io_, p->tmp);
                             return;
                         }
                         if (!st) {
                             return finish(p, {Errc::unavailable, tool + ": " + st.message()});
                         }
-                        if (ex.code != 0 || ex.signal != 0) {
-                            return finish(p, {Errc::invalid_spec,
-                                              "the archive could not be unpacked (" + tool + " " +
-                                                  ex.describe() + "): " + tail_of(out)});
-                        }
-                        std::error_code ec;
-                        if (fs::is_empty(rootfs, ec)) {
-                            return finish(p, {Errc::invalid_spec, "the archive is empty"});
-                        }
-                        finish(p, {});
+                        next(r);
                     });
     };
-    auto verify = [this, alive, p, unpack] {
-        ops_.progress(p->op, "verify", p->img.size, p->img.size);
-        run_command(
-            io_, {"sha256sum", "--", p->archive}, kMaxCommandOutput,
-            [this, alive, p, unpack](const Status& st, const ExitInfo& ex, std::string out) {
-                if (!*alive) {
-                    return;
-                }
-                if (!st || ex.code != 0 || ex.signal != 0 || out.size() < 64) {
-                    return finish(p, {Errc::internal,
-                                      "sha256sum failed: " + (st ? tail_of(out) : st.message())});
-                }
-                std::string got = out.substr(0, 64);
-                if (!p->expected_sha256.empty() && got != p->expected_sha256) {
-                    return finish(p, {Errc::unavailable,
-                                      "checksum mismatch: the downloaded file has SHA-256 " + got +
-                                          ", the catalog says " + p->expected_sha256 +
-                                          "; nothing was registered"});
-                }
-                p->img.sha256 = got;
-                unpack();
-            });
+
+    // Each step hands on to the next; any failure ends in finish(), which cleans up.
+    auto unpack = [this, p, run_step] {
+        ops_.progress(p->op, "unpack", p->img.size, p->img.size);
+        std::string rootfs = p->tmp + "/rootfs";
+        // The tools open /dev/fd/3: the archive's inode, whatever its name points at now (tar
+        // recognizes the compression of a file it opens itself, not of its stdin).
+        std::vector<std::string> argv;
+        if (p->format == "squashfs") {
+            argv = {"unsquashfs", "-no-progress", "-quiet", "-d", rootfs, "/dev/fd/3"};
+        } else {
+            ::mkdir(rootfs.c_str(), 0755);
+            argv = {"tar",
+                    "-x",
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "-f",
+                    "/dev/fd/3",
+                    "-C",
+                    rootfs};
+        }
+        run_step("unpack", argv, 3, [this, p, rootfs, tool = argv[0]](const CaptureResult& r) {
+            if (r.exit.code != 0 || r.exit.signal != 0) {
+                return finish(
+                    p, {Errc::invalid_spec, "the archive could not be unpacked (" + tool + " " +
+                                                r.exit.describe() + "): " + tail_of(r.out)});
+            }
+            std::error_code ec;
+            if (fs::is_empty(rootfs, ec)) {
+                return finish(p, {Errc::invalid_spec, "the archive is empty"});
+            }
+            finish(p, {});
+        });
     };
-    auto download = [this, alive, p, verify](const RemoteImage& r) {
+    auto verify = [this, p, run_step, unpack] {
+        ops_.progress(p->op, "verify", p->img.size, p->img.size);
+        run_step("verify", {"sha256sum"}, 0, [this, p, unpack](const CaptureResult& r) {
+            if (r.exit.code != 0 || r.exit.signal != 0 || r.out.size() < 64) {
+                return finish(p, {Errc::internal, "sha256sum failed: " + tail_of(r.out)});
+            }
+            std::string got = r.out.substr(0, 64);
+            if (!p->expected_sha256.empty() && got != p->expected_sha256) {
+                return finish(
+                    p, {Errc::unavailable, "checksum mismatch: the downloaded file has SHA-256 " +
+                                               got + ", the catalog says " + p->expected_sha256 +
+                                               "; nothing was registered"});
+            }
+            p->img.sha256 = got;
+            unpack();
+        });
+    };
+    auto download = [this, alive, p, verify, arm](const RemoteImage& r) {
         static_cast<images::ImageInfo&>(p->img) = r;
         p->img.size = r.size;
         p->format = r.format;
-        auto fetch = [this, alive, p, verify, path = r.path] {
+        auto fetch = [this, alive, p, verify, arm, path = r.path] {
             ops_.progress(p->op, "download", 0, p->img.size);
+            // At least 1 MiB/s on average, and never less than ten minutes.
+            arm("download", std::chrono::seconds(600 + p->img.size / (1u << 20)));
             transfer_->download(
-                p->base + path, p->archive,
+                p->base + path, p->archive, p->ctl,
                 [this, alive, p](uint64_t bytes, uint64_t total) {
                     auto now = std::chrono::steady_clock::now();
-                    if (*alive && now - p->last_progress >= kProgressInterval) {
+                    if (*alive && !*p->ended && now - p->last_progress >= kProgressInterval) {
                         p->last_progress = now;
                         ops_.progress(p->op, "download", bytes, total);
                     }
                 },
                 [this, alive, p, verify](const Status& st) {
-                    if (!*alive) {
+                    if (!*alive || *p->ended) {
                         return;
                     }
                     if (!st) {
                         return finish(p, st);
                     }
+                    // hangard's own file, in its own directory.
+                    int fd = ::open(p->archive.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
                     struct stat sb {};
-                    if (::stat(p->archive.c_str(), &sb) == 0) {
-                        p->img.size = static_cast<uint64_t>(sb.st_size);
+                    if (fd < 0 || fstat(fd, &sb) != 0) {
+                        if (fd >= 0) {
+                            ::close(fd);
+                        }
+                        return finish(p, {Errc::internal, "cannot open the downloaded archive: " +
+                                                              std::string(strerror(errno))});
                     }
+                    p->archive_fd.reset(fd);
+                    p->img.size = static_cast<uint64_t>(sb.st_size);
                     verify();
                 });
         };
@@ -426,9 +597,9 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
         std::string dir = r.path.substr(0, r.path.rfind('/') + 1);
         std::string file = r.path.substr(dir.size());
         transfer_->get(
-            p->base + dir + "SHA256SUMS", 1024 * 1024,
+            p->base + dir + "SHA256SUMS", 1024 * 1024, p->ctl,
             [this, alive, p, fetch, file](const Status& st, std::string body) {
-                if (!*alive) {
+                if (!*alive || *p->ended) {
                     return;
                 }
                 if (!st && st.code() != Errc::not_found) {
@@ -449,43 +620,50 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
                 fetch();
             });
     };
-    boost::asio::post(io_, [this, alive, p, download, verify] {
-        if (!*alive) {
+    boost::asio::post(io_, [this, alive, p, download, verify, arm] {
+        if (!*alive || *p->ended) {
             return;
         }
         if (p->req.type == "file") {
             return verify();
         }
         ops_.progress(p->op, "catalog", 0, 0);
-        remote(p->req.server, p->req.type,
-               [this, alive, p, download](const Status& st, std::vector<RemoteImage> list) {
-                   if (!*alive) {
-                       return;
-                   }
-                   if (!st) {
-                       return finish(p, st);
-                   }
-                   std::string arch = images::host_arch();
-                   const RemoteImage* r = images::find_image(list, p->req.alias, arch);
-                   if (!r) {
-                       return finish(
-                           p, {Errc::not_found, "the server offers no image " +
-                                                    json::quote(p->req.alias) + " for " + arch});
-                   }
-                   download(*r);
-               });
+        arm("reading the catalog", std::chrono::seconds(300));
+        catalog(p->base, p->req.type, p->ctl,
+                [this, alive, p, download](const Status& st, std::vector<RemoteImage> list) {
+                    if (!*alive || *p->ended) {
+                        return;
+                    }
+                    if (!st) {
+                        return finish(p, st);
+                    }
+                    std::string arch = images::host_arch();
+                    const RemoteImage* r = images::find_image(list, p->req.alias, arch);
+                    if (!r) {
+                        return finish(
+                            p, {Errc::not_found, "the server offers no image " +
+                                                     json::quote(p->req.alias) + " for " + arch});
+                    }
+                    download(*r);
+                });
     });
     return {};
 }
 
 void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
+    if (*p->ended) {
+        return;
+    }
+    *p->ended = true;
+    if (p->deadline) {
+        p->deadline->cancel();
+    }
+    p->archive_fd.reset();
     Status result = st;
     const Image* made = nullptr;
     if (result) {
         std::string final_dir = dir_ + "/" + p->req.name;
-        if (p->req.type != "file") {
-            ::unlink(p->archive.c_str());
-        }
+        ::unlink(p->archive.c_str());
         if (::rename(p->tmp.c_str(), final_dir.c_str()) != 0) {
             result = {Errc::internal,
                       "cannot move the image into place: " + std::string(strerror(errno))};
@@ -494,7 +672,7 @@ void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
             img->created_at = now_rfc3339();
             std::string js = to_json(*img);
             db_.insert_image(img->name, js);
-            events_.publish("image.created", "", img->owner, js);
+            events_.publish(ImageCreated{img->name, js}, "", img->owner);
             made = img.get();
             images_[img->name] = std::move(img);
             spdlog::info("images: {} is ready ({} bytes, sha256 {})", p->req.name, p->img.size,
@@ -503,7 +681,12 @@ void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
     }
     if (!result) {
         spdlog::warn("images: pulling {} failed: {}", p->req.name, result.message());
-        remove_tree_async(io_, p->tmp);
+        if (p->child_running) {
+            // Killed, not yet gone: its directory goes once it has ended.
+            (*p->kill_child)();
+        } else {
+            remove_tree_async(io_, p->tmp);
+        }
     }
     pending_.erase(p->req.name);
     ++(result ? succeeded_ : failed_);

@@ -38,13 +38,20 @@ struct Image : images::ImageInfo {
 class Transfer {
   public:
     virtual ~Transfer() = default;
+    // What a transfer may reach, and whether it should go on: `allow` is asked about its URL
+    // and every redirect before it is followed (empty: anything); once `*cancelled` is true
+    // the transfer ends at its next read.
+    struct Control {
+        std::function<Status(const std::string& url)> allow;
+        std::shared_ptr<const bool> cancelled;
+    };
     // GET into memory, at most `limit` bytes. A 404 is Errc::not_found.
     using Got = std::function<void(const Status&, std::string body)>;
-    virtual void get(const std::string& url, size_t limit, Got done) = 0;
+    virtual void get(const std::string& url, size_t limit, const Control& ctl, Got done) = 0;
     // GET into the file `path`; a partial file left by an earlier attempt is resumed.
     using Progress = std::function<void(uint64_t bytes, uint64_t total)>;
-    virtual void download(const std::string& url, const std::string& path, Progress progress,
-                          std::function<void(const Status&)> done) = 0;
+    virtual void download(const std::string& url, const std::string& path, const Control& ctl,
+                          Progress progress, std::function<void(const Status&)> done) = 0;
 };
 
 struct PullRequest {
@@ -55,8 +62,9 @@ struct PullRequest {
 
 class Images {
   public:
+    // `remotes`: image servers by name (NAME → URL); the only ones a non-admin may pull from.
     Images(boost::asio::io_context& io, store::Db& db, EventBus& events, Operations& ops,
-           std::string dir, Transfer* transfer);
+           std::string dir, Transfer* transfer, std::map<std::string, std::string> remotes = {});
     ~Images();
 
     // Drops records whose directory is gone and removes what interrupted pulls left.
@@ -69,22 +77,47 @@ class Images {
     Status pull(const Caller& caller, const PullRequest& req, std::string& op_id,
                 std::function<void(const Status&, const Image*)> done);
     Status remove(const Caller& caller, const std::string& name);
-    // What a remote server offers.
-    void remote(const std::string& server, const std::string& type,
+    // What a remote server offers (`server`: a configured remote's name or URL; any URL for
+    // admins).
+    void remote(const Caller& caller, const std::string& server, const std::string& type,
                 std::function<void(const Status&, std::vector<images::RemoteImage>)> done);
 
     std::string to_json(const Image& img) const;
     static std::string remote_json(const std::string& server, const std::string& type,
                                    const std::vector<images::RemoteImage>& list);
     const std::string& dir() const { return dir_; }
+    // The layout: images in <state dir>/images, one directory per image, a container image's
+    // root file system in its rootfs/.
+    static std::string dir_in(const std::string& state_dir) { return state_dir + "/images"; }
+    std::string rootfs_dir(const std::string& name) const { return dir_ + "/" + name + "/rootfs"; }
+    // The root file system of image `name` (not_found, invalid_name as get()).
+    Status rootfs(const std::string& name, std::string& path) const;
     size_t pulling() const { return pending_.size(); }
+    // Pulls in flight started by `owner`.
+    size_t pulling(uint32_t owner) const {
+        size_t n = 0;
+        for (const auto& [name, pull] : pending_) {
+            n += pull.owner == owner;
+        }
+        return n;
+    }
+    // Pulls are refused over the owner's quota; none: no quotas.
+    void set_quotas(const Quotas* quotas) { quotas_ = quotas; }
     size_t succeeded() const { return succeeded_; }
     size_t failed() const { return failed_; }
 
     struct Pull;
 
+    const std::map<std::string, std::string>& remotes() const { return remotes_; }
+
   private:
     void finish(const std::shared_ptr<Pull>& p, const Status& st);
+    // The base URL `server` (a remote's name, or a URL) stands for, if `caller` may use it;
+    // `ctl.allow` then keeps a non-admin's transfers on the configured remotes' servers.
+    Status resolve_server(const Caller& caller, const std::string& server, std::string& base,
+                          Transfer::Control& ctl) const;
+    void catalog(const std::string& base, const std::string& type, const Transfer::Control& ctl,
+                 std::function<void(const Status&, std::vector<images::RemoteImage>)> done);
 
     boost::asio::io_context& io_;
     store::Db& db_;
@@ -93,12 +126,22 @@ class Images {
     std::string dir_;
     Transfer* transfer_;
     std::map<std::string, std::unique_ptr<Image>> images_;
-    std::set<std::string> pending_;  // names being pulled
+    std::map<std::string, std::string> remotes_;
+    struct Pending {
+        uint32_t owner = 0;
+        bool admin = false;
+    };
+    std::map<std::string, Pending> pending_;  // names being pulled, by whom
+    const Quotas* quotas_ = nullptr;
     size_t succeeded_ = 0, failed_ = 0;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
-inline constexpr size_t kMaxConcurrentPulls = 4;
+inline constexpr size_t kMaxConcurrentPulls = 8;
+inline constexpr size_t kMaxPullsPerUser = 2;     // for each non-admin uid
+inline constexpr size_t kPullsKeptForAdmins = 2;  // of kMaxConcurrentPulls
+inline constexpr uint64_t kMaxArchiveBytes = 64ull << 30;
+
 inline constexpr size_t kMaxCatalogBytes = 64 * 1024 * 1024;
 
 // Validates a server URL given by a user: http:// or https://, a host, no credentials,

@@ -16,6 +16,11 @@ constexpr std::array<std::pair<MachineState, std::string_view>, 6> kStates{{
 }};
 }  // namespace
 
+bool is_active(MachineState s) {
+    return s == MachineState::starting || s == MachineState::running || s == MachineState::paused ||
+           s == MachineState::stopping;
+}
+
 std::string_view to_string(MachineState s) {
     for (const auto& [state, name] : kStates) {
         if (state == s) {

@@ -7,10 +7,13 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 
-#include "drivers/qemu/qemu_process.hpp"
+#include "core/spec_codec.hpp"
 #include "hangar/names.hpp"
 #include "store/db.hpp"
 #include "util/json.hpp"
+#include "util/process.hpp"
+#include "util/reactor.hpp"
+#include "util/sha256.hpp"
 #include "util/time.hpp"
 
 namespace hangar::core {
@@ -35,26 +38,6 @@ std::string new_uuid() {
     return s;
 }
 
-bool is_active(MachineState s) {
-    return s == MachineState::starting || s == MachineState::running || s == MachineState::paused ||
-           s == MachineState::stopping;
-}
-
-Status check_file(const char* what, const std::string& path) {
-    if (path.empty()) {
-        return {};
-    }
-    if (path[0] != '/') {
-        return {Errc::invalid_spec, std::string(what) + " must be an absolute path"};
-    }
-    struct stat st {};
-    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-        return {Errc::invalid_spec,
-                std::string(what) + " " + json::quote(path) + " is not a readable regular file"};
-    }
-    return {};
-}
-
 std::string state_conflict(const Machine& m, std::string_view action) {
     return "cannot " + std::string(action) + " machine " + m.spec.name + ": it is " +
            std::string(to_string(m.state));
@@ -77,10 +60,73 @@ std::optional<Action> parse_action(std::string_view s) {
     return std::nullopt;
 }
 
-Machines::Machines(boost::asio::io_context& io, store::Db& db, EventBus& events, MachinesConfig cfg)
-    : io_(io), db_(db), events_(events), cfg_(std::move(cfg)) {}
+std::string_view to_string(Op op) {
+    switch (op) {
+        case Op::none:
+            return "";
+        case Op::start:
+            return "start";
+        case Op::stop:
+            return "stop";
+        case Op::kill:
+            return "kill";
+        case Op::restart:
+            return "restart";
+        case Op::pause:
+            return "pause";
+        case Op::resume:
+            return "resume";
+        case Op::remove:
+            return "delete";
+        case Op::exec:
+            return "exec";
+        case Op::adopt:
+            return "adopt";
+    }
+    return "";
+}
 
-Machines::~Machines() = default;
+std::string_view to_string(MachineType t) {
+    return t == MachineType::vm ? "vm" : "container";
+}
+
+std::optional<MachineType> parse_machine_type(std::string_view s) {
+    if (s == "vm") {
+        return MachineType::vm;
+    }
+    if (s == "container") {
+        return MachineType::container;
+    }
+    return std::nullopt;
+}
+
+Machines::Machines(boost::asio::io_context& io, store::Db& db, EventBus& events, MachinesConfig cfg,
+                   std::vector<Runtime*> runtimes)
+    : io_(io), db_(db), events_(events), cfg_(std::move(cfg)), runtimes_(std::move(runtimes)) {
+    for (Runtime* rt : runtimes_) {
+        rt->set_sink(this);
+    }
+}
+
+Machines::~Machines() {
+    for (Runtime* rt : runtimes_) {
+        rt->set_sink(nullptr);
+    }
+}
+
+// The one place a machine's type chooses anything: its runtime.
+Runtime* Machines::runtime_for(MachineType t) const {
+    for (Runtime* rt : runtimes_) {
+        if (rt->type() == t) {
+            return rt;
+        }
+    }
+    return nullptr;
+}
+
+Privilege Machines::privilege(uid_t owner) const {
+    return {owner, owner == 0 || (cfg_.admins && cfg_.admins->is_admin(owner))};
+}
 
 // ---- queries ---------------------------------------------------------------------------
 
@@ -138,24 +184,9 @@ const std::string& Machines::to_json(const Machine& m) const {
         .field("created_at", s.created_at)
         .field("cpus", s.cpus)
         .field("memory_mib", s.memory_mib)
-        .key("boot")
-        .begin_object();
-    if (!s.boot.kernel.empty()) {
-        w.field("kernel", s.boot.kernel).field("initrd", s.boot.initrd);
-        w.field("cmdline", s.boot.cmdline);
-    }
-    if (!s.boot.disk.empty()) {
-        w.field("disk", s.boot.disk);
-    }
-    if (!s.boot.command.empty()) {
-        w.key("command").begin_array();
-        for (const auto& arg : s.boot.command) {
-            w.value(arg);
-        }
-        w.end_array();
-    }
-    w.end_object();
-    if (s.type == "container") {
+        .key("boot");
+    encode_boot(w, s.boot);
+    if (!s.image.empty()) {
         w.field("image", s.image);
     }
     w.key("disks")
@@ -166,24 +197,72 @@ const std::string& Machines::to_json(const Machine& m) const {
         .end_array()
         .field("autostart", s.autostart)
         .field("description", s.description)
-        .field("pid", static_cast<int64_t>(m.pid));
-    if (!m.op.empty()) {
-        w.field("operation", m.op);
+        .field("pid", static_cast<int64_t>(m.pid))
+        .key("console")
+        .begin_object()
+        .key("viewers")
+        .raw(m.console_viewers)
+        .end_object();
+    if (m.op != Op::none) {
+        w.field("operation", to_string(m.op));
     }
     w.end_object();
     c = {w.take(), m.spec_rev, m.state, m.state_reason, m.op, m.unresponsive, m.pid};
     return c.json;
 }
 
+// ---- console ---------------------------------------------------------------------------
+
+Status Machines::console_input(const std::string& name, std::string_view bytes) {
+    HANGAR_ASSERT_REACTOR();
+    auto it = machines_.find(name);
+    if (it == machines_.end()) {
+        return {Errc::not_found, "no machine named " + json::quote(name)};
+    }
+    Machine& m = *it->second;
+    if (!m.live || !is_active(m.state)) {
+        return {Errc::invalid_state,
+                name + " is " + std::string(to_string(m.state)) + ": console input goes nowhere"};
+    }
+    m.runtime->console_input(m.instance(), bytes);
+    return {};
+}
+
+Status Machines::console_resize(const std::string& name, unsigned cols, unsigned rows) {
+    HANGAR_ASSERT_REACTOR();
+    auto it = machines_.find(name);
+    if (it == machines_.end()) {
+        return {Errc::not_found, "no machine named " + json::quote(name)};
+    }
+    Machine& m = *it->second;
+    if (m.live) {
+        m.runtime->console_resize(m.instance(), cols, rows);
+    }
+    return {};
+}
+
+void Machines::set_console_viewers(const std::string& name, std::string viewers_json) {
+    auto it = machines_.find(name);
+    if (it != machines_.end() && it->second->console_viewers != viewers_json) {
+        it->second->console_viewers = std::move(viewers_json);
+        ++it->second->spec_rev;  // the JSON is made again
+    }
+}
+
 // ---- create / delete -------------------------------------------------------------------
 
-Status Machines::validate(MachineSpec& spec) const {
+Status Machines::validate(MachineSpec& spec, uid_t owner, Runtime** rt) const {
     if (Status st = check_name("machine", spec.name); !st) {
         return st;
     }
-    if (spec.type != "vm" && spec.type != "container") {
+    auto type = parse_machine_type(spec.type);
+    *rt = type ? runtime_for(*type) : nullptr;
+    if (!type) {
         return {Errc::invalid_spec,
                 "type " + json::quote(spec.type) + " is not one of \"vm\", \"container\""};
+    }
+    if (!*rt) {
+        return {Errc::unavailable, "this hangard runs no " + spec.type + " machines"};
     }
     if (spec.cpus < 1 || spec.cpus > kMaxCpus) {
         return {Errc::invalid_spec, "cpus must be between 1 and " + std::to_string(kMaxCpus)};
@@ -196,64 +275,37 @@ Status Machines::validate(MachineSpec& spec) const {
         return {Errc::invalid_spec,
                 "description is longer than " + std::to_string(kMaxDescription) + " bytes"};
     }
-    if (spec.type == "container") {
-        return validate_container(spec);
-    }
-    if (!spec.image.empty() || !spec.boot.command.empty()) {
-        return {Errc::invalid_spec, "image and boot.command are for containers"};
-    }
-    if (spec.boot.cmdline.size() > kMaxCmdline) {
-        return {Errc::invalid_spec,
-                "boot.cmdline is longer than " + std::to_string(kMaxCmdline) + " bytes"};
-    }
-    if (spec.boot.kernel.empty() && spec.boot.disk.empty()) {
-        if (!spec.boot.initrd.empty()) {
-            return {Errc::invalid_spec, "boot.initrd needs boot.kernel"};
-        }
-        if (cfg_.default_boot.kernel.empty()) {
-            return {Errc::unavailable,
-                    "no boot source given and the built-in guest was not found (build it with "
-                    "scripts/build-guest.sh, or pass --guest-dir)"};
-        }
-        std::string cmdline = spec.boot.cmdline;
-        spec.boot = cfg_.default_boot;
-        if (!cmdline.empty()) {
-            spec.boot.cmdline = cmdline;
-        }
-    }
-    for (auto [what, path] : {std::pair{"boot.kernel", &spec.boot.kernel},
-                              {"boot.initrd", &spec.boot.initrd},
-                              {"boot.disk", &spec.boot.disk}}) {
-        if (Status st = check_file(what, *path); !st) {
-            return st;
-        }
-    }
-    return {};
+    return (*rt)->validate(spec, privilege(owner));
 }
 
 Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** out) {
-    if (Status st = validate(spec); !st) {
+    HANGAR_ASSERT_REACTOR();
+    Runtime* rt = nullptr;
+    if (Status st = validate(spec, caller.uid, &rt); !st) {
         return st;
     }
-    if (spec.type == "container") {
-        std::string rootfs;
-        Status st = image_lookup_ ? image_lookup_(spec.image, rootfs)
-                                  : Status{Errc::unavailable, "this hangard has no image store"};
-        if (!st) {
-            return {st.code() == Errc::not_found ? Errc::invalid_spec : st.code(),
-                    st.message() + " (GET /v1/images lists the local images)"};
+    if (const Quotas* q = cfg_.quotas) {
+        if (Status st = q->check_host(spec.cpus, spec.memory_mib); !st) {
+            return st;
         }
+    }
+    if (Status st = rt->admit(spec); !st) {
+        return st;
     }
     if (machines_.count(spec.name)) {
         return {Errc::conflict, "a machine named " + spec.name + " already exists"};
     }
-    size_t owned = 0;
-    for (const auto& [n, m] : machines_) {
-        owned += m->spec.owner == caller.uid;
-    }
-    if (owned >= cfg_.max_machines_per_owner) {
-        return {Errc::conflict, "uid " + std::to_string(caller.uid) + " already owns " +
-                                    std::to_string(owned) + " machines (the limit)"};
+    if (const Quotas* q = cfg_.quotas; q && !caller.admin && !q->exempt(caller.uid)) {
+        QuotaUsage before = q->usage(caller.uid), after = before;
+        ++after.machines;
+        after.vcpus += spec.cpus;
+        after.memory_mib += spec.memory_mib;
+        if (!spec.image.empty()) {
+            after.disk_bytes += q->image_bytes(spec.image);  // its copy of the image
+        }
+        if (Status st = q->check(caller.uid, before, after); !st) {
+            return st;
+        }
     }
     spec.owner = caller.uid;
     spec.uuid = new_uuid();
@@ -270,12 +322,14 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
     }
     auto m = std::make_unique<Machine>();
     m->spec = std::move(spec);
+    m->type = rt->type();
+    m->runtime = rt;
     ++m->spec_rev;
     m->state_reason = "api:create";
     db_.insert_machine({m->spec, m->state, m->state_reason, 0});
     auto& ref = *m;
     machines_.emplace(ref.spec.name, std::move(m));
-    events_.publish("machine.created", ref.spec.name, ref.spec.owner, to_json(ref));
+    events_.publish(MachineCreated{to_json(ref)}, ref.spec.name, ref.spec.owner);
     if (!db_.flush()) {
         machines_.erase(ref.spec.name);
         return {Errc::internal, "the store could not record the machine"};
@@ -287,6 +341,7 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
 
 Status Machines::update(const Caller& caller, const std::string& name, MachineSpec spec,
                         const std::set<std::string>& changed, const Machine** out) {
+    HANGAR_ASSERT_REACTOR();
     Machine* m = nullptr;
     if (Status st = lookup(caller, name, &m); !st) {
         return st;
@@ -295,25 +350,36 @@ Status Machines::update(const Caller& caller, const std::string& name, MachineSp
         return {Errc::bad_request, "name, type and image cannot be changed"};
     }
     for (const char* field : {"cpus", "memory_mib", "boot"}) {
-        if (changed.count(field) && (is_live(*m) || !m->op.empty())) {
+        if (changed.count(field) && (m->live || m->op != Op::none)) {
             return {Errc::invalid_state, std::string(field) + " can be changed only while " +
                                              m->spec.name + " is stopped (it is " +
                                              std::string(to_string(m->state)) + ")"};
         }
     }
-    if (Status st = validate(spec); !st) {
+    Runtime* rt = nullptr;
+    if (Status st = validate(spec, m->spec.owner, &rt); !st) {
         return st;
+    }
+    if (const Quotas* q = cfg_.quotas;
+        q && (changed.count("cpus") || changed.count("memory_mib"))) {
+        if (Status st = q->check_host(spec.cpus, spec.memory_mib); !st) {
+            return st;
+        }
+        // The owner's quota, whoever asks; the machine's old size is replaced, not added to.
+        if (!q->exempt(m->spec.owner)) {
+            QuotaUsage before = q->usage(m->spec.owner), after = before;
+            after.vcpus = after.vcpus - m->spec.cpus + spec.cpus;
+            after.memory_mib = after.memory_mib - m->spec.memory_mib + spec.memory_mib;
+            if (Status st = q->check(m->spec.owner, before, after); !st) {
+                return st;
+            }
+        }
     }
     m->spec = std::move(spec);
     ++m->spec_rev;
     db_.update_spec(m->spec);
-    json::Writer w;
-    w.begin_object().key("changed").begin_array();
-    for (const auto& f : changed) {
-        w.value(f);
-    }
-    w.end_array().key("machine").raw(to_json(*m)).end_object();
-    events_.publish("machine.updated", m->spec.name, m->spec.owner, w.str());
+    events_.publish(MachineUpdated{{changed.begin(), changed.end()}, "api:update", to_json(*m)},
+                    m->spec.name, m->spec.owner);
     if (!db_.flush()) {
         return {Errc::internal, "the store could not record the change"};
     }
@@ -323,6 +389,7 @@ Status Machines::update(const Caller& caller, const std::string& name, MachineSp
 
 void Machines::remove(const Caller& caller, const std::string& name, bool force,
                       std::function<void(const Status&)> done) {
+    HANGAR_ASSERT_REACTOR();
     auto fail = [&](Status st) {
         boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st); });
     };
@@ -333,7 +400,7 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
     if (m->delete_after_exit) {
         return fail({Errc::busy, "machine " + name + " is already being deleted"});
     }
-    if (is_live(*m)) {
+    if (m->live) {
         if (!force) {
             return fail({Errc::invalid_state,
                          state_conflict(*m, "delete") + " (stop it first, or use ?force=true)"});
@@ -342,16 +409,16 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
         m->delete_after_exit = true;
         m->restart_pending = false;
         m->exit_reason = "api:delete force";
-        m->exit_is_crash = false;
-        m->waiters.emplace_back("delete", std::move(done));
-        if (m->op.empty()) {
-            m->op = "delete";
+        m->waiters.emplace_back(Op::remove, std::move(done));
+        if (m->op == Op::none) {
+            m->op = Op::remove;
         }
         kill_now(*m);
         return;
     }
-    if (!m->op.empty()) {
-        return fail({Errc::busy, "machine " + name + " is busy: " + m->op + " in progress"});
+    if (m->op != Op::none) {
+        return fail({Errc::busy, "machine " + name + " is busy: " + std::string(to_string(m->op)) +
+                                     " in progress"});
     }
     erase(*m);
     boost::asio::post(io_, [done = std::move(done)] { done({}); });
@@ -359,18 +426,26 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
 
 void Machines::erase(Machine& m) {
     std::string name = m.spec.name;
+    m.runtime->forget(name);
     remove_tree(machine_dir(name));
     db_.delete_machine(name);
-    events_.publish("machine.deleted", name, m.spec.owner, "{}");
+    events_.publish(MachineDeleted{}, name, m.spec.owner);
     db_.flush();
     machines_.erase(name);
     spdlog::info("{}: deleted", name);
 }
 
+void Machines::remove_tree(const std::filesystem::path& dir) {
+    std::string trash =
+        dir.parent_path() / (".trash-" + dir.filename().string() + "-" + random_hex(4));
+    if (Status st = remove_tree_async(io_, dir.string(), trash); !st) {
+        spdlog::warn("{}", st.message());
+    }
+}
+
 // ---- operations ------------------------------------------------------------------------
 
-void Machines::begin_op(Machine& m, const std::string& op,
-                        std::function<void(const Status&)> done) {
+void Machines::begin_op(Machine& m, Op op, std::function<void(const Status&)> done) {
     m.op = op;
     m.waiters.emplace_back(op, std::move(done));
 }
@@ -379,7 +454,7 @@ void Machines::finish_op(Machine& m, const Status& st) {
     db_.flush();  // acknowledge only what is stored
     auto waiters = std::move(m.waiters);
     m.waiters.clear();
-    m.op.clear();
+    m.op = Op::none;
     for (auto& [op, done] : waiters) {
         done(st);
     }
@@ -393,18 +468,13 @@ void Machines::set_state(Machine& m, MachineState to, const std::string& reason)
     m.state = to;
     m.state_reason = reason;
     db_.update_state(m.spec.name, to, reason, m.pid);
-    json::Writer w;
-    w.begin_object()
-        .field("from", to_string(from))
-        .field("to", to_string(to))
-        .field("reason", reason)
-        .end_object();
-    events_.publish("machine.state", m.spec.name, m.spec.owner, w.str());
+    events_.publish(MachineStateChanged{from, to, reason}, m.spec.name, m.spec.owner);
     spdlog::info("{}: {} -> {} ({})", m.spec.name, to_string(from), to_string(to), reason);
 }
 
 Status Machines::act(const Caller& caller, const std::string& name, Action action, ActionArgs args,
                      Done done) {
+    HANGAR_ASSERT_REACTOR();
     // Completion hands back the machine if it still exists.
     auto complete = [this, name, done = std::move(done)](const Status& st) {
         auto it = machines_.find(name);
@@ -416,58 +486,70 @@ Status Machines::act(const Caller& caller, const std::string& name, Action actio
     }
     if (action == Action::kill) {
         // kill preempts any operation in flight (a hung stop, a start...).
-        if (!is_live(*m)) {
+        if (!m->live) {
             return {Errc::invalid_state, state_conflict(*m, "kill")};
         }
         m->exit_reason = "api:kill";
-        m->exit_is_crash = false;
         m->restart_pending = false;
-        if (m->op.empty()) {
-            m->op = "kill";
+        if (m->op == Op::none) {
+            m->op = Op::kill;
         }
-        m->waiters.emplace_back("kill", std::move(complete));
+        m->waiters.emplace_back(Op::kill, std::move(complete));
         kill_now(*m);
         return {};
     }
-    if (!m->op.empty()) {
-        return {Errc::busy, "machine " + name + " is busy: " + m->op + " in progress"};
+    if (m->op != Op::none) {
+        return {Errc::busy,
+                "machine " + name + " is busy: " + std::string(to_string(m->op)) + " in progress"};
     }
-    if (m->spec.type == "container" &&
-        (action == Action::pause || action == Action::resume || args.reset)) {
-        return {Errc::invalid_spec,
-                std::string(action == Action::restart ? "restart with reset" : "pause and resume") +
-                    " are for VMs; containers restart gracefully"};
+    if (action == Action::pause || action == Action::resume) {
+        if (Status st = m->runtime->supports(Capability::pause, name); !st) {
+            return st;
+        }
+    } else if (action == Action::restart && args.reset) {
+        if (Status st = m->runtime->supports(Capability::reset, name); !st) {
+            return st;
+        }
     }
+    // A request the runtime could not carry out fails the operation it holds.
+    auto failed = [this, name, gen = m->generation](Op op) {
+        return [this, name, gen, op](const Status& st) {
+            with_machine(name, gen, [&](Machine& m) {
+                if (!st && m.op == op) {
+                    finish_op(m, st);
+                }
+            });
+        };
+    };
     switch (action) {
         case Action::start:
             if (m->state != MachineState::stopped && m->state != MachineState::crashed) {
                 return {Errc::invalid_state, state_conflict(*m, "start")};
             }
-            begin_op(*m, "start", std::move(complete));
+            begin_op(*m, Op::start, std::move(complete));
             launch(*m, args.reason.empty() ? "api:start" : args.reason);
             return {};
         case Action::stop:
             if (m->state != MachineState::running && m->state != MachineState::paused) {
                 return {Errc::invalid_state, state_conflict(*m, "stop")};
             }
-            begin_op(*m, "stop", std::move(complete));
+            begin_op(*m, Op::stop, std::move(complete));
             graceful_stop(*m, args.stop_timeout);
             return {};
         case Action::restart:
             if (m->state != MachineState::running && m->state != MachineState::paused) {
                 return {Errc::invalid_state, state_conflict(*m, "restart")};
             }
-            begin_op(*m, "restart", std::move(complete));
+            begin_op(*m, Op::restart, std::move(complete));
             if (args.reset) {
-                m->proc->execute(
-                    "system_reset", {},
-                    [this, name, gen = m->generation](const Status& st, std::string_view) {
-                        with_machine(name, gen, [&](Machine& m) {
-                            if (m.op == "restart") {
-                                finish_op(m, st);
-                            }
-                        });
-                    });
+                m->runtime->reset(m->instance(),
+                                  [this, name, gen = m->generation](const Status& st) {
+                                      with_machine(name, gen, [&](Machine& m) {
+                                          if (m.op == Op::restart) {
+                                              finish_op(m, st);
+                                          }
+                                      });
+                                  });
             } else {
                 m->restart_pending = true;
                 graceful_stop(*m, args.stop_timeout);
@@ -479,17 +561,13 @@ Status Machines::act(const Caller& caller, const std::string& name, Action actio
             if (m->state != (pause ? MachineState::running : MachineState::paused)) {
                 return {Errc::invalid_state, state_conflict(*m, pause ? "pause" : "resume")};
             }
-            begin_op(*m, pause ? "pause" : "resume", std::move(complete));
-            // The STOP / RESUME event completes the operation; a failed command fails it.
-            m->proc->execute(
-                pause ? "stop" : "cont", {},
-                [this, name, gen = m->generation, op = m->op](const Status& st, std::string_view) {
-                    with_machine(name, gen, [&](Machine& m) {
-                        if (!st && m.op == op) {
-                            finish_op(m, st);
-                        }
-                    });
-                });
+            begin_op(*m, pause ? Op::pause : Op::resume, std::move(complete));
+            // The runtime's paused / running report completes the operation.
+            if (pause) {
+                m->runtime->pause(m->instance(), failed(Op::pause));
+            } else {
+                m->runtime->resume(m->instance(), failed(Op::resume));
+            }
             return {};
         }
         case Action::kill:
@@ -498,35 +576,8 @@ Status Machines::act(const Caller& caller, const std::string& name, Action actio
     return {};
 }
 
-qemu::QemuProcess::Callbacks Machines::callbacks(const std::string& name, uint64_t gen) {
-    qemu::QemuProcess::Callbacks cb;
-    cb.on_event = [this, name, gen](std::string_view event, simdjson::dom::element msg) {
-        std::string detail;
-        if (event == "SHUTDOWN") {
-            bool guest = false;
-            std::string_view why;
-            json::try_get(msg.at_pointer("/data/guest"), guest);
-            json::try_get(msg.at_pointer("/data/reason"), why);
-            detail = std::string("guest=") + (guest ? "true" : "false");
-            if (!why.empty()) {
-                detail += " reason=" + std::string(why);
-            }
-        }
-        with_machine(name, gen, [&](Machine& m) { on_qmp_event(m, event, detail); });
-    };
-    cb.on_exit = [this, name, gen](const ExitInfo& info) {
-        // An adopted QEMU is not our child: its status is unknown, so never "clean".
-        bool clean = info.known && info.signal == 0 && info.code == 0;
-        with_machine(name, gen,
-                     [&](Machine& m) { on_exit(m, "pidfd:exit " + info.describe(), clean); });
-    };
-    cb.on_responsive = [this, name, gen](bool ok, const std::string& why) {
-        with_machine(name, gen, [&](Machine& m) { on_responsive(m, ok, why); });
-    };
-    return cb;
-}
-
 void Machines::autostart(std::function<void(size_t started, size_t failed)> done) {
+    HANGAR_ASSERT_REACTOR();
     auto names = std::make_shared<std::vector<std::string>>();
     for (const auto& [name, m] : machines_) {
         if (m->spec.autostart &&
@@ -570,230 +621,281 @@ void Machines::autostart(std::function<void(size_t started, size_t failed)> done
 }
 
 void Machines::launch(Machine& m, const std::string& reason) {
-    m.quit_sent = false;
+    uint64_t gen = m.generation + 1;
+    std::string name = m.spec.name;
+    // Boot files are opened again at every start, with the owner's rights as they are now.
+    Status st = m.runtime->start(
+        m.spec, {name, gen}, privilege(m.spec.owner), [this, name, gen](const Status& st) {
+            with_machine(name, gen, [&](Machine& m) { start_failed(m, st); });
+        });
+    if (!st) {
+        m.restart_pending = false;
+        spdlog::warn("{}: not started: {}", name, st.message());
+        // Answered later: act() never calls back from inside itself.
+        auto waiters = std::exchange(m.waiters, {});
+        m.op = Op::none;
+        boost::asio::post(io_, [waiters = std::move(waiters), st]() {
+            for (auto& [op, done] : waiters) {
+                done(st);
+            }
+        });
+        return;
+    }
+    m.generation = gen;
+    m.live = true;
     m.exit_reason.clear();
-    m.exit_is_crash = false;
     m.unresponsive = false;
     set_state(m, MachineState::starting, reason);
-    if (m.spec.type == "container") {
-        return launch_container(m);
+}
+
+void Machines::start_failed(Machine& m, const Status& st) {
+    if (!m.exit_reason.empty()) {
+        // Killed or deleted while it was being started: that end is what happened.
+        ExitFact f;
+        f.how = "api:start failed: " + st.message();
+        f.clean = true;
+        return exited(m, f);
     }
-    uint64_t gen = ++m.generation;
-    std::string name = m.spec.name;
-    qemu::QemuProcess::launch(
-        io_, cfg_.qemu, m.spec, qemu::MachinePaths(machine_dir(name)), callbacks(name, gen),
-        [this, name, gen](const Status& st, std::shared_ptr<qemu::QemuProcess> proc) {
-            auto it = machines_.find(name);
-            if (it == machines_.end() || it->second->generation != gen) {
-                if (proc) {
-                    proc->signal(SIGKILL);
-                }
-                return;
-            }
-            Machine& m = *it->second;
-            if (!st) {
-                m.restart_pending = false;
-                set_state(m, MachineState::stopped, "api:start failed: " + st.message());
-                finish_op(m, st);
-                return;
-            }
-            m.proc = std::move(proc);
-            m.pid = m.proc->pid();
-            db_.update_state(name, m.state, m.state_reason, m.pid);
-            // The RESUME event that follows moves the machine to running.
-            m.proc->execute("cont", {}, [this, name, gen](const Status& st, std::string_view) {
-                with_machine(name, gen, [&](Machine& m) {
-                    if (!st && m.state == MachineState::starting && m.proc) {
-                        spdlog::warn("{}: cont failed: {}", name, st.message());
-                        m.exit_reason = "api:start failed: " + st.message();
-                        m.proc->signal(SIGKILL);
-                    }
-                });
-            });
-        });
+    m.live = false;
+    m.pid = 0;
+    ++m.generation;
+    m.restart_pending = false;
+    set_state(m, MachineState::stopped, "api:start failed: " + st.message());
+    db_.update_state(m.spec.name, m.state, m.state_reason, 0);
+    finish_op(m, st);
 }
 
 void Machines::graceful_stop(Machine& m, std::chrono::seconds timeout) {
-    set_state(m, MachineState::stopping, m.restart_pending ? "api:restart" : "api:stop");
-    if (m.spec.type == "container") {
-        return stop_container(m, timeout);
-    }
-    std::string name = m.spec.name;
-    uint64_t gen = m.generation;
-    m.stop_timer = std::make_unique<boost::asio::steady_timer>(io_);
-    m.stop_timer->expires_after(timeout);
-    m.stop_timer->async_wait([this, name, gen, timeout](boost::system::error_code ec) {
-        if (ec) {
-            return;
-        }
-        with_machine(name, gen, [&](Machine& m) {
-            force_quit(m, "api:stop: guest did not power off within " +
-                              std::to_string(timeout.count()) + " s");
-        });
-    });
-    // A paused guest cannot see the power button: it stays paused until the timeout.
-    m.proc->execute("system_powerdown", {}, [this, name, gen](const Status& st, std::string_view) {
+    const char* reason = m.restart_pending ? "api:restart" : "api:stop";
+    set_state(m, MachineState::stopping, reason);
+    m.runtime->stop(m.instance(), timeout, reason);
+}
+
+void Machines::kill_now(Machine& m) {
+    m.runtime->kill(m.instance(), [this, name = m.spec.name, gen = m.generation](const Status& st) {
         if (st) {
-            return;
+            return;  // the instance's end completes what waits
         }
+        spdlog::warn("{}: cannot kill it: {}", name, st.message());
+        // Nothing will end: what waits for the kill fails now.
         with_machine(name, gen, [&](Machine& m) {
-            force_quit(m, "api:stop: system_powerdown failed (" + st.message() + ")");
-        });
-    });
-}
-
-void Machines::force_quit(Machine& m, const std::string& why) {
-    if (!m.proc || m.proc->exited()) {
-        return;
-    }
-    if (m.exit_reason.empty()) {
-        m.exit_reason = why;
-    }
-    if (m.quit_sent) {
-        return;
-    }
-    m.quit_sent = true;
-    std::string name = m.spec.name;
-    uint64_t gen = m.generation;
-    // quit, and SIGKILL if QEMU does not exit within the command deadline.
-    m.stop_timer = std::make_unique<boost::asio::steady_timer>(io_);
-    m.stop_timer->expires_after(cfg_.qemu.command_timeout);
-    m.stop_timer->async_wait([this, name, gen](boost::system::error_code ec) {
-        if (ec) {
-            return;
-        }
-        with_machine(name, gen, [&](Machine& m) {
-            if (m.proc) {
-                spdlog::warn("{}: QEMU did not quit; sending SIGKILL", name);
-                m.exit_reason += ", killed";
-                m.proc->signal(SIGKILL);
+            m.delete_after_exit = false;
+            m.exit_reason.clear();
+            if (m.op != Op::none) {
+                finish_op(m,
+                          {Errc::unavailable, "the machine could not be killed: " + st.message()});
             }
         });
     });
-    m.proc->execute("quit", {}, [](const Status&, std::string_view) {});
 }
 
-void Machines::on_qmp_event(Machine& m, std::string_view event, const std::string& detail) {
-    if (event == "STOP") {
+// ---- what the runtime reports ----------------------------------------------------------
+
+void Machines::on_pid(const InstanceRef& ref, pid_t pid) {
+    HANGAR_ASSERT_REACTOR();
+    with_instance(ref, [&](Machine& m) {
+        if (m.pid != pid) {
+            m.pid = pid;
+            db_.update_state(m.spec.name, m.state, m.state_reason, m.pid);
+        }
+    });
+}
+
+void Machines::on_running(const InstanceRef& ref, const std::string& reason) {
+    HANGAR_ASSERT_REACTOR();
+    with_instance(ref, [&](Machine& m) {
+        m.live = true;
+        if (m.state != MachineState::running && m.state != MachineState::stopping) {
+            set_state(m, MachineState::running, reason);
+        }
+        if (m.op == Op::start || m.op == Op::resume ||
+            (m.op == Op::restart && !m.restart_pending)) {
+            finish_op(m, {});
+        }
+    });
+}
+
+void Machines::on_paused(const InstanceRef& ref, const std::string& reason) {
+    HANGAR_ASSERT_REACTOR();
+    with_instance(ref, [&](Machine& m) {
         if (m.state == MachineState::running) {
-            set_state(m, MachineState::paused, "qmp:STOP");
+            set_state(m, MachineState::paused, reason);
         }
-        if (m.op == "pause") {
+        if (m.op == Op::pause) {
             finish_op(m, {});
         }
-    } else if (event == "RESUME") {
-        if (m.state == MachineState::starting || m.state == MachineState::paused) {
-            set_state(m, MachineState::running, "qmp:RESUME");
+    });
+}
+
+void Machines::on_stopping(const InstanceRef& ref, const StoppingFact& fact) {
+    HANGAR_ASSERT_REACTOR();
+    with_instance(ref, [&](Machine& m) {
+        if (m.state == MachineState::running || m.state == MachineState::paused ||
+            m.state == MachineState::starting) {
+            set_state(m, MachineState::stopping,
+                      m.exit_reason.empty() ? fact.reason : m.exit_reason);
         }
-        if (m.op == "start" || m.op == "resume" || (m.op == "restart" && !m.restart_pending)) {
-            finish_op(m, {});
-        }
-    } else if (event == "SHUTDOWN") {
-        // With -no-shutdown QEMU stays alive after a guest shutdown; hangar ends it.
-        std::string reason = "qmp:SHUTDOWN " + detail;
-        if (m.exit_reason.empty() || m.exit_reason.rfind("api:stop", 0) == 0) {
-            if (detail.find("reason=host-qmp-quit") == std::string::npos) {
-                m.exit_reason = reason;
-            }
-        }
-        set_state(m, MachineState::stopping, m.exit_reason.empty() ? reason : m.exit_reason);
-        if (explainer_ && !m.explaining && detail.find("reason=host-signal") != std::string::npos) {
+        if (fact.from_outside && m.exit_reason.empty() && !m.explaining && explainer_) {
             m.explaining = true;
-            explainer_(m, [this, name = m.spec.name, gen = m.generation](std::string why) {
-                with_machine(name, gen, [&](Machine& m) {
-                    if (!why.empty()) {
+            explainer_(m, [this, ref](std::string why) {
+                with_instance(ref, [&](Machine& m) {
+                    if (!why.empty() && m.exit_reason.empty()) {
                         m.exit_reason = std::move(why);
                     }
                     explained(m);
                 });
             });
         }
-        force_quit(m, reason);
-    } else if (event == "GUEST_PANICKED") {
-        m.exit_reason = "qmp:GUEST_PANICKED";
-        m.exit_is_crash = true;
-        force_quit(m, m.exit_reason);
-    } else if (event == "RESET" || event == "POWERDOWN") {
-        spdlog::info("{}: QEMU reports {}", m.spec.name, event);
-    }
+    });
 }
 
-void Machines::on_responsive(Machine& m, bool responsive, const std::string& why) {
+void Machines::on_exited(const InstanceRef& ref, const ExitFact& fact) {
+    HANGAR_ASSERT_REACTOR();
+    with_instance(ref, [&](Machine& m) { exited(m, fact); });
+}
+
+void Machines::on_responsive(const InstanceRef& ref, bool responsive, const std::string& why) {
+    HANGAR_ASSERT_REACTOR();
+    with_instance(ref, [&](Machine& m) { set_responsive(m, responsive, why); });
+}
+
+void Machines::on_reset(const InstanceRef& ref, const std::string& reason) {
+    HANGAR_ASSERT_REACTOR();
+    with_instance(ref, [&](Machine& m) {
+        if (reset_listener_) {
+            reset_listener_(m.spec.name, reason);
+        }
+    });
+}
+
+void Machines::set_responsive(Machine& m, bool responsive, const std::string& why) {
     if (m.unresponsive == !responsive) {
         return;
     }
     m.unresponsive = !responsive;
-    json::Writer w;
-    w.begin_object().field("unresponsive", m.unresponsive).field("reason", why).end_object();
-    events_.publish("machine.updated", m.spec.name, m.spec.owner, w.str());
+    events_.publish(MachineUpdated{{"unresponsive"}, why, to_json(m)}, m.spec.name, m.spec.owner);
     spdlog::log(responsive ? spdlog::level::info : spdlog::level::warn, "{}: {}", m.spec.name, why);
 }
 
 void Machines::explained(Machine& m) {
     m.explaining = false;
     if (auto exit = std::exchange(m.deferred_exit, std::nullopt)) {
-        on_exit(m, exit->first, exit->second);
+        exited(m, *exit);
     }
 }
 
-void Machines::on_exit(Machine& m, const std::string& how, bool clean) {
+void Machines::exited(Machine& m, const ExitFact& fact) {
     if (m.explaining) {
-        m.deferred_exit.emplace(how, clean);
+        m.deferred_exit = fact;
         return;
     }
-    m.proc.reset();
-    m.unit_live = false;
+    m.live = false;
     m.pid = 0;
-    m.stop_timer.reset();
-    m.quit_sent = false;
     m.unresponsive = false;
     ++m.generation;
-    if (m.exit_is_crash) {
-        set_state(m, MachineState::crashed, m.exit_reason + " " + how);
-    } else if (!m.exit_reason.empty()) {
-        set_state(m, MachineState::stopped, m.exit_reason);
+    // hangard's own reason (kill, delete, machined) wins over what the runtime knows.
+    const std::string& reason = m.exit_reason.empty() ? fact.reason : m.exit_reason;
+    if (fact.crash && m.exit_reason.empty()) {
+        set_state(m, MachineState::crashed, reason + " " + fact.how);
+    } else if (!reason.empty()) {
+        set_state(m, MachineState::stopped, reason);
     } else {
-        set_state(m, clean ? MachineState::stopped : MachineState::crashed, how);
+        set_state(m, fact.clean ? MachineState::stopped : MachineState::crashed, fact.how);
     }
     db_.update_state(m.spec.name, m.state, m.state_reason, 0);
+    bool reboot = fact.reboot && m.exit_reason.empty();
     m.exit_reason.clear();
-    m.exit_is_crash = false;
 
     if (m.delete_after_exit) {
         auto waiters = std::move(m.waiters);
         m.waiters.clear();
         erase(m);  // `m` is gone after this
         for (auto& [op, done] : waiters) {
-            done(op == "delete" || op == "kill" || op == "stop"
+            done(op == Op::remove || op == Op::kill || op == Op::stop
                      ? Status{}
                      : Status{Errc::conflict, "the machine was deleted"});
         }
         return;
     }
-    if (m.restart_pending && m.state == MachineState::stopped) {
+    if ((m.restart_pending || reboot) && m.state == MachineState::stopped) {
         m.restart_pending = false;
-        launch(m, m.state_reason == kContainerReboot ? kContainerReboot : "api:restart");
+        launch(m, reboot ? fact.reason : "api:restart");
         return;
     }
     m.restart_pending = false;
     db_.flush();
     auto waiters = std::move(m.waiters);
     m.waiters.clear();
-    m.op.clear();
+    m.op = Op::none;
     for (auto& [op, done] : waiters) {
-        if (op == "stop" || op == "kill") {
+        if (op == Op::stop || op == Op::kill) {
             done({});
         } else {
-            done({Errc::conflict, "the machine ended during " + op + ": it is " +
-                                      std::string(to_string(m.state)) + " (" + m.state_reason +
-                                      ")"});
+            done({Errc::conflict, "the machine ended during " + std::string(to_string(op)) +
+                                      ": it is " + std::string(to_string(m.state)) + " (" +
+                                      m.state_reason + ")"});
         }
     }
+}
+
+// ---- exec ------------------------------------------------------------------------------
+
+Status Machines::exec(const Caller& caller, const std::string& name, ExecRequest req,
+                      ExecDone done) {
+    HANGAR_ASSERT_REACTOR();
+    Machine* m = nullptr;
+    if (Status st = lookup(caller, name, &m); !st) {
+        return st;
+    }
+    if (Status st = m->runtime->supports(Capability::exec, name); !st) {
+        return st;
+    }
+    if (Status st = check_exec(req); !st) {
+        return st;
+    }
+    if (m->state == MachineState::running && m->live) {
+        m->runtime->exec(
+            m->spec, m->instance(), true, std::move(req),
+            [this, name, done = std::move(done)](const Status& st, const ExecResult& r) {
+                if (!machines_.count(name)) {
+                    return done({Errc::conflict, "the machine was deleted"}, {});
+                }
+                done(st, r);
+            });
+        return {};
+    }
+    if (m->state != MachineState::stopped && m->state != MachineState::crashed) {
+        return {Errc::invalid_state,
+                "cannot exec in " + name + ": it is " + std::string(to_string(m->state))};
+    }
+    if (req.interactive) {
+        return {Errc::invalid_state, "an interactive exec needs " + name + " running: it is " +
+                                         std::string(to_string(m->state))};
+    }
+    if (m->op != Op::none) {
+        return {Errc::busy,
+                "machine " + name + " is busy: " + std::string(to_string(m->op)) + " in progress"};
+    }
+    // The stopped machine's files are the command's alone: starts and deletes wait (busy).
+    m->op = Op::exec;
+    uint64_t gen = m->generation;
+    m->runtime->exec(
+        m->spec, m->instance(), false, std::move(req),
+        [this, name, gen, done = std::move(done)](const Status& st, const ExecResult& r) {
+            with_machine(name, gen, [&](Machine& m) {
+                if (m.op == Op::exec) {
+                    finish_op(m, {});
+                }
+            });
+            done(st, r);
+        });
+    return {};
 }
 
 // ---- adoption --------------------------------------------------------------------------
 
 void Machines::load_and_adopt(std::function<void(size_t, size_t)> done) {
+    HANGAR_ASSERT_REACTOR();
     auto rows = db_.load_machines();
     auto remaining = std::make_shared<size_t>(1);
     auto adopted_count = std::make_shared<size_t>(0);
@@ -809,50 +911,34 @@ void Machines::load_and_adopt(std::function<void(size_t, size_t)> done) {
         m->state = row.state;
         m->state_reason = std::move(row.state_reason);
         m->pid = static_cast<pid_t>(row.pid);
+        auto type = parse_machine_type(m->spec.type);
+        m->runtime = type ? runtime_for(*type) : nullptr;
+        if (!m->runtime) {
+            spdlog::error("{}: stored with type {}, which this hangard does not run; left out",
+                          m->spec.name, json::quote(m->spec.type));
+            continue;
+        }
+        m->type = *type;
         Machine& ref = *m;
         machines_.emplace(ref.spec.name, std::move(m));
-        if (ref.spec.type == "container") {
-            // Its unit is looked up once the container host connects (on_unit).
-            ref.unit_live = is_active(ref.state);
-            if (ref.unit_live && !host_) {
-                ref.unresponsive = true;
-                ref.state_reason += " (unknown: hangard has no systemd connection)";
-            }
-            continue;
-        }
-        qemu::MachinePaths paths(machine_dir(ref.spec.name));
-        if (!is_active(ref.state) && !std::filesystem::exists(paths.pidfile())) {
-            paths.remove_runtime_files();
-            ref.pid = 0;
-            continue;
-        }
-        ref.op = "adopt";
+        ref.op = Op::adopt;
         ++*remaining;
         std::string name = ref.spec.name;
         uint64_t gen = ++ref.generation;
-        qemu::QemuProcess::adopt(
-            io_, cfg_.qemu, ref.spec, paths, callbacks(name, gen),
-            [this, name, gen, adopted_count, settle](const Status& st,
-                                                     std::shared_ptr<qemu::QemuProcess> proc,
-                                                     const std::string& status) {
+        ref.runtime->adopt(
+            ref.spec, ref.state, ref.instance(),
+            [this, name, gen, adopted_count, settle](const Status& st, const Adoption& a) {
                 with_machine(name, gen, [&](Machine& m) {
-                    m.op.clear();
+                    m.op = Op::none;
                     if (!st) {
-                        m.pid = 0;
-                        if (m.state == MachineState::stopping) {
-                            set_state(m, MachineState::stopped, "adopt: " + st.message());
-                        } else if (is_active(m.state)) {
-                            set_state(
-                                m, MachineState::crashed,
-                                "adopt: " + st.message() + " (exited while hangard was down)");
-                        }
-                        db_.update_state(m.spec.name, m.state, m.state_reason, 0);
-                        return;
+                        Adoption gone{AdoptFact::gone, st.message(), 0};
+                        return adopted(m, gone);
                     }
-                    ++*adopted_count;
-                    m.proc = std::move(proc);
-                    m.pid = m.proc->pid();
-                    adopted(m, status);
+                    if (a.fact != AdoptFact::none && a.fact != AdoptFact::gone &&
+                        a.fact != AdoptFact::later) {
+                        ++*adopted_count;
+                    }
+                    adopted(m, a);
                 });
                 settle();
             });
@@ -860,40 +946,61 @@ void Machines::load_and_adopt(std::function<void(size_t, size_t)> done) {
     boost::asio::post(io_, settle);
 }
 
-void Machines::adopted(Machine& m, const std::string& status) {
-    spdlog::info("{}: adopted QEMU pid {} (status {})", m.spec.name, m.pid,
-                 status.empty() ? "unknown" : status);
-    if (status.empty()) {
-        on_responsive(m, false, "QMP unreachable after adoption");
-        return;
+void Machines::adopted(Machine& m, const Adoption& a) {
+    switch (a.fact) {
+        case AdoptFact::none:
+            m.pid = 0;
+            return;
+        case AdoptFact::gone:
+            m.pid = 0;
+            if (m.state == MachineState::stopping) {
+                set_state(m, MachineState::stopped, "adopt: " + a.reason);
+            } else if (is_active(m.state)) {
+                set_state(m, MachineState::crashed,
+                          "adopt: " + a.reason + " (exited while hangard was down)");
+            }
+            db_.update_state(m.spec.name, m.state, m.state_reason, 0);
+            return;
+        case AdoptFact::later:
+            // Reported when the runtime can tell; until then it is taken to run as stored.
+            m.live = is_active(m.state);
+            if (m.live && !a.reason.empty()) {
+                m.unresponsive = true;
+                m.state_reason += " (" + a.reason + ")";
+            }
+            return;
+        default:
+            break;
     }
-    if (status == "running") {
-        set_state(m, MachineState::running, "adopt:qmp status=running");
-    } else if (status == "shutdown") {
-        m.exit_reason = "qmp:SHUTDOWN guest=true (while hangard was down)";
-        set_state(m, MachineState::stopping, m.exit_reason);
-        force_quit(m, m.exit_reason);
-    } else if (status == "guest-panicked" || status == "internal-error") {
-        m.exit_reason = "adopt:qmp status=" + status;
-        m.exit_is_crash = true;
-        force_quit(m, m.exit_reason);
-    } else if (status == "prelaunch" || m.state == MachineState::starting) {
-        // An interrupted start: finish it.
-        set_state(m, MachineState::starting, "adopt:qmp status=" + status);
-        m.proc->execute("cont", {}, [](const Status&, std::string_view) {});
-    } else {
-        set_state(m, MachineState::paused, "adopt:qmp status=" + status);
+    m.live = true;
+    m.pid = a.pid;
+    spdlog::info("{}: adopted pid {} ({})", m.spec.name, m.pid, a.reason);
+    switch (a.fact) {
+        case AdoptFact::running:
+            set_state(m, MachineState::running, a.reason);
+            break;
+        case AdoptFact::paused:
+            set_state(m, MachineState::paused, a.reason);
+            break;
+        case AdoptFact::starting:
+            set_state(m, MachineState::starting, a.reason);
+            break;
+        case AdoptFact::stopping:
+            set_state(m, MachineState::stopping, a.reason);
+            break;
+        case AdoptFact::unresponsive:
+            set_responsive(m, false, a.reason);
+            break;
+        default:  // failing: its exit follows
+            break;
     }
     db_.update_state(m.spec.name, m.state, m.state_reason, m.pid);
 }
 
 void Machines::detach_all() {
-    for (auto& [name, m] : machines_) {
-        if (m->proc) {
-            m->proc->detach();
-            m->proc.reset();
-        }
-        m->stop_timer.reset();
+    HANGAR_ASSERT_REACTOR();
+    for (Runtime* rt : runtimes_) {
+        rt->detach_all();
     }
     db_.flush();
 }

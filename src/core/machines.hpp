@@ -1,10 +1,11 @@
 #pragma once
-// The machine registry and the state machine of each machine. REST handlers (and later the
-// D-Bus adaptor) are thin faces over this class; every business rule lives here.
+// The machine registry and the state machine of each machine, over one Runtime per machine
+// type (core/runtime.hpp). The faces (HTTP, D-Bus, the spool) are thin: every business rule
+// lives here, and nothing here is a type's own (no QMP, no systemd word).
 //
-// State is driven only by what QEMU reports: QMP events (STOP, RESUME, SHUTDOWN, RESET,
-// POWERDOWN, GUEST_PANICKED) and the exit seen through the process's pidfd. An operation in
-// flight holds the machine's operation lock; a conflicting request fails at once with `busy`.
+// State changes only with what the runtime reports (running, paused, stopping, exited); an
+// operation in flight holds the machine's operation lock, and a conflicting request fails at
+// once with `busy`.
 #include <sys/types.h>
 
 #include <chrono>
@@ -20,12 +21,12 @@
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
 
-#include "core/containers.hpp"
+#include "core/admin_group.hpp"
 #include "core/event_bus.hpp"
-#include "drivers/qemu/argv.hpp"
-#include "drivers/qemu/qemu_process.hpp"
+#include "core/exec.hpp"
+#include "core/quotas.hpp"
+#include "core/runtime.hpp"
 #include "hangar/error.hpp"
 #include "hangar/machine.hpp"
 
@@ -47,75 +48,84 @@ enum class Action { start, stop, kill, restart, pause, resume };
 std::optional<Action> parse_action(std::string_view s);
 
 struct ActionArgs {
-    std::chrono::seconds stop_timeout{60};  // graceful stop: then quit, then SIGKILL
-    bool reset = false;                     // restart through system_reset
+    std::chrono::seconds stop_timeout{60};  // graceful stop: then forced
+    bool reset = false;                     // restart through a reset of the guest
     std::string reason;                     // of a start; "" is "api:start"
 };
 
+// The operation holding a machine's lock.
+enum class Op { none, start, stop, kill, restart, pause, resume, remove, exec, adopt };
+// "start" ... "delete", "exec", "adopt"; "" for none.
+std::string_view to_string(Op op);
+
 struct Machine {
     MachineSpec spec;
+    MachineType type = MachineType::vm;
+    Runtime* runtime = nullptr;
     MachineState state = MachineState::stopped;
     std::string state_reason;
     bool unresponsive = false;
-    std::shared_ptr<qemu::QemuProcess> proc;
-    // Containers: hangar-NAME.service was started (or found) and has not been seen to end.
-    bool unit_live = false;
-    bool unit_seen_up = false;  // since the start: a fresh transient unit is reported inactive
-    pid_t pid = 0;              // QEMU, or a container's systemd-nspawn
+    bool live = false;  // its runtime runs an instance (QEMU, the container's unit)
+    pid_t pid = 0;      // QEMU, or a container's systemd-nspawn
 
-    // Operation lock: the operation in flight ("" when none) and who waits for it.
-    std::string op;
-    std::vector<std::pair<std::string, std::function<void(const Status&)>>> waiters;
-    // What the next exit of QEMU means (set by SHUTDOWN, api:kill, a forced stop...).
+    // Operation lock: the operation in flight and who waits for it.
+    Op op = Op::none;
+    std::vector<std::pair<Op, std::function<void(const Status&)>>> waiters;
+    // hangard's own reason for the coming end (api:kill, api:delete force, machined:terminated):
+    // it wins over what the runtime reports.
     std::string exit_reason;
-    bool exit_is_crash = false;
     bool restart_pending = false;
     bool delete_after_exit = false;
-    bool quit_sent = false;  // "quit" went out for the current QEMU
-    // An ExitExplainer is asked why QEMU was signalled; its exit waits for the answer.
+    // The end came from outside: who did it is being asked; the exit waits for the answer.
     bool explaining = false;
-    std::optional<std::pair<std::string, bool>> deferred_exit;  // (how, clean)
-    std::unique_ptr<boost::asio::steady_timer> stop_timer;
-    uint64_t generation = 0;  // identifies the current QEMU; stale callbacks compare it
+    std::optional<ExitFact> deferred_exit;
+    uint64_t generation = 0;  // the current instance; reports about others are dropped
 
-    // Bumped whenever `spec` is replaced.
+    // Bumped whenever `spec` is replaced, or what the JSON shows besides the state changes.
     uint64_t spec_rev = 0;
+    std::string console_viewers = "[]";  // a JSON array, kept by core::Consoles
     // Machines::to_json's last answer and what it was made from; reused while they match,
     // so listing many machines copies strings instead of serializing each one again.
     struct JsonCache {
         std::string json;
         uint64_t spec_rev = UINT64_MAX;
         MachineState state = MachineState::stopped;
-        std::string state_reason, op;
+        std::string state_reason;
+        Op op = Op::none;
         bool unresponsive = false;
         pid_t pid = 0;
     };
     mutable JsonCache json_cache;
+
+    InstanceRef instance() const { return {spec.name, generation}; }
 };
 
 struct MachinesConfig {
     std::filesystem::path machines_dir;  // <state dir>/machines
-    qemu::Settings qemu;
-    BootSpec default_boot;  // the built-in guest; empty kernel when none was found
-    size_t max_machines_per_owner = 4096;
+    // Per-owner quotas and the host's bound on one machine; none: no limits.
+    const Quotas* quotas = nullptr;
+    // Who is an admin now (root, the admin group); none: root only.
+    const AdminGroup* admins = nullptr;
 };
 
-class Machines {
+class Machines : private RuntimeSink {
   public:
     using Done = std::function<void(const Status&, const Machine*)>;
 
-    Machines(boost::asio::io_context& io, store::Db& db, EventBus& events, MachinesConfig cfg);
+    // `runtimes`: one per machine type, not owned; a type without one cannot be created.
+    Machines(boost::asio::io_context& io, store::Db& db, EventBus& events, MachinesConfig cfg,
+             std::vector<Runtime*> runtimes);
     ~Machines();
 
-    // Loads the store and adopts every QEMU left running; `done(adopted, total)` when all
+    // Loads the store and adopts every instance left running; `done(adopted, total)` when all
     // machines are settled. The API may serve meanwhile: machines being adopted are `busy`.
     void load_and_adopt(std::function<void(size_t adopted, size_t total)> done);
-    // Leaves every QEMU running and lets go of it (daemon shutdown).
+    // Leaves every instance running and lets go of it (daemon shutdown).
     void detach_all();
 
     Status create(const Caller& caller, MachineSpec spec, const Machine** out);
     // Replaces the spec of `name` with `spec`, whose fields listed in `changed` differ from
-    // the request's view. cpus, memory_mib and boot change only while QEMU is not running.
+    // the request's view. cpus, memory_mib and boot change only while nothing runs.
     Status update(const Caller& caller, const std::string& name, MachineSpec spec,
                   const std::set<std::string>& changed, const Machine** out);
     Status get(const Caller& caller, const std::string& name, const Machine** out) const;
@@ -132,74 +142,60 @@ class Machines {
     // started. `done(started, failed)` at the end.
     void autostart(std::function<void(size_t started, size_t failed)> done);
 
-    // Runs a command in a container: inside it while it runs (its namespaces and root), in its
-    // root file system while it is stopped (holding the operation lock). Refusals are returned.
+    // Runs a command in a machine: inside it while it runs, in its stopped files while it is
+    // stopped (holding the operation lock). Refusals are returned. An interactive one needs the
+    // machine running; its result holds the command, running on its pty.
     using ExecDone = std::function<void(const Status&, const ExecResult&)>;
     Status exec(const Caller& caller, const std::string& name, ExecRequest req, ExecDone done);
+    boost::asio::io_context& io() { return io_; }
 
-    // Containers run through `host` (systemd + machined); without one they cannot start.
-    void set_container_host(ContainerHost* host) { host_ = host; }
-    // The root file system directory of a local image, or an error naming what is wrong.
-    using ImageLookup = std::function<Status(const std::string& image, std::string& rootfs)>;
-    void set_image_lookup(ImageLookup lookup) { image_lookup_ = std::move(lookup); }
-    // What systemd says of container `name`'s unit (a change, or the state found on connect).
-    void on_unit(const std::string& name, const UnitStatus& st);
-    // The host lost (false) or regained (true) its connection: until it reports, container
-    // states are marked unresponsive.
-    void on_container_host(bool reachable, const std::string& why);
-
-    // Asked when QEMU says something outside hangar signalled it (SHUTDOWN reason=host-signal):
-    // calls `answer` once, soon, with the reason to report for the stop, e.g.
-    // "machined:terminated", or "" to keep QEMU's. The machine's exit waits for the answer.
+    // Asked when a machine ends from outside (QEMU signalled by someone, a container's unit
+    // stopped by someone): calls `answer` once, soon, with the reason to report for the end
+    // ("machined:terminated"), or "" to keep the runtime's. The machine's exit waits for it.
     using ExitExplainer = std::function<void(const Machine&, std::function<void(std::string)>)>;
     void set_exit_explainer(ExitExplainer e) { explainer_ = std::move(e); }
+
+    // Console input and window size for the running instance of `name` (the core's
+    // Consoles, for a viewer it has checked). invalid_state when nothing runs.
+    Status console_input(const std::string& name, std::string_view bytes);
+    Status console_resize(const std::string& name, unsigned cols, unsigned rows);
+    // The console's viewers as the machine JSON shows them (a JSON array).
+    void set_console_viewers(const std::string& name, std::string viewers_json);
+
+    // Told when a running machine's guest is reset in place (its console says so).
+    using ResetListener = std::function<void(const std::string& machine, const std::string& why)>;
+    void set_reset_listener(ResetListener l) { reset_listener_ = std::move(l); }
 
     const std::string& to_json(const Machine& m) const;
     uint64_t revision() const { return events_.revision(); }
     const std::map<std::string, std::unique_ptr<Machine>>& all() const { return machines_; }
-    const MachinesConfig& config() const { return cfg_; }
     std::filesystem::path machine_dir(const std::string& name) const {
         return cfg_.machines_dir / name;
     }
 
   private:
-    // Checks limits and files; fills the built-in guest in when no boot source is given.
-    Status validate(MachineSpec& spec) const;
+    Runtime* runtime_for(MachineType t) const;
+    // Checks limits and the runtime's part of the spec (files opened as `owner`).
+    Status validate(MachineSpec& spec, uid_t owner, Runtime** rt) const;
+    Privilege privilege(uid_t owner) const;
     Machine* find_visible(const Caller& caller, const std::string& name) const;
     // invalid_name, not_found (also for others' machines), or the machine in `out`.
     Status lookup(const Caller& caller, const std::string& name, Machine** out) const;
     void set_state(Machine& m, MachineState to, const std::string& reason);
-    void begin_op(Machine& m, const std::string& op, std::function<void(const Status&)> done);
+    void begin_op(Machine& m, Op op, std::function<void(const Status&)> done);
     void finish_op(Machine& m, const Status& st);
     void launch(Machine& m, const std::string& reason);
-    // Containers (machines_container.cpp).
-    void launch_container(Machine& m);
-    void stop_container(Machine& m, std::chrono::seconds timeout);
-    void stop_container_step(const std::string& name, uint64_t gen,
-                             std::chrono::steady_clock::time_point deadline, int signal,
-                             std::chrono::seconds timeout);
-    void kill_container(Machine& m);
-    void explain_container_stop(Machine& m);
-    // Copies the image's root file system to the machine's directory unless it is there.
-    void prepare_rootfs(Machine& m, std::function<void(const Status&)> done);
-    void run_exec(Machine& m, ExecRequest req, pid_t leader, ExecDone done);
-    Status validate_container(MachineSpec& spec) const;
-    // Removes a directory tree in a child process, after moving it out of the way.
-    void remove_tree(const std::filesystem::path& dir);
-    // Kills whatever runs the machine (QEMU or the container's unit).
-    void kill_now(Machine& m);
-    // What a QEMU of machine `name` (generation `gen`) reports, routed to the handlers below.
-    qemu::QemuProcess::Callbacks callbacks(const std::string& name, uint64_t gen);
+    void start_failed(Machine& m, const Status& st);
     void graceful_stop(Machine& m, std::chrono::seconds timeout);
-    void force_quit(Machine& m, const std::string& why);
-    void on_qmp_event(Machine& m, std::string_view event, const std::string& detail);
-    void on_exit(Machine& m, const std::string& how, bool clean);
+    void kill_now(Machine& m);
     // The answer to why a machine is ending is in (any reason set): the exit that waited goes on.
     void explained(Machine& m);
-    void on_responsive(Machine& m, bool responsive, const std::string& why);
-    void adopted(Machine& m, const std::string& status);
+    void exited(Machine& m, const ExitFact& fact);
+    void adopted(Machine& m, const Adoption& a);
     void erase(Machine& m);
-    // Runs `fn(machine)` if the machine still exists with the same QEMU generation.
+    // Removes a directory tree in a child process, after moving it out of the way.
+    void remove_tree(const std::filesystem::path& dir);
+    // Runs `fn(machine)` if the machine still exists with the same instance.
     template <typename Fn>
     void with_machine(const std::string& name, uint64_t generation, Fn&& fn) {
         auto it = machines_.find(name);
@@ -207,25 +203,29 @@ class Machines {
             fn(*it->second);
         }
     }
+    template <typename Fn>
+    void with_instance(const InstanceRef& ref, Fn&& fn) {
+        with_machine(ref.machine, ref.generation, std::forward<Fn>(fn));
+    }
+
+    // RuntimeSink
+    void on_pid(const InstanceRef& ref, pid_t pid) override;
+    void on_running(const InstanceRef& ref, const std::string& reason) override;
+    void on_paused(const InstanceRef& ref, const std::string& reason) override;
+    void on_stopping(const InstanceRef& ref, const StoppingFact& fact) override;
+    void on_exited(const InstanceRef& ref, const ExitFact& fact) override;
+    void on_responsive(const InstanceRef& ref, bool responsive, const std::string& why) override;
+    void on_reset(const InstanceRef& ref, const std::string& reason) override;
+    void set_responsive(Machine& m, bool responsive, const std::string& why);
 
     boost::asio::io_context& io_;
     store::Db& db_;
     EventBus& events_;
     MachinesConfig cfg_;
+    std::vector<Runtime*> runtimes_;
     std::map<std::string, std::unique_ptr<Machine>> machines_;
     ExitExplainer explainer_;
-    ContainerHost* host_ = nullptr;
-    ImageLookup image_lookup_;
+    ResetListener reset_listener_;
 };
-
-// The reason of a container's stop and start when it rebooted itself (nspawn exits 133).
-inline constexpr const char* kContainerReboot = "container:reboot";
-// The reason of an end that machined brought about (TerminateMachine from someone else).
-inline constexpr const char* kMachinedTerminated = "machined:terminated";
-
-// QEMU runs, or the container's unit is up.
-inline bool is_live(const Machine& m) {
-    return m.proc || m.unit_live;
-}
 
 }  // namespace hangar::core

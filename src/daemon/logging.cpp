@@ -1,5 +1,10 @@
 #include "daemon/logging.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstdlib>
 
 #include <spdlog/pattern_formatter.h>
@@ -41,9 +46,24 @@ void install() {
             "hangard", std::make_shared<spdlog::sinks::stderr_sink_st>());
         logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
     } else {
+        // The log names machines, users and paths: 0600, like everything in the state dir,
+        // whether new, rotated or left by an older hangard.
+        spdlog::file_event_handlers handlers;
+        handlers.before_open = [](const spdlog::filename_t& name) {
+            int fd = open(name.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+            if (fd >= 0) {
+                close(fd);
+            }
+        };
+        handlers.after_open = [](const spdlog::filename_t&, std::FILE* f) {
+            fchmod(fileno(f), 0600);
+        };
+        for (int i = 1; i <= 3; ++i) {
+            chmod((g_state_dir + "/hangard." + std::to_string(i) + ".log").c_str(), 0600);
+        }
         logger = std::make_shared<spdlog::logger>(
             "hangard", std::make_shared<spdlog::sinks::rotating_file_sink_st>(
-                           g_state_dir + "/hangard.log", 10 * 1024 * 1024, 3));
+                           g_state_dir + "/hangard.log", 10 * 1024 * 1024, 3, false, handlers));
         logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %l [%P] %v");
         logger->flush_on(spdlog::level::info);
     }

@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -21,12 +20,17 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include "api/browser_access.hpp"
+#include "api/console_routes.hpp"
 #include "api/event_stream.hpp"
 #include "api/handlers.hpp"
 #include "api/http_server.hpp"
+#include "api/test_routes.hpp"
 #include "api/tls.hpp"
 #include "core/credentials.hpp"
 #include "core/event_bus.hpp"
+#include "core/health.hpp"
+#include "core/host_boot.hpp"
 #include "core/machines.hpp"
 #include "core/operations.hpp"
 #include "daemon/logging.hpp"
@@ -35,11 +39,15 @@
 #include "dbus/machined.hpp"
 #include "dbus/service.hpp"
 #include "dbus/units.hpp"
+#include "drivers/nspawn/runtime.hpp"
 #include "drivers/qemu/argv.hpp"
+#include "drivers/qemu/runtime.hpp"
 #include "images/fetch.hpp"
 #include "qmp/client.hpp"
+#include "spool/spool.hpp"
 #include "store/db.hpp"
 #include "util/metrics.hpp"
+#include "util/reactor.hpp"
 
 namespace fs = std::filesystem;
 using namespace hangar;
@@ -88,14 +96,6 @@ void report_ready(const std::string& msg) {
     report_ready("hangard: " + msg + "\n");
     std::cerr << "hangard: " << msg << "\n";
     _exit(1);
-}
-
-// The kernel's id of this boot; "" when unknown.
-std::string read_boot_id() {
-    std::ifstream in("/proc/sys/kernel/random/boot_id");
-    std::string id;
-    std::getline(in, id);
-    return id;
 }
 
 void daemonize() {
@@ -163,13 +163,43 @@ int main(int argc, char** argv) {
         return 1;
     }
     opts.state_dir = fs::canonical(opts.state_dir).string();
+    // The state dir is hangard's alone (its mode is set below, once the socket is known).
+    if (struct stat st{}; stat(opts.state_dir.c_str(), &st) != 0 || st.st_uid != geteuid() ||
+                          (st.st_mode & S_ISVTX) != 0) {
+        std::cerr << "hangard: state dir " << opts.state_dir
+                  << " must be a directory of hangard's own user, not a shared one\n";
+        return 1;
+    }
     bool under_systemd = getenv("NOTIFY_SOCKET") || getenv("JOURNAL_STREAM");
+    mode_t state_dir_mode = 0700;
     // Before any fork: LISTEN_PID names this process.
     daemon::ActivatedSockets activated = daemon::activated_sockets();
+    if (!activated.unix_fds.empty()) {
+        sockaddr_un addr{};
+        socklen_t len = sizeof addr;
+        if (getsockname(activated.unix_fds[0], reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+            addr.sun_path[0] != '\0') {
+            opts.socket = addr.sun_path;
+        }
+    }
+    // Others may pass through the state dir (0711: no listing) only when the socket is in it
+    // and open to them; everything else in it is 0700/0600 either way.
+    {
+        struct stat sock_st {};
+        bool open_to_others =
+            activated.unix_fds.empty()
+                ? (opts.socket_mode & 0077) != 0
+                : stat(opts.socket.c_str(), &sock_st) == 0 && (sock_st.st_mode & 0077) != 0;
+        fs::path sock_dir = fs::weakly_canonical(fs::absolute(opts.socket).parent_path(), ec);
+        bool inside = !ec && sock_dir == fs::path(opts.state_dir);
+        state_dir_mode = inside && open_to_others ? 0711 : 0700;
+        chmod(opts.state_dir.c_str(), state_dir_mode);
+    }
     if (!opts.foreground && !under_systemd) {
         daemonize();
     }
     daemon::setup_logging(opts.state_dir, opts.log_level, opts.foreground);
+    reactor::install_terminate_handler();
     for (const auto& w : activated.warnings) {
         spdlog::warn("{}", w);
     }
@@ -184,6 +214,7 @@ int main(int argc, char** argv) {
     if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
         fatal("another hangard is already using " + opts.state_dir);
     }
+    fchmod(lock_fd, 0600);
     fs::create_directories(opts.state_dir + "/machines", ec);
     chmod((opts.state_dir + "/machines").c_str(), 0700);
 
@@ -196,21 +227,42 @@ int main(int argc, char** argv) {
         fatal(st.message());
     }
     core::EventBus events(db, opts.event_ring);
+    const std::string boot_id = core::read_boot_id();
 
-    core::MachinesConfig cfg;
-    cfg.machines_dir = opts.state_dir + "/machines";
-    cfg.qemu.binary = opts.qemu;
-    std::string accel_why = "--accel " + opts.accel;
-    cfg.qemu.accel = opts.accel == "auto" ? qemu::detect_accel(opts.qemu, accel_why) : opts.accel;
-    spdlog::info("accelerator {}: {}", cfg.qemu.accel, accel_why);
-    cfg.qemu.command_timeout = std::chrono::milliseconds(opts.qmp_timeout_ms);
-    cfg.qemu.handshake_timeout =
+    qemu::RuntimeConfig vm_cfg;
+    vm_cfg.machines_dir = opts.state_dir + "/machines";
+    vm_cfg.qemu.binary = opts.qemu;
+    vm_cfg.default_boot = find_guest(opts.guest_dir);
+    core::AccelChoice accel = core::choose_accel(
+        db, boot_id, opts.accel, opts.qemu,
+        [&](std::string& why) { return qemu::detect_accel(opts.qemu, vm_cfg.default_boot, why); });
+    vm_cfg.qemu.accel = accel.accel;
+    spdlog::info("accelerator {}: {}", vm_cfg.qemu.accel, accel.why);
+    vm_cfg.qemu.command_timeout = std::chrono::milliseconds(opts.qmp_timeout_ms);
+    vm_cfg.qemu.handshake_timeout =
         std::chrono::milliseconds(std::max<uint32_t>(opts.qmp_timeout_ms, 10000));
-    cfg.default_boot = find_guest(opts.guest_dir);
-    if (cfg.default_boot.kernel.empty()) {
+    if (vm_cfg.default_boot.kernel.empty()) {
         spdlog::warn("built-in guest not found; machines need an explicit boot source");
     }
-    core::Machines machines(io, db, events, cfg);
+    std::optional<unsigned> admin_gid;
+    if (struct group* g = getgrnam(opts.admin_group.c_str())) {
+        admin_gid = g->gr_gid;
+    }
+    core::AdminGroup admins(admin_gid);
+    core::Quotas quotas(opts.quotas, core::HostSize::probe(), &admins);
+    core::MachinesConfig cfg;
+    cfg.machines_dir = vm_cfg.machines_dir;
+    cfg.admins = &admins;
+    cfg.quotas = &quotas;
+    spdlog::info(
+        "quotas per owner: {} machines, {} vCPUs, {} MiB, {} images, {} bytes of disk; "
+        "one machine at most {} CPUs, {} MiB (this host)",
+        opts.quotas.machines, opts.quotas.vcpus, opts.quotas.memory_mib, opts.quotas.images,
+        opts.quotas.disk_bytes, quotas.host().cpus, quotas.host().memory_mib);
+    qemu::QemuRuntime vms(io, vm_cfg);
+    nspawn::NspawnRuntime containers(io, cfg.machines_dir);
+    core::Machines machines(io, db, events, cfg, {&vms, &containers});
+    core::Operations operations(io, events, db, machines);
 
     // Default: the system bus when one is reachable, else none (one warning).
     std::string dbus_mode = opts.dbus;
@@ -222,55 +274,83 @@ int main(int argc, char** argv) {
             spdlog::warn("dbus: no system bus reachable; org.hangar is not served (--dbus)");
         }
     }
-    std::optional<unsigned> admin_gid;
-    if (struct group* g = getgrnam(opts.admin_group.c_str())) {
-        admin_gid = g->gr_gid;
-    }
     std::optional<dbus::Service> bus;
     std::optional<dbus::Machined> machined;
     std::optional<dbus::Units> units;
     if (dbus_mode != "none") {
-        bus.emplace(io, machines, events, dbus_mode, admin_gid);
+        bus.emplace(io, machines, events, operations, dbus_mode, &admins);
         if (opts.machined) {
             machined.emplace(io, machines, events, dbus_mode);
         }
-        units.emplace(io, machines, dbus_mode);
-        machines.set_container_host(units->host());
+        units.emplace(io, containers, dbus_mode);
+        containers.set_host(units->host());
+        if (!opts.machined) {
+            // Without hangard's machined connection, the containers' host tells who ended one.
+            machines.set_exit_explainer(
+                [host = units->host()](const core::Machine& m, std::function<void(std::string)> a) {
+                    host->machined_closing(m.spec.name, [a](bool closing) {
+                        a(closing ? core::kMachinedTerminated : "");
+                    });
+                });
+        }
     }
 
-    core::Credentials credentials(db);
+    core::Credentials credentials(db, &admins);
     api::Router router;
-    api::ServerInfo info{opts.state_dir, cfg.qemu.accel};
+    core::Health health(vm_cfg.qemu.binary, vm_cfg.default_boot.kernel, opts.state_dir);
+    api::ServerInfo info;
+    info.state_dir = opts.state_dir;
+    info.accelerator = vm_cfg.qemu.accel;
+    info.quotas = &quotas;
+    info.health = &health;
     api::Probes probes;
-    core::Operations operations(events);
     images::FetchOptions fetch_opts;
     fetch_opts.ca_file = opts.image_ca;
     auto transfer = images::make_transfer(io, fetch_opts);
-    core::Images image_store(io, db, events, operations, opts.state_dir + "/images",
-                             transfer.get());
+    core::Images image_store(io, db, events, operations, core::Images::dir_in(opts.state_dir),
+                             transfer.get(), opts.image_remotes);
     image_store.load();
-    machines.set_image_lookup([&image_store](const std::string& name, std::string& rootfs) {
-        const core::Image* img = nullptr;
-        if (Status st = image_store.get(name, &img); !st) {
-            return st;
-        }
-        rootfs = image_store.dir() + "/" + name + "/rootfs";
-        return Status{};
+    image_store.set_quotas(&quotas);
+    quotas.attach(&machines, &image_store);
+    containers.set_image_lookup([&image_store](const std::string& name, std::string& rootfs) {
+        return image_store.rootfs(name, rootfs);
     });
     api::register_routes(router, machines, credentials, operations, image_store, info, probes);
+    core::ConsoleLimits console_limits;
+    console_limits.max_viewers = opts.console_viewers;
+    core::Consoles consoles(io, machines, events, console_limits);
+    api::register_console_routes(router, consoles, machines);
+    probes.more.push_back([&consoles](std::string& out) { consoles.render_metrics(out); });
+    api::Tickets tickets;  // browsers' ?ticket= for the console and VNC WebSockets
+    api::register_display_routes(router, machines, io, tickets);
+    if (opts.test_hooks) {
+        api::register_test_routes(router, io);
+        spdlog::warn("--test-hooks: serving the test suite's fault routes (POST /v1/test/throw)");
+    }
     api::EventStreams streams(events, {});
     api::Authenticate authenticate{
         [&credentials](std::string_view t) { return credentials.authenticate_token(t); },
-        [&credentials](std::string_view fp) { return credentials.authenticate_certificate(fp); }};
-    api::HttpServer server(io, router, {}, &streams, authenticate);
+        [&credentials](std::string_view fp) { return credentials.authenticate_certificate(fp); },
+        [&tickets](std::string_view t, std::string_view path) { return tickets.redeem(t, path); }};
+    api::ServerLimits limits;
+    limits.auth_timeout = std::chrono::milliseconds(opts.auth_timeout_ms);
+    limits.unix_per_uid = limits.tcp_per_uid = opts.connections_per_uid;
+    api::HttpServer server(io, router, limits, &streams, authenticate);
     probes.subscribers = [&streams] { return streams.subscribers(); };
     probes.subscribers_dropped = [&streams] { return streams.dropped_slow(); };
     probes.connections = [&server] { return server.connections(); };
+    probes.connections_refused = [&server] {
+        std::vector<api::Probes::Refused> out;
+        for (const auto& r : server.refused()) {
+            out.push_back({r.listener, r.reason, r.count});
+        }
+        return out;
+    };
     probes.images = [&image_store] { return image_store.list().size(); };
     probes.image_pulls_running = [&image_store] { return image_store.pulling(); };
     probes.image_pulls_succeeded = [&image_store] { return image_store.succeeded(); };
     probes.image_pulls_failed = [&image_store] { return image_store.failed(); };
-    probes.dbus = [&bus, &machined, &units, dbus_mode](std::string& detail) {
+    health.set_bus([&bus, &machined, &units, dbus_mode](std::string& detail) {
         if (!bus) {
             detail = "not served (--dbus " + dbus_mode + ")";
             return false;
@@ -287,23 +367,29 @@ int main(int argc, char** argv) {
             detail += "; systemd: " + u;
         }
         return ok;
-    };
+    });
+    server.set_allowed_origins(opts.allowed_origins);
     if (admin_gid) {
-        server.set_admin_gid(*admin_gid);
+        server.set_admins(&admins);
         spdlog::info("members of group {} ({}) are admins", opts.admin_group, *admin_gid);
     }
-    if (!activated.unix_fds.empty()) {
-        sockaddr_un addr{};
-        socklen_t len = sizeof addr;
-        if (getsockname(activated.unix_fds[0], reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
-            addr.sun_path[0] != '\0') {
-            opts.socket = addr.sun_path;
+    std::optional<unsigned> socket_gid;
+    if (!opts.socket_group.empty()) {
+        struct group* g = getgrnam(opts.socket_group.c_str());
+        if (!g) {
+            fatal("--socket-group " + opts.socket_group + ": no such group");
         }
+        socket_gid = g->gr_gid;
     }
-    if (Status st = activated.unix_fds.empty() ? server.listen_unix(opts.socket)
-                                               : server.adopt_unix(activated.unix_fds[0]);
+    if (Status st = activated.unix_fds.empty()
+                        ? server.listen_unix(opts.socket, opts.socket_mode, socket_gid)
+                        : server.adopt_unix(activated.unix_fds[0]);
         !st) {
         fatal(st.message());
+    }
+    if (struct stat sock_st{}; stat(opts.socket.c_str(), &sock_st) == 0) {
+        spdlog::info("unix socket {} (mode {:04o}, gid {}); state dir mode {:04o}", opts.socket,
+                     sock_st.st_mode & 07777, sock_st.st_gid, state_dir_mode);
     }
     std::optional<boost::asio::ssl::context> tls;
     std::string tcp_url;
@@ -359,34 +445,32 @@ int main(int argc, char** argv) {
     };
     wait_hup();
 
+    std::optional<spool::Spool> spool;  // --spool-dir: once the machines are settled
     auto t0 = std::chrono::steady_clock::now();
     machines.load_and_adopt([&](size_t adopted, size_t total) {
+        if (!opts.spool_dir.empty()) {
+            spool.emplace(io, machines, events, admins, opts.spool_dir);
+            if (Status st = spool->start(); !st) {
+                fatal(st.message());
+            }
+        }
+        operations.adoption_settled();
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                         .count();
         spdlog::info(
             "ready: {} machines, {} running QEMU adopted in {:.1f} ms; accelerator {}; "
             "socket {} {}",
-            total, adopted, ms, cfg.qemu.accel, opts.socket, tcp_url);
+            total, adopted, ms, vm_cfg.qemu.accel, opts.socket, tcp_url);
         report_ready("OK hangard: running (pid " + std::to_string(getpid()) + "), socket " +
                      opts.socket + (tcp_url.empty() ? "" : ", " + tcp_url) + ", log " +
                      opts.state_dir + "/hangard.log\n");
         daemon::notify_ready(std::to_string(total) + " machines, " + std::to_string(adopted) +
                              " running QEMU adopted; socket " + opts.socket +
                              (tcp_url.empty() ? "" : ", " + tcp_url));
-        // Autostart once per host boot: a restart of hangard does not start again what a
-        // user stopped. It waits until systemd has reported every container's unit, so that
-        // a container found running is not started again and one found gone is.
-        auto autostart = [&db, &machines] {
-            std::string boot_id = read_boot_id();
-            if (!boot_id.empty() && db.get_meta("autostart_boot_id") == boot_id) {
-                return spdlog::info("autostart: already done since this host booted ({})", boot_id);
-            }
-            db.set_meta("autostart_boot_id", boot_id);
-            machines.autostart([](size_t started, size_t failed) {
-                if (started + failed > 0) {
-                    spdlog::info("autostart: {} started, {} failed", started, failed);
-                }
-            });
+        // Autostart waits until systemd has reported every container's unit, so that a
+        // container found running is not started again and one found gone is.
+        auto autostart = [&db, &machines, &boot_id] {
+            core::autostart_once_per_boot(machines, db, boot_id);
         };
         if (units) {
             units->start(autostart);  // containers' units are looked up: adopted from systemd
@@ -403,14 +487,16 @@ int main(int argc, char** argv) {
         bus->start();
     }
 
-    // A handler that throws is a bug; log it and keep serving every other machine.
-    for (;;) {
-        try {
-            io.run();
-            break;
-        } catch (const std::exception& e) {
-            spdlog::critical("unhandled exception in the reactor: {}", e.what());
-        }
+    // A handler that throws is a bug: the daemon ends with one line and status 70, leaving
+    // its machines running (systemd restarts it; adoption recovers them), rather than run on
+    // with half-updated state (util/reactor.hpp).
+    reactor::mark_this_thread();
+    try {
+        io.run();
+    } catch (...) {
+        std::exception_ptr e = std::current_exception();
+        report_ready("hangard: " + reactor::describe(e) + " escaped a handler during start-up\n");
+        reactor::die(e);
     }
     db.flush();
     spdlog::info("stopped");

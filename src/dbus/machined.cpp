@@ -12,6 +12,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "dbus/raw_client.hpp"
+#include "util/reactor.hpp"
 
 namespace hangar::dbus {
 
@@ -43,6 +44,7 @@ struct Machined::Impl : RawClient {
         pid_t refused = 0;         // a leader machined refused or dropped: not asked again
         bool busy = false;         // a call about this name is in flight
         bool terminating = false;  // hangard asked for its end; MachineRemoved will follow
+        bool creating = false;     // CreateMachine sent: machined has it before it answers
         bool removed_outside = false;
     };
     std::map<std::string, Entry> entries;
@@ -106,8 +108,9 @@ int on_signal(sd_bus_message* m, void* userdata, sd_bus_error*) {
                 spdlog::debug("machined: new machine {}", a);
             }
         }
-    } catch (const std::exception& e) {
-        spdlog::error("machined: handling a signal: {}", e.what());
+    } catch (...) {
+        // A C callback: nothing may unwind through sd-bus. A bug ends the daemon.
+        reactor::die_in("machined signal handler");
     }
     return 0;
 }
@@ -210,7 +213,7 @@ void Machined::Impl::list() {
 
 pid_t Machined::Impl::wanted(const std::string& name) const {
     auto it = machines.all().find(name);
-    if (it == machines.all().end() || it->second->spec.type != "vm") {
+    if (it == machines.all().end() || it->second->type != core::MachineType::vm) {
         return 0;
     }
     // From the first event after QEMU is spawned until it exits (a graceful stop included).
@@ -255,13 +258,13 @@ void Machined::Impl::create(const std::string& name, pid_t leader) {
                                       "CollectMode", "s", "inactive-or-failed") < 0)) {
         msg = sd_bus_message_unref(msg);
     }
-    entries[name].busy = true;
+    entries[name].busy = entries[name].creating = true;
     send(msg, [this, ep = epoch, name, leader](sd_bus_message*, const sd_bus_error* err) {
         if (ep != epoch) {
             return;
         }
         Entry& e = entries[name];
-        e.busy = false;
+        e.busy = e.creating = false;
         if (err) {
             e.refused = leader;
             spdlog::warn("machined: cannot register {} (leader {}): {}", name, leader,
@@ -317,10 +320,16 @@ void Machined::Impl::removed(const std::string& name) {
 
 void Machined::Impl::explain(const core::Machine& m, std::function<void(std::string)> answer) {
     auto it = entries.find(m.spec.name);
-    if (!present || it == entries.end() || it->second.terminating) {
+    // A container registers itself (through nspawn): it is asked about like a VM hangard
+    // registered, but only machined's "closing" tells that machined ended it.
+    bool own = m.type == core::MachineType::container;
+    if (!present || (!own && it == entries.end()) ||
+        (it != entries.end() && it->second.terminating)) {
         return answer("");
     }
-    if (it->second.pid == 0) {
+    // machined lists a new machine (and may end it) before it answers CreateMachine: one
+    // still being created is asked about too.
+    if (!own && it->second.pid == 0 && !it->second.creating) {
         return answer(it->second.removed_outside ? core::kMachinedTerminated : "");
     }
     // machined marks a machine "closing" before it has its scope stopped, and may be done with
@@ -329,15 +338,15 @@ void Machined::Impl::explain(const core::Machine& m, std::function<void(std::str
     explaining[id] = std::move(answer);
     get_machine_property(
         m.spec.name, "State",
-        [this, id](sd_bus_message* reply, const sd_bus_error* err) {
+        [this, id, own](sd_bus_message* reply, const sd_bus_error* err) {
             auto node = explaining.extract(id);
             if (node.empty()) {
                 return;
             }
             const char* st = nullptr;
             std::string why;
-            if (error_is(err, "org.freedesktop.machine1.NoSuchMachine") ||
-                error_is(err, "org.freedesktop.DBus.Error.UnknownObject")) {
+            if (!own && (error_is(err, "org.freedesktop.machine1.NoSuchMachine") ||
+                         error_is(err, "org.freedesktop.DBus.Error.UnknownObject"))) {
                 why = core::kMachinedTerminated;
             } else if (!err && sd_bus_message_read(reply, "v", "s", &st) >= 0 && st &&
                        strcmp(st, "closing") == 0) {
@@ -373,7 +382,8 @@ void Machined::start() {
     std::weak_ptr<Impl> weak = impl_;
     impl_->subscription = impl_->events.subscribe([weak](const core::Event& e) {
         auto self = weak.lock();
-        if (self && (e.type == "machine.state" || e.type == "machine.deleted")) {
+        if (self && (e.kind == core::EventType::machine_state ||
+                     e.kind == core::EventType::machine_deleted)) {
             self->sync(e.machine);
         }
     });

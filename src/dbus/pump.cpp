@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <time.h>
 
+#include <sdbus-c++/Error.h>
 #include <boost/asio/post.hpp>
 
 namespace hangar::dbus {
@@ -51,9 +52,13 @@ void Pump::run() {
             }
         }
         w = hooks_.wants();
-    } catch (const std::exception& e) {
+    } catch (const sdbus::Error& e) {
+        return hooks_.lost(e.getMessage());  // sdbus-c++: the connection failed
+    } catch (const Pump::Lost& e) {
         return hooks_.lost(e.what());
     }
+    // Anything else came from a handler that sd-bus called: a bug, which ends the daemon
+    // (util/reactor.hpp) instead of passing for a lost connection.
     auto weak = weak_from_this();
     auto again = [weak, gen](bool Pump::*flag) {
         return [weak, gen, flag](boost::system::error_code ec) {

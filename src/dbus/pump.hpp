@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include <boost/asio/io_context.hpp>
@@ -20,10 +21,16 @@ class Pump : public std::enable_shared_from_this<Pump> {
         short events = 0;                    // POLLIN / POLLOUT
         uint64_t timeout_usec = UINT64_MAX;  // absolute CLOCK_MONOTONIC µs; UINT64_MAX: none
     };
+    // What `process` or `wants` throws when the connection failed (sdbus-c++ throws
+    // sdbus::Error, which counts the same). Any other exception is a handler's bug and goes
+    // on to the reactor, which ends the daemon.
+    struct Lost : std::runtime_error {
+        using std::runtime_error::runtime_error;
+    };
     struct Hooks {
         std::function<bool()> process;  // handles one message; false when none is left
         std::function<Wants()> wants;
-        std::function<void(const std::string&)> lost;  // process or wants threw
+        std::function<void(const std::string&)> lost;  // process or wants threw Lost
     };
 
     Pump(boost::asio::io_context& io, Hooks hooks);

@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "util/reactor.hpp"
+
 namespace hangar::dbus {
 
 namespace {
@@ -11,8 +13,10 @@ int on_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
     const sd_bus_error* err = sd_bus_message_get_error(m);
     try {
         (*static_cast<Reply*>(userdata))(m, err && sd_bus_error_is_set(err) ? err : nullptr);
-    } catch (const std::exception& e) {
-        spdlog::error("dbus: handling a reply: {}", e.what());
+    } catch (...) {
+        // Not through sd-bus's C frames: a reply handler's exception is a bug, and ends the
+        // daemon here (util/reactor.hpp).
+        reactor::die_in("a D-Bus reply handler");
     }
     return 0;
 }
@@ -70,7 +74,7 @@ void RawClient::connect() {
                                  }
                                  int r = sd_bus_process(self->bus_, nullptr);
                                  if (r < 0) {
-                                     throw std::runtime_error(strerror(-r));
+                                     throw Pump::Lost(strerror(-r));
                                  }
                                  return r > 0;
                              },
@@ -78,7 +82,7 @@ void RawClient::connect() {
                                  auto self = weak.lock();
                                  int ev = sd_bus_get_events(self->bus_);
                                  if (ev < 0) {
-                                     throw std::runtime_error(strerror(-ev));
+                                     throw Pump::Lost(strerror(-ev));
                                  }
                                  uint64_t t = UINT64_MAX;
                                  sd_bus_get_timeout(self->bus_, &t);

@@ -1,15 +1,18 @@
 #include "dbus/service.hpp"
 
+#include "core/admin_group.hpp"
 #include "dbus/pump.hpp"
+#include "dbus/spec_dict.hpp"
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <deque>
 #include <map>
 #include <set>
 #include <unordered_map>
 
 #include <sdbus-c++/sdbus-c++.h>
-#include <simdjson.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -17,7 +20,7 @@
 #include "hangar/names.hpp"
 #include "machine1_adaptor.h"
 #include "manager1_adaptor.h"
-#include "util/json.hpp"
+#include "operation1_adaptor.h"
 
 namespace hangar::dbus {
 
@@ -49,9 +52,10 @@ void answer(sdbus::Result<T...>& result, const Status& st) {
 }
 }  // namespace
 
-std::string machine_path(const std::string& name) {
+namespace {
+// `prefix` + `name` escaped like sd_bus_path_encode.
+std::string encode_path(std::string out, const std::string& name) {
     static constexpr char kHex[] = "0123456789abcdef";
-    std::string out = "/org/hangar/machine/";
     for (size_t i = 0; i < name.size(); ++i) {
         auto c = static_cast<unsigned char>(name[i]);
         if ((isalpha(c) || (isdigit(c) && i > 0)) && c < 0x80) {
@@ -64,6 +68,15 @@ std::string machine_path(const std::string& name) {
     }
     return out;
 }
+}  // namespace
+
+std::string machine_path(const std::string& name) {
+    return encode_path("/org/hangar/machine/", name);
+}
+
+std::string operation_path(const std::string& id) {
+    return encode_path("/org/hangar/operation/", id);
+}
 
 using CallerDone = std::function<void(const Status&, const core::Caller&)>;
 
@@ -71,8 +84,9 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
     boost::asio::io_context& io;
     core::Machines& machines;
     core::EventBus& events;
+    core::Operations& operations;
     std::string address;
-    std::optional<unsigned> admin_gid;
+    const core::AdminGroup* admins;  // none: root only
 
     std::unique_ptr<sdbus::IConnection> conn;
     std::unique_ptr<sdbus::IProxy> bus_proxy;  // org.freedesktop.DBus
@@ -82,7 +96,6 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
     bool named = false;
     std::string state = "not connected yet";
     uint64_t subscription = 0;
-    simdjson::dom::parser frame_parser;  // reads from/to/reason back out of machine.state frames
 
     class ManagerObject;
     class MachineObject;
@@ -112,9 +125,9 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
         kick();
     }
 
-    Impl(boost::asio::io_context& i, core::Machines& m, core::EventBus& e, std::string a,
-         std::optional<unsigned> g)
-        : io(i), machines(m), events(e), address(std::move(a)), admin_gid(g) {}
+    Impl(boost::asio::io_context& i, core::Machines& m, core::EventBus& e, core::Operations& o,
+         std::string a, const core::AdminGroup* g)
+        : io(i), machines(m), events(e), operations(o), address(std::move(a)), admins(g) {}
 
     void connect();
     void lost(const std::string& why);
@@ -123,9 +136,23 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
     void kick() { pump->kick(); }
     void export_machine(const core::Machine& m);
     void on_event(const core::Event& e);
+    void on_machine_updated(const std::string& name, const core::MachineUpdated& u);
     void with_caller(const std::string& sender, CallerDone done);
     void act(const std::string& sender, const std::string& name, core::Action action,
              sdbus::Result<>&& result);
+
+    // Operations (async actions): one object per running operation and per finished one of
+    // the newest kOperationObjects; OperationDone when one ends.
+    class OperationObject;
+    static constexpr size_t kOperationObjects = 100;
+    std::map<std::string, std::unique_ptr<OperationObject>> operation_objects;
+    std::deque<std::string> finished_objects;  // ids, in the order they ended
+    uint64_t operation_watch = 0;
+    void act_async(const std::string& sender, const std::string& name, core::Action action,
+                   sdbus::Result<sdbus::ObjectPath>&& result);
+    void export_operations();
+    void on_operation(const core::Operation& op, core::Operations::Change change);
+    void retire_operations();
 };
 
 class Service::Impl::MachineObject final
@@ -142,6 +169,7 @@ class Service::Impl::MachineObject final
     }
 
   private:
+    using Async = sdbus::Result<sdbus::ObjectPath>;
     const core::Machine& m() const { return *impl_.machines.all().at(name_); }
     std::string sender() { return getObject().getCurrentlyProcessedMessage()->getSender(); }
     void Start(sdbus::Result<>&& r) override { act(core::Action::start, std::move(r)); }
@@ -151,6 +179,10 @@ class Service::Impl::MachineObject final
     void Pause(sdbus::Result<>&& r) override { act(core::Action::pause, std::move(r)); }
     void Resume(sdbus::Result<>&& r) override { act(core::Action::resume, std::move(r)); }
     void act(core::Action a, sdbus::Result<>&& r) { impl_.act(sender(), name_, a, std::move(r)); }
+    void StartAsync(Async&& r) override { act_async(core::Action::start, std::move(r)); }
+    void StopAsync(Async&& r) override { act_async(core::Action::stop, std::move(r)); }
+    void RestartAsync(Async&& r) override { act_async(core::Action::restart, std::move(r)); }
+    void act_async(core::Action a, Async&& r) { impl_.act_async(sender(), name_, a, std::move(r)); }
     std::string Name() override { return name_; }
     std::string UUID() override { return m().spec.uuid; }
     std::string Type() override { return m().spec.type; }
@@ -207,57 +239,25 @@ class Service::Impl::ManagerObject final
     void CreateMachine(sdbus::Result<sdbus::ObjectPath>&& result, std::string name,
                        std::map<std::string, sdbus::Variant> spec_in) override {
         auto r = std::make_shared<sdbus::Result<sdbus::ObjectPath>>(std::move(result));
-        impl_.with_caller(sender(), [this, name, spec_in, r](Status st,
-                                                             const core::Caller& caller) {
-            MachineSpec spec;
-            spec.name = name;
-            if (st) {
-                st = check_name("machine", name);
-            }
-            for (const auto& [key, v] : spec_in) {
-                if (!st) {
-                    break;
-                }
-                try {
-                    if (key == "cpus") {
-                        spec.cpus = v.get<uint32_t>();
-                    } else if (key == "memory_mib") {
-                        spec.memory_mib = v.get<uint32_t>();
-                    } else if (key == "description") {
-                        spec.description = v.get<std::string>();
-                    } else if (key == "autostart") {
-                        spec.autostart = v.get<bool>();
-                    } else if (key == "kernel") {
-                        spec.boot.kernel = v.get<std::string>();
-                    } else if (key == "initrd") {
-                        spec.boot.initrd = v.get<std::string>();
-                    } else if (key == "cmdline") {
-                        spec.boot.cmdline = v.get<std::string>();
-                    } else if (key == "disk") {
-                        spec.boot.disk = v.get<std::string>();
-                    } else if (key == "type") {
-                        spec.type = v.get<std::string>();
-                    } else if (key == "image") {
-                        spec.image = v.get<std::string>();
-                    } else if (key == "command") {
-                        spec.boot.command = v.get<std::vector<std::string>>();
-                    } else {
-                        st = {Errc::bad_request, "unknown spec key " + json::quote(key)};
-                    }
-                } catch (const sdbus::Error&) {
-                    st = {Errc::bad_request, "spec key " + json::quote(key) +
-                                                 " has the wrong type (" + v.peekValueType() + ")"};
-                }
-            }
-            const core::Machine* m = nullptr;
-            if (st) {
-                st = impl_.machines.create(caller, std::move(spec), &m);
-            }
-            if (!st) {
-                return answer(*r, st);
-            }
-            r->returnResults(sdbus::ObjectPath(machine_path(m->spec.name)));
-        });
+        impl_.with_caller(sender(),
+                          [this, name, spec_in, r](Status st, const core::Caller& caller) {
+                              MachineSpec spec;
+                              spec.name = name;
+                              if (st) {
+                                  st = check_name("machine", name);
+                              }
+                              if (st) {
+                                  st = spec_from_dict(spec_in, spec);
+                              }
+                              const core::Machine* m = nullptr;
+                              if (st) {
+                                  st = impl_.machines.create(caller, std::move(spec), &m);
+                              }
+                              if (!st) {
+                                  return answer(*r, st);
+                              }
+                              r->returnResults(sdbus::ObjectPath(machine_path(m->spec.name)));
+                          });
     }
     void DeleteMachine(sdbus::Result<>&& result, std::string name, bool force) override {
         auto owed = impl_.owe(std::move(result));
@@ -283,6 +283,13 @@ class Service::Impl::ManagerObject final
     void act(const std::string& name, core::Action a, sdbus::Result<>& r) {
         impl_.act(sender(), name, a, std::move(r));
     }
+    using Async = sdbus::Result<sdbus::ObjectPath>;
+    void StartAsync(Async&& r, std::string n) override { act_async(n, core::Action::start, r); }
+    void StopAsync(Async&& r, std::string n) override { act_async(n, core::Action::stop, r); }
+    void RestartAsync(Async&& r, std::string n) override { act_async(n, core::Action::restart, r); }
+    void act_async(const std::string& name, core::Action a, Async& r) {
+        impl_.act_async(sender(), name, a, std::move(r));
+    }
 
     Impl& impl_;
 };
@@ -304,6 +311,115 @@ void Service::Impl::act(const std::string& sender, const std::string& name, core
             pay(owed, st);
         }
     });
+}
+
+// ---- operations (async actions) ---------------------------------------------------------
+
+class Service::Impl::OperationObject final
+    : public sdbus::AdaptorInterfaces<org::hangar::Operation1_adaptor> {
+  public:
+    OperationObject(Impl& impl, const std::string& id)
+        : AdaptorInterfaces(*impl.conn, operation_path(id)), impl_(impl), id_(id) {
+        registerAdaptor();
+    }
+    ~OperationObject() { unregisterAdaptor(); }
+    void properties_changed(const std::vector<std::string>& names) {
+        getObject().emitPropertiesChangedSignal(org::hangar::Operation1_adaptor::INTERFACE_NAME,
+                                                names);
+    }
+
+  private:
+    // The core keeps more operations than D-Bus shows: an exported one is found.
+    const core::Operation& op() const {
+        static const core::Operation gone;
+        const core::Operation* op = impl_.operations.find(id_);
+        return op ? *op : gone;
+    }
+    std::string Id() override { return id_; }
+    std::string Machine() override { return op().machine; }
+    std::string Image() override { return op().image; }
+    std::string Action() override { return op().action; }
+    std::string Status() override { return op().status; }
+    std::string State() override { return op().state; }
+    std::string ErrorCode() override {
+        return op().error.ok() ? "" : std::string(errc_name(op().error.code()));
+    }
+    std::string ErrorMessage() override { return op().error.message(); }
+    std::string Detail() override { return op().detail; }
+    std::string CreatedAt() override { return op().created_at; }
+    std::string DoneAt() override { return op().done_at; }
+
+    Impl& impl_;
+    std::string id_;
+};
+
+void Service::Impl::act_async(const std::string& sender, const std::string& name,
+                              core::Action action, sdbus::Result<sdbus::ObjectPath>&& result) {
+    auto r = std::make_shared<sdbus::Result<sdbus::ObjectPath>>(std::move(result));
+    with_caller(sender, [this, name, action, r](Status st, const core::Caller& caller) {
+        std::string id;
+        if (st) {
+            st = operations.run_action(caller, name, action, {}, id);
+        }
+        if (!st) {
+            return answer(*r, st);
+        }
+        // The object was exported when the operation was created (on_operation).
+        r->returnResults(sdbus::ObjectPath(operation_path(id)));
+    });
+}
+
+void Service::Impl::export_operations() {
+    auto all = operations.list();
+    size_t finished = 0;
+    for (const auto* op : all) {
+        finished += op->status != "running";
+    }
+    size_t skip = finished > kOperationObjects ? finished - kOperationObjects : 0;
+    for (const auto* op : all) {
+        if (op->status != "running") {
+            if (skip > 0) {
+                --skip;
+                continue;
+            }
+            finished_objects.push_back(op->id);
+        }
+        operation_objects[op->id] = std::make_unique<OperationObject>(*this, op->id);
+    }
+}
+
+void Service::Impl::on_operation(const core::Operation& op, core::Operations::Change change) {
+    if (!conn || !manager) {
+        return;
+    }
+    try {
+        if (change == core::Operations::Change::created) {
+            operation_objects[op.id] = std::make_unique<OperationObject>(*this, op.id);
+        } else if (change == core::Operations::Change::done) {
+            auto it = operation_objects.find(op.id);
+            if (it != operation_objects.end()) {
+                it->second->properties_changed(
+                    {"Status", "State", "ErrorCode", "ErrorMessage", "Detail", "DoneAt"});
+                finished_objects.push_back(op.id);
+            }
+            manager->emitOperationDone(op.id, sdbus::ObjectPath(operation_path(op.id)), op.status,
+                                       op.error.ok() ? "" : std::string(errc_name(op.error.code())),
+                                       op.error.message());
+            retire_operations();
+        } else {
+            return;
+        }
+    } catch (const sdbus::Error& err) {
+        return lost(err.getMessage());
+    }
+    kick();
+}
+
+void Service::Impl::retire_operations() {
+    while (finished_objects.size() > kOperationObjects) {
+        operation_objects.erase(finished_objects.front());
+        finished_objects.pop_front();
+    }
 }
 
 void Service::Impl::with_caller(const std::string& sender, CallerDone done) {
@@ -334,12 +450,14 @@ void Service::Impl::with_caller(const std::string& sender, CallerDone done) {
                     st = {Errc::internal, "cannot identify the caller: " + err->getMessage()};
                 } else {
                     caller.uid = creds.at("UnixUserID").get<uint32_t>();
-                    caller.admin = caller.uid == 0;
-                    if (self->admin_gid && creds.count("UnixGroupIDs")) {
+                    std::vector<unsigned> groups;
+                    if (creds.count("UnixGroupIDs")) {
                         for (uint32_t g : creds.at("UnixGroupIDs").get<std::vector<uint32_t>>()) {
-                            caller.admin = caller.admin || g == *self->admin_gid;
+                            groups.push_back(g);
                         }
                     }
+                    caller.admin = caller.uid == 0 || (self->admins && self->admins->peer_is_admin(
+                                                                           caller.uid, groups));
                 }
             } catch (const std::exception& e) {
                 st = {Errc::internal, std::string("cannot identify the caller: ") + e.what()};
@@ -368,44 +486,53 @@ void Service::Impl::export_machine(const core::Machine& m) {
     objects[m.spec.name] = std::make_unique<MachineObject>(*this, m.spec.name);
 }
 
+// Reads the typed payload; a frame is never parsed back.
 void Service::Impl::on_event(const core::Event& e) {
     if (!conn || !manager) {
         return;
     }
     try {
-        if (e.type == "machine.created") {
+        if (e.data<core::MachineCreated>()) {
             auto it = machines.all().find(e.machine);
             if (it != machines.all().end()) {
                 export_machine(*it->second);
                 manager->emitMachineNew(e.machine, sdbus::ObjectPath(machine_path(e.machine)));
             }
-        } else if (e.type == "machine.deleted") {
+        } else if (e.data<core::MachineDeleted>()) {
             manager->emitMachineRemoved(e.machine, sdbus::ObjectPath(machine_path(e.machine)));
             objects.erase(e.machine);
-        } else if (e.type == "machine.state") {
+        } else if (const auto* p = e.data<core::MachineStateChanged>()) {
             auto it = objects.find(e.machine);
             if (it != objects.end()) {
                 it->second->properties_changed({"State", "StateReason", "Pid"});
             }
-            simdjson::dom::element frame;
-            std::string_view from, to, reason;
-            if (frame_parser.parse(*e.frame).get(frame) == simdjson::SUCCESS) {
-                json::try_get(frame["data"]["from"], from);
-                json::try_get(frame["data"]["to"], to);
-                json::try_get(frame["data"]["reason"], reason);
-            }
-            manager->emitMachineStateChanged(e.machine, std::string(from), std::string(to),
-                                             std::string(reason), e.seq);
-        } else if (e.type == "machine.updated") {
-            auto it = objects.find(e.machine);
-            if (it != objects.end()) {
-                it->second->properties_changed({"Cpus", "MemoryMiB"});
-            }
+            manager->emitMachineStateChanged(e.machine, std::string(to_string(p->from)),
+                                             std::string(to_string(p->to)), p->reason, e.seq);
+        } else if (const auto* p = e.data<core::MachineUpdated>()) {
+            on_machine_updated(e.machine, *p);
         }
     } catch (const sdbus::Error& err) {
         return lost(err.getMessage());
     }
     kick();
+}
+
+// PropertiesChanged for the properties the change touched (a spec field's, never
+// unresponsive: Machine1 has no such property).
+void Service::Impl::on_machine_updated(const std::string& name, const core::MachineUpdated& u) {
+    auto it = objects.find(name);
+    if (it == objects.end()) {
+        return;
+    }
+    std::vector<std::string> props;
+    for (const auto& [field, prop] : {std::pair{"cpus", "Cpus"}, {"memory_mib", "MemoryMiB"}}) {
+        if (std::find(u.changed.begin(), u.changed.end(), field) != u.changed.end()) {
+            props.emplace_back(prop);
+        }
+    }
+    if (!props.empty()) {
+        it->second->properties_changed(props);
+    }
 }
 
 void Service::Impl::connect() {
@@ -423,6 +550,7 @@ void Service::Impl::connect() {
         for (const auto& [name, m] : machines.all()) {
             export_machine(*m);
         }
+        export_operations();
         pump->attach(conn->getEventLoopPollData().fd);
     } catch (const std::exception& e) {
         return lost(std::string("cannot connect: ") + e.what());
@@ -462,6 +590,8 @@ void Service::Impl::teardown() {
     ++conn_gen;
     named = false;
     objects.clear();
+    operation_objects.clear();
+    finished_objects.clear();
     manager.reset();
     bus_proxy.reset();
     callers.clear();
@@ -485,8 +615,8 @@ void Service::Impl::reconnect_later() {
 }
 
 Service::Service(boost::asio::io_context& io, core::Machines& machines, core::EventBus& events,
-                 std::string address, std::optional<unsigned> admin_gid)
-    : impl_(std::make_shared<Impl>(io, machines, events, std::move(address), admin_gid)) {
+                 core::Operations& operations, std::string address, const core::AdminGroup* admins)
+    : impl_(std::make_shared<Impl>(io, machines, events, operations, std::move(address), admins)) {
     std::weak_ptr<Impl> weak = impl_;
     impl_->pump = std::make_shared<Pump>(
         io, Pump::Hooks{[weak] {
@@ -508,6 +638,9 @@ Service::~Service() {
     if (impl_->subscription) {
         impl_->events.unsubscribe(impl_->subscription);
     }
+    if (impl_->operation_watch) {
+        impl_->operations.unwatch(impl_->operation_watch);
+    }
     impl_->teardown();
 }
 
@@ -516,6 +649,13 @@ void Service::start() {
         impl_->events.subscribe([weak = std::weak_ptr<Impl>(impl_)](const core::Event& e) {
             if (auto self = weak.lock()) {
                 self->on_event(e);
+            }
+        });
+    impl_->operation_watch =
+        impl_->operations.watch([weak = std::weak_ptr<Impl>(impl_)](
+                                    const core::Operation& op, core::Operations::Change change) {
+            if (auto self = weak.lock()) {
+                self->on_operation(op, change);
             }
         });
     impl_->connect();

@@ -12,14 +12,18 @@
 
 #include "core/event_bus.hpp"
 #include "core/machines.hpp"
+#include "core/operations.hpp"
 
+namespace hangar::core {
+class AdminGroup;
+}
 namespace hangar::dbus {
 
 class Service {
   public:
     // `address`: "system", "session" or a D-Bus address ("unix:path=...").
     Service(boost::asio::io_context& io, core::Machines& machines, core::EventBus& events,
-            std::string address, std::optional<unsigned> admin_gid);
+            core::Operations& operations, std::string address, const core::AdminGroup* admins);
     ~Service();
     void start();
     // Connected and owning org.hangar; `detail` says how it stands either way.
@@ -33,5 +37,7 @@ class Service {
 
 // "/org/hangar/machine/" + the name escaped like sd_bus_path_encode ("web-1" → "web_2d1").
 std::string machine_path(const std::string& name);
+// "/org/hangar/operation/" + the id escaped the same way ("op-1f" → "op_2d1f").
+std::string operation_path(const std::string& id);
 
 }  // namespace hangar::dbus

@@ -10,6 +10,7 @@
 #include "dbus/raw_client.hpp"
 #include "drivers/nspawn/nspawn.hpp"
 #include "util/process.hpp"
+#include "util/reactor.hpp"
 
 namespace hangar::dbus {
 
@@ -38,7 +39,7 @@ std::string machine_of(const std::string& unit) {
 }
 
 // Reads the properties a container's report needs from an a{sv}; skips the rest.
-int read_properties(sd_bus_message* m, core::UnitStatus& st, bool& saw_active_state) {
+int read_properties(sd_bus_message* m, nspawn::UnitStatus& st, bool& saw_active_state) {
     int r = sd_bus_message_enter_container(m, 'a', "{sv}");
     if (r < 0) {
         return r;
@@ -103,14 +104,14 @@ int append_exec_start(sd_bus_message* m, const std::vector<std::string>& argv) {
 }
 }  // namespace
 
-struct Units::Impl : RawClient, core::ContainerHost {
-    core::Machines& machines;
+struct Units::Impl : RawClient, nspawn::ContainerHost {
+    nspawn::NspawnRuntime& runtime;
     bool present = false;       // subscribed to systemd and listed
     bool subscribing = false;   // connected, Subscribe in flight: calls wait for its answer
     bool closing_down = false;  // hangard is exiting: containers are not marked unresponsive
     uint64_t epoch = 0;         // one subscription; replies to an older one are dropped
     // What systemd said last of each container's unit, by machine name.
-    std::map<std::string, core::UnitStatus> units;
+    std::map<std::string, nspawn::UnitStatus> units;
     // Bumped by every change signal of a machine's unit: a lookup older than it is stale.
     std::map<std::string, uint64_t> changes;
     // Start jobs in flight, by job object path.
@@ -120,8 +121,8 @@ struct Units::Impl : RawClient, core::ContainerHost {
     // Runs once: the first subscription's lookups have all answered, or it failed.
     std::function<void()> on_settled;
 
-    Impl(boost::asio::io_context& io, core::Machines& m, std::string address)
-        : RawClient(io, std::move(address), "systemd"), machines(m) {}
+    Impl(boost::asio::io_context& io, nspawn::NspawnRuntime& rt, std::string address)
+        : RawClient(io, std::move(address), "systemd"), runtime(rt) {}
 
     void connected() override;
     void closing() override;
@@ -132,7 +133,7 @@ struct Units::Impl : RawClient, core::ContainerHost {
     void report(const std::string& name);
     void on_properties(sd_bus_message* m);
     void on_job_removed(sd_bus_message* m);
-    void start_unit(const core::ContainerLaunch& l, Done done, int attempt);
+    void start_unit(const nspawn::ContainerLaunch& l, Done done, int attempt);
 
     const std::string& state() const { return state_; }
     sd_bus_message* manager(const char* member) {
@@ -160,8 +161,8 @@ struct Units::Impl : RawClient, core::ContainerHost {
         });
     }
 
-    // core::ContainerHost
-    void start(const core::ContainerLaunch& l, Done done) override {
+    // nspawn::ContainerHost
+    void start(const nspawn::ContainerLaunch& l, Done done) override {
         if (!defer([this, l, done] { start(l, done); })) {
             start_unit(l, std::move(done), 0);
         }
@@ -257,13 +258,13 @@ int on_signal(sd_bus_message* m, void* userdata, sd_bus_error*) {
                     spdlog::info("systemd: {} is on the bus (again)", kSystemd);
                     impl->subscribe();
                 } else {
-                    impl->machines.on_container_host(false,
-                                                     std::string(kSystemd) + " left the bus");
+                    impl->runtime.on_host_lost(std::string(kSystemd) + " left the bus");
                 }
             }
         }
-    } catch (const std::exception& e) {
-        spdlog::error("systemd: handling a signal: {}", e.what());
+    } catch (...) {
+        // A C callback: nothing may unwind through sd-bus. A bug ends the daemon.
+        reactor::die_in("systemd signal handler");
     }
     return 0;
 }
@@ -301,7 +302,7 @@ void Units::Impl::subscribe() {
             state_ = std::string(kSystemd) + " is not reachable on " + address_ + " (" +
                      error_text(err) + ")";
             spdlog::warn("systemd: {}; containers cannot run until it is", state_);
-            machines.on_container_host(false, state_);
+            runtime.on_host_lost(state_);
             subscribed();
             return;
         }
@@ -317,11 +318,9 @@ void Units::Impl::subscribe() {
             });
         }
         size_t n = 0;
-        for (const auto& [name, m] : machines.all()) {
-            if (m->spec.type == "container") {
-                lookup(name, token);
-                ++n;
-            }
+        for (const auto& name : runtime.machines()) {
+            lookup(name, token);
+            ++n;
         }
         spdlog::info("systemd: subscribed; looking up {} containers' units", n);
         subscribed();
@@ -363,10 +362,10 @@ void Units::Impl::lookup(const std::string& name, std::shared_ptr<void> settle_t
             if (err && !error_is(err, "org.freedesktop.systemd1.NoSuchUnit")) {
                 spdlog::warn("systemd: GetUnit {}: {}", name, error_text(err));
             }
-            units[name] = core::UnitStatus{};  // not loaded: gone
+            units[name] = nspawn::UnitStatus{};  // not loaded: gone
             return report(name);
         }
-        auto st = std::make_shared<core::UnitStatus>();
+        auto st = std::make_shared<nspawn::UnitStatus>();
         st->exists = true;
         std::string p = path;
         auto get_all = [this, p](const char* iface, Reply fn) {
@@ -396,11 +395,11 @@ void Units::Impl::lookup(const std::string& name, std::shared_ptr<void> settle_t
 }
 
 void Units::Impl::report(const std::string& name) {
-    core::UnitStatus st = units[name];
+    nspawn::UnitStatus st = units[name];
     if (!st.up()) {
         units.erase(name);  // the next run starts afresh
     }
-    machines.on_unit(name, st);
+    runtime.on_unit(name, st);
 }
 
 void Units::Impl::on_properties(sd_bus_message* m) {
@@ -418,7 +417,7 @@ void Units::Impl::on_properties(sd_bus_message* m) {
     if (!unit && strcmp(iface, kServiceIface) != 0) {
         return;
     }
-    core::UnitStatus& st = units[name];
+    nspawn::UnitStatus& st = units[name];
     st.exists = true;
     bool saw = false;
     if (read_properties(m, st, saw) < 0) {
@@ -449,7 +448,7 @@ void Units::Impl::on_job_removed(sd_bus_message* m) {
     }
 }
 
-void Units::Impl::start_unit(const core::ContainerLaunch& l, Done done, int attempt) {
+void Units::Impl::start_unit(const nspawn::ContainerLaunch& l, Done done, int attempt) {
     if (!present) {
         return call(nullptr, std::move(done));  // answers "not reachable"
     }
@@ -518,16 +517,16 @@ void Units::Impl::closing() {
         done({Errc::unavailable, "the connection to systemd was lost"});
     }
     if (!closing_down) {
-        machines.on_container_host(false, "systemd connection lost: " + state_);
+        runtime.on_host_lost("systemd connection lost: " + state_);
     }
 }
 
-Units::Units(boost::asio::io_context& io, core::Machines& machines, std::string address)
-    : impl_(std::make_shared<Impl>(io, machines, std::move(address))) {}
+Units::Units(boost::asio::io_context& io, nspawn::NspawnRuntime& runtime, std::string address)
+    : impl_(std::make_shared<Impl>(io, runtime, std::move(address))) {}
 
 Units::~Units() {
     impl_->closing_down = true;
-    impl_->machines.set_container_host(nullptr);
+    impl_->runtime.set_host(nullptr);
     impl_->teardown();
 }
 
@@ -536,7 +535,7 @@ void Units::start(std::function<void()> settled) {
     impl_->connect();
 }
 
-core::ContainerHost* Units::host() {
+nspawn::ContainerHost* Units::host() {
     return impl_.get();
 }
 

@@ -8,10 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <exception>
+#include <stdexcept>
+
 #include <spdlog/spdlog.h>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -136,6 +138,8 @@ struct Request {
     size_t limit = 0;  // into memory, at most this many bytes
     std::string path;  // or into this file
     core::Transfer::Progress progress;
+    core::Transfer::Control ctl;
+    bool cancelled() const { return ctl.cancelled && *ctl.cancelled; }
 };
 
 class Transfer final : public core::Transfer {
@@ -155,20 +159,22 @@ class Transfer final : public core::Transfer {
     }
     ~Transfer() override { *alive_ = false; }
 
-    void get(const std::string& url, size_t limit, Got done) override {
+    void get(const std::string& url, size_t limit, const Control& ctl, Got done) override {
         Request r;
         r.url = url;
         r.limit = limit;
+        r.ctl = ctl;
         start(std::move(r), [done = std::move(done)](const Status& st, std::string body) {
             done(st, std::move(body));
         });
     }
 
-    void download(const std::string& url, const std::string& path, Progress progress,
-                  std::function<void(const Status&)> done) override {
+    void download(const std::string& url, const std::string& path, const Control& ctl,
+                  Progress progress, std::function<void(const Status&)> done) override {
         Request r;
         r.url = url;
         r.path = path;
+        r.ctl = ctl;
         r.progress = std::move(progress);
         start(std::move(r), [done = std::move(done)](const Status& st, std::string) { done(st); });
     }
@@ -177,7 +183,13 @@ class Transfer final : public core::Transfer {
     using Done = std::function<void(const Status&, std::string)>;
 
     void start(Request r, Done done) {
-        asio::co_spawn(io_, run(std::move(r), std::move(done), alive_), asio::detached);
+        // What escapes run() is a bug: on to the reactor, which ends the daemon
+        // (util/reactor.hpp); asio::detached would drop it.
+        asio::co_spawn(io_, run(std::move(r), std::move(done), alive_), [](std::exception_ptr e) {
+            if (e) {
+                std::rethrow_exception(e);
+            }
+        });
     }
 
     awaitable<void> run(Request r, Done done, std::shared_ptr<bool> alive) {
@@ -185,10 +197,21 @@ class Transfer final : public core::Transfer {
         std::string url = r.url;
         auto delay = opts_.retry_delay;
         int redirects = 0;
+        if (r.ctl.allow) {
+            if (Status st = r.ctl.allow(url); !st) {
+                done(st, {});
+                co_return;
+            }
+        }
         for (int attempt = 1;;) {
+            if (r.cancelled()) {
+                out = Outcome{{Errc::conflict, "cancelled"}, false, {}, {}};
+                break;
+            }
             try {
                 out = co_await once(r, url);
-            } catch (const std::exception& e) {
+            } catch (const std::runtime_error& e) {
+                // Asio's and Beast's system_error (use_awaitable), resolve()'s failure.
                 out = Outcome{{Errc::unavailable, e.what()}, true, {}, {}};
             }
             if (!*alive) {
@@ -198,6 +221,13 @@ class Transfer final : public core::Transfer {
                 if (++redirects > 5) {
                     out.status = {Errc::unavailable, "too many redirects from " + r.url};
                     break;
+                }
+                if (r.ctl.allow) {
+                    if (Status st = r.ctl.allow(out.redirect); !st) {
+                        out.status = {st.code(), "redirected to " + out.redirect +
+                                                     ", which is refused: " + st.message()};
+                        break;
+                    }
                 }
                 url = out.redirect;
                 continue;
@@ -382,6 +412,9 @@ class Transfer final : public core::Transfer {
                     out.body.append(chunk.get(), n);
                 }
                 bytes += n;
+                if (r.cancelled()) {
+                    co_return Outcome{{Errc::conflict, "cancelled"}, false, {}, {}};
+                }
                 if (r.progress) {
                     r.progress(bytes, total);
                 }

@@ -1,11 +1,18 @@
 #include "store/db.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
 #include <sqlite3.h>
 
-#include <simdjson.h>
 #include <spdlog/spdlog.h>
 
+#include "core/spec_codec.hpp"
 #include "util/json.hpp"
+#include "util/reactor.hpp"
 
 namespace hangar::store {
 
@@ -53,6 +60,27 @@ ALTER TABLE tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'token';
     R"sql(
 CREATE TABLE images(name TEXT PRIMARY KEY, data TEXT NOT NULL);
 )sql",
+    // 6: operations, so that GET /v1/operations/{id} answers across a restart. Finished ones
+    // are kept as many as in memory (core::kKeptOperations), in the order they ended (done).
+    R"sql(
+CREATE TABLE operations(
+    id TEXT PRIMARY KEY,
+    owner INTEGER NOT NULL,
+    machine TEXT NOT NULL DEFAULT '',
+    image TEXT NOT NULL DEFAULT '',
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    done_at TEXT NOT NULL DEFAULT '',
+    done INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT '',
+    error_code TEXT NOT NULL DEFAULT '',
+    error_message TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    phase TEXT NOT NULL DEFAULT '',
+    bytes INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0);
+)sql",
 };
 
 struct Stmt {
@@ -82,6 +110,19 @@ Db::~Db() {
 
 Status Db::open(const std::string& path, Scheduler schedule) {
     schedule_ = std::move(schedule);
+    // The store holds every machine and credential: 0600. SQLite gives the -wal and -shm files
+    // the main file's mode, so it is created (or corrected) before SQLite opens it.
+    if (path != ":memory:" && !path.empty()) {
+        int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0) {
+            return {Errc::internal, "cannot open store " + path + ": " + strerror(errno)};
+        }
+        fchmod(fd, 0600);
+        ::close(fd);
+        for (const char* suffix : {"-wal", "-shm", "-journal"}) {
+            chmod((path + suffix).c_str(), 0600);
+        }
+    }
     if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
         SQLITE_OK) {
         std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
@@ -169,6 +210,7 @@ void Db::step_done(sqlite3_stmt* st, const char* what) {
 }
 
 void Db::begin() {
+    HANGAR_ASSERT_REACTOR();
     if (in_txn_) {
         return;
     }
@@ -180,6 +222,7 @@ void Db::begin() {
 }
 
 bool Db::flush() {
+    HANGAR_ASSERT_REACTOR();
     if (!in_txn_) {
         return true;
     }
@@ -191,71 +234,6 @@ bool Db::flush() {
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
         return false;
     }
-    return true;
-}
-
-std::string Db::spec_to_json(const MachineSpec& s) {
-    json::Writer w;
-    w.begin_object()
-        .field("cpus", s.cpus)
-        .field("memory_mib", s.memory_mib)
-        .key("boot")
-        .begin_object()
-        .field("kernel", s.boot.kernel)
-        .field("initrd", s.boot.initrd)
-        .field("cmdline", s.boot.cmdline)
-        .field("disk", s.boot.disk)
-        .key("command")
-        .begin_array();
-    for (const auto& arg : s.boot.command) {
-        w.value(arg);
-    }
-    w.end_array()
-        .end_object()
-        .field("image", s.image)
-        .field("autostart", s.autostart)
-        .field("description", s.description)
-        .end_object();
-    return w.take();
-}
-
-bool Db::spec_from_json(const std::string& text, MachineSpec& s) {
-    simdjson::dom::parser parser;
-    simdjson::dom::element e;
-    if (parser.parse(text).get(e) != simdjson::SUCCESS) {
-        return false;
-    }
-    uint64_t u = 0;
-    if (e["cpus"].get(u) == simdjson::SUCCESS) {
-        s.cpus = static_cast<uint32_t>(u);
-    }
-    if (e["memory_mib"].get(u) == simdjson::SUCCESS) {
-        s.memory_mib = static_cast<uint32_t>(u);
-    }
-    std::string_view v;
-    if (e.at_pointer("/boot/kernel").get(v) == simdjson::SUCCESS)
-        s.boot.kernel = v;
-    if (e.at_pointer("/boot/initrd").get(v) == simdjson::SUCCESS)
-        s.boot.initrd = v;
-    if (e.at_pointer("/boot/cmdline").get(v) == simdjson::SUCCESS)
-        s.boot.cmdline = v;
-    if (e.at_pointer("/boot/disk").get(v) == simdjson::SUCCESS)
-        s.boot.disk = v;
-    simdjson::dom::array command;
-    if (e.at_pointer("/boot/command").get(command) == simdjson::SUCCESS) {
-        for (auto arg : command) {
-            if (arg.get(v) == simdjson::SUCCESS) {
-                s.boot.command.emplace_back(v);
-            }
-        }
-    }
-    if (e["image"].get(v) == simdjson::SUCCESS)
-        s.image = v;
-    bool b = false;
-    if (e["autostart"].get(b) == simdjson::SUCCESS)
-        s.autostart = b;
-    if (e["description"].get(v) == simdjson::SUCCESS)
-        s.description = v;
     return true;
 }
 
@@ -271,8 +249,11 @@ std::vector<MachineRow> Db::load_machines() {
         r.spec.type = column_text(s.st, 2);
         r.spec.owner = static_cast<uint32_t>(sqlite3_column_int64(s.st, 3));
         r.spec.created_at = column_text(s.st, 4);
-        if (!spec_from_json(column_text(s.st, 5), r.spec)) {
-            spdlog::error("store: machine {} has an unreadable spec; using defaults", r.spec.name);
+        if (Status st = core::decode_stored_spec(column_text(s.st, 5), r.spec); !st) {
+            spdlog::error(
+                "store: machine {} has an unreadable spec ({}); using defaults for "
+                "the rest",
+                r.spec.name, st.message());
         }
         r.state = parse_machine_state(column_text(s.st, 6)).value_or(MachineState::stopped);
         r.state_reason = column_text(s.st, 7);
@@ -292,7 +273,7 @@ void Db::insert_machine(const MachineRow& r) {
     bind_text(s.st, 3, r.spec.type);
     sqlite3_bind_int64(s.st, 4, r.spec.owner);
     bind_text(s.st, 5, r.spec.created_at);
-    bind_text(s.st, 6, spec_to_json(r.spec));
+    bind_text(s.st, 6, core::encode_stored_spec(r.spec));
     bind_text(s.st, 7, std::string(to_string(r.state)));
     bind_text(s.st, 8, r.state_reason);
     sqlite3_bind_int64(s.st, 9, r.pid);
@@ -312,7 +293,7 @@ void Db::update_state(const std::string& name, MachineState state, const std::st
 void Db::update_spec(const MachineSpec& spec) {
     begin();
     Stmt s{prepare("UPDATE machines SET spec=? WHERE name=?")};
-    bind_text(s.st, 1, spec_to_json(spec));
+    bind_text(s.st, 1, core::encode_stored_spec(spec));
     bind_text(s.st, 2, spec.name);
     step_done(s.st, "update machine spec");
 }
@@ -376,6 +357,7 @@ void Db::delete_credential(const std::string& name) {
 }
 
 std::vector<EventRow> Db::load_events_after(uint64_t seq, size_t limit) {
+    HANGAR_ASSERT_REACTOR();
     std::vector<EventRow> out;
     Stmt s{
         prepare("SELECT seq, time, type, machine, data FROM events WHERE seq > ? "
@@ -414,7 +396,69 @@ void Db::delete_image(const std::string& name) {
     step_done(s.st, "delete image");
 }
 
+std::vector<OperationRow> Db::load_operations() {
+    std::vector<OperationRow> out;
+    Stmt s{prepare(
+        "SELECT id, owner, machine, image, action, status, created_at, done_at, done, state, "
+        "error_code, error_message, detail, phase, bytes, total FROM operations "
+        "ORDER BY done, rowid")};
+    while (sqlite3_step(s.st) == SQLITE_ROW) {
+        OperationRow r;
+        r.id = column_text(s.st, 0);
+        r.owner = static_cast<uint32_t>(sqlite3_column_int64(s.st, 1));
+        r.machine = column_text(s.st, 2);
+        r.image = column_text(s.st, 3);
+        r.action = column_text(s.st, 4);
+        r.status = column_text(s.st, 5);
+        r.created_at = column_text(s.st, 6);
+        r.done_at = column_text(s.st, 7);
+        r.done = static_cast<uint64_t>(sqlite3_column_int64(s.st, 8));
+        r.state = column_text(s.st, 9);
+        r.error_code = column_text(s.st, 10);
+        r.error_message = column_text(s.st, 11);
+        r.detail = column_text(s.st, 12);
+        r.phase = column_text(s.st, 13);
+        r.bytes = static_cast<uint64_t>(sqlite3_column_int64(s.st, 14));
+        r.total = static_cast<uint64_t>(sqlite3_column_int64(s.st, 15));
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+void Db::put_operation(const OperationRow& r) {
+    begin();
+    Stmt s{prepare(
+        "INSERT OR REPLACE INTO operations(id, owner, machine, image, action, status, "
+        "created_at, done_at, done, state, error_code, error_message, detail, phase, bytes, "
+        "total) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")};
+    bind_text(s.st, 1, r.id);
+    sqlite3_bind_int64(s.st, 2, r.owner);
+    bind_text(s.st, 3, r.machine);
+    bind_text(s.st, 4, r.image);
+    bind_text(s.st, 5, r.action);
+    bind_text(s.st, 6, r.status);
+    bind_text(s.st, 7, r.created_at);
+    bind_text(s.st, 8, r.done_at);
+    sqlite3_bind_int64(s.st, 9, static_cast<int64_t>(r.done));
+    bind_text(s.st, 10, r.state);
+    bind_text(s.st, 11, r.error_code);
+    bind_text(s.st, 12, r.error_message);
+    bind_text(s.st, 13, r.detail);
+    bind_text(s.st, 14, r.phase);
+    sqlite3_bind_int64(s.st, 15, static_cast<int64_t>(r.bytes));
+    sqlite3_bind_int64(s.st, 16, static_cast<int64_t>(r.total));
+    step_done(s.st, "store operation");
+}
+
+void Db::delete_operation(const std::string& id) {
+    begin();
+    Stmt s{prepare("DELETE FROM operations WHERE id=?")};
+    bind_text(s.st, 1, id);
+    step_done(s.st, "delete operation");
+}
+
 std::string Db::get_meta(const std::string& key) {
+    HANGAR_ASSERT_REACTOR();
     Stmt s{prepare("SELECT value FROM meta WHERE key=?")};
     bind_text(s.st, 1, key);
     return sqlite3_step(s.st) == SQLITE_ROW ? column_text(s.st, 0) : std::string();

@@ -36,8 +36,20 @@ struct CredentialRow {
     std::string kind;  // "token" or "certificate"
     std::string hash;  // hex SHA-256 of the token, or of the certificate's DER form
     uint32_t uid = 0;
-    bool admin = false;
+    bool admin = false;  // stored: the right at registration; Credentials reports the current one
     std::string created_at;
+};
+
+// A long-running operation (core::Operation as stored). `done` orders the finished ones by
+// when they ended (0 while running).
+struct OperationRow {
+    std::string id;
+    uint32_t owner = 0;
+    std::string machine, image, action, status, created_at, done_at;
+    uint64_t done = 0;
+    std::string state, error_code, error_message, detail;
+    std::string phase;  // an image operation's progress
+    uint64_t bytes = 0, total = 0;
 };
 
 class Db {
@@ -78,11 +90,14 @@ class Db {
     void insert_image(const std::string& name, const std::string& data);
     void delete_image(const std::string& name);
 
+    // Operations: the running ones (done = 0) first, then the finished ones kept, in the order
+    // they ended.
+    std::vector<OperationRow> load_operations();
+    void put_operation(const OperationRow& row);  // inserts or replaces
+    void delete_operation(const std::string& id);
+
     // Commits what this turn wrote. Returns false (and logs) if the commit failed.
     bool flush();
-
-    static std::string spec_to_json(const MachineSpec& spec);
-    static bool spec_from_json(const std::string& json, MachineSpec& spec);
 
   private:
     void begin();

@@ -2,6 +2,8 @@
 
 #include <charconv>
 
+#include "hangar/error.hpp"
+
 namespace hangar::json {
 
 namespace {
@@ -166,6 +168,13 @@ Writer& Writer::value(uint64_t v) {
     auto r = std::to_chars(buf, buf + sizeof buf, v);
     out_.append(buf, r.ptr);
     return *this;
+}
+
+Writer& Writer::value(const Status& st) {
+    return begin_object()
+        .field("code", errc_name(st.code()))
+        .field("message", st.message())
+        .end_object();
 }
 
 Writer& Writer::null() {

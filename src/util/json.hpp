@@ -7,6 +7,10 @@
 #include <utility>
 #include <vector>
 
+namespace hangar {
+class Status;
+}
+
 namespace hangar::json {
 
 // Appends `s` as a quoted JSON string. Control characters are escaped and bytes that are not
@@ -29,6 +33,8 @@ class Writer {
     Writer& value(uint64_t v);
     Writer& value(int v) { return value(static_cast<int64_t>(v)); }
     Writer& value(unsigned v) { return value(static_cast<uint64_t>(v)); }
+    // An error as the API shows it: {"code": errc_name, "message": ...}.
+    Writer& value(const Status& st);
     Writer& null();
     // Inserts already-serialized JSON as one value.
     Writer& raw(std::string_view json);

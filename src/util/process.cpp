@@ -3,16 +3,22 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -88,6 +94,12 @@ Status spawn_process(const SpawnOptions& opts, pid_t& pid) {
     posix_spawn_file_actions_adddup2(&sa.fa, err, 2);
     for (auto [h, dst] : mapped) {
         posix_spawn_file_actions_adddup2(&sa.fa, h, dst);
+    }
+    if (!opts.controlling_tty.empty()) {
+        // Opened in the new session without O_NOCTTY: its controlling terminal (the descriptor
+        // itself is closed again just below).
+        posix_spawn_file_actions_addopen(&sa.fa, max_target + 1, opts.controlling_tty.c_str(),
+                                         O_RDWR, 0);
     }
     posix_spawn_file_actions_addclosefrom_np(&sa.fa, max_target + 1);
 
@@ -231,16 +243,18 @@ struct Command : std::enable_shared_from_this<Command> {
     };
     Command(boost::asio::io_context& io, size_t limit,
             std::function<void(const Status&, CaptureResult)> done)
-        : out(io), err(io), timer(io), limit(limit), done(std::move(done)) {
+        : io(io), out(io), err(io), timer(io), limit(limit), done(std::move(done)) {
         out.data = &result.out;
         out.truncated = &result.out_truncated;
         err.data = &result.err;
         err.truncated = &result.err_truncated;
         err.eof = true;  // unless a second pipe is read
     }
+    boost::asio::io_context& io;
     Stream out, err;
     boost::asio::steady_timer timer;
     std::unique_ptr<PidWatch> watch;
+    std::string cgroup;  // the command's own, removed when it is done
     size_t limit;
     std::function<void(const Status&, CaptureResult)> done;
     CaptureResult result;
@@ -263,14 +277,189 @@ struct Command : std::enable_shared_from_this<Command> {
     void maybe_done() {
         if (out.eof && err.eof && exited && done) {
             timer.cancel();
+            if (!cgroup.empty()) {
+                remove_cgroup_async(io, std::exchange(cgroup, {}));
+            }
             std::exchange(done, nullptr)(Status{}, std::move(result));
         }
     }
 };
+
+// Run by the command's first process (the host's shell, before anything of the command runs):
+// it moves itself into the cgroup ($0 is its cgroup.procs), then becomes the command.
+constexpr const char* kJoinCgroup = "echo $$ > \"$0\" || exit 125; exec \"$@\"";
+constexpr const char* kHostPath =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// argv that runs `opts.argv` with `opts.env` inside `opts.cgroup`; "" in `error` unless the
+// program cannot be found.
+template <typename Options>
+std::vector<std::string> in_cgroup(Options& opts, std::string& error) {
+    std::string prog = find_program(opts.argv[0]);
+    std::string env = find_program("env");
+    if (prog.empty() || env.empty()) {
+        error =
+            "cannot execute " + (prog.empty() ? opts.argv[0] : std::string("env")) + ": not found";
+        return {};
+    }
+    std::vector<std::string> argv = {"/bin/sh", "-c", kJoinCgroup, opts.cgroup + "/cgroup.procs"};
+    if (opts.env) {
+        // The shell would add PWD to an environment it passes on: env sets it exactly.
+        argv.insert(argv.end(), {env, "-i", "--"});
+        argv.insert(argv.end(), opts.env->begin(), opts.env->end());
+        opts.env = std::vector<std::string>{kHostPath};
+    }
+    argv.push_back(prog);
+    argv.insert(argv.end(), opts.argv.begin() + 1, opts.argv.end());
+    return argv;
+}
 }  // namespace
+
+std::string cgroup2_mount() {
+    // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE ...
+    std::ifstream in("/proc/self/mountinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+        size_t sep = line.find(" - ");
+        if (sep == std::string::npos || line.compare(sep + 3, 8, "cgroup2 ") != 0) {
+            continue;
+        }
+        std::istringstream fields(line.substr(0, sep));
+        std::string id, parent, dev, root, mountpoint;
+        fields >> id >> parent >> dev >> root >> mountpoint;
+        if (root != "/") {
+            continue;
+        }
+        std::string out;  // undo the octal escapes (\040 for a blank, ...)
+        for (size_t i = 0; i < mountpoint.size(); ++i) {
+            std::string code = mountpoint.substr(i + 1, 3);
+            if (mountpoint[i] == '\\' && code.size() == 3 &&
+                code.find_first_not_of("01234567") == std::string::npos) {
+                out += static_cast<char>(std::stoi(code, nullptr, 8));
+                i += 3;
+            } else {
+                out += mountpoint[i];
+            }
+        }
+        return out;
+    }
+    return {};
+}
+
+std::string cgroup_dir_of(pid_t pid) {
+    std::string mount = cgroup2_mount();
+    if (mount.empty()) {
+        return {};
+    }
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("0::/", 0) == 0) {
+            std::string path = line.substr(3);
+            return mount + (path == "/" ? std::string() : path);
+        }
+    }
+    return {};
+}
+
+Status make_cgroup(const std::string& parent, const std::string& name, std::string& dir) {
+    dir = parent + "/" + name;
+    if (mkdir(dir.c_str(), 0755) != 0) {
+        return {Errc::internal, "cannot make cgroup " + dir + ": " + strerror(errno)};
+    }
+    return {};
+}
+
+void kill_cgroup(const std::string& dir) {
+    int fd = open((dir + "/cgroup.kill").c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (write(fd, "1", 1) != 1 && errno != ENOENT && errno != ENODEV) {
+            spdlog::warn("cannot kill cgroup {}: {}", dir, strerror(errno));
+        }
+        close(fd);
+        return;
+    }
+    if (errno != ENOENT) {
+        return;
+    }
+    // Before Linux 5.14: each process listed (one forking meanwhile is caught by a retry).
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+        if (e.is_directory(ec)) {
+            kill_cgroup(e.path().string());
+        }
+    }
+    std::ifstream procs(dir + "/cgroup.procs");
+    pid_t pid = 0;
+    while (procs >> pid) {
+        kill(pid, SIGKILL);
+    }
+}
+
+namespace {
+// Removes `dir` and the cgroups below it; true when it is gone.
+bool remove_cgroup_tree(const std::string& dir) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+        if (e.is_directory(ec)) {
+            remove_cgroup_tree(e.path().string());
+        }
+    }
+    return rmdir(dir.c_str()) == 0 || errno == ENOENT;
+}
+
+void retry_remove_cgroup(std::shared_ptr<boost::asio::steady_timer> timer, std::string dir,
+                         int left) {
+    kill_cgroup(dir);
+    if (remove_cgroup_tree(dir)) {
+        return;
+    }
+    if (left == 0) {
+        spdlog::warn("cgroup {} still has processes; left in place", dir);
+        return;
+    }
+    timer->expires_after(std::chrono::milliseconds(50));
+    timer->async_wait([timer, dir = std::move(dir), left](boost::system::error_code ec) mutable {
+        if (!ec) {
+            retry_remove_cgroup(std::move(timer), std::move(dir), left - 1);
+        }
+    });
+}
+}  // namespace
+
+void reap_later(boost::asio::io_context& io, pid_t pid) {
+    if (waitpid(pid, nullptr, WNOHANG) != 0) {
+        return;  // reaped, or not ours to reap
+    }
+    auto timer = std::make_shared<boost::asio::steady_timer>(io, std::chrono::milliseconds(10));
+    timer->async_wait([timer, &io, pid](boost::system::error_code ec) {
+        if (!ec) {
+            reap_later(io, pid);
+        }
+    });
+}
+
+void remove_cgroup_async(boost::asio::io_context& io, const std::string& dir) {
+    retry_remove_cgroup(std::make_shared<boost::asio::steady_timer>(io), dir, 100);
+}
 
 void run_capture(boost::asio::io_context& io, CaptureOptions opts,
                  std::function<void(const Status&, CaptureResult)> done) {
+    // Not started: the cgroup is run_capture's to remove all the same.
+    auto fail = [&](Status st) {
+        if (!opts.cgroup.empty()) {
+            remove_cgroup_async(io, opts.cgroup);
+        }
+        done(st, CaptureResult{});
+    };
+    if (!opts.cgroup.empty()) {
+        std::string error;
+        std::vector<std::string> argv = in_cgroup(opts, error);
+        if (!error.empty()) {
+            return fail({Errc::unavailable, error});
+        }
+        opts.argv = std::move(argv);
+    }
     int p[2] = {-1, -1}, q[2] = {-1, -1};
     if (pipe2(p, O_CLOEXEC) != 0 || (!opts.merge_stderr && pipe2(q, O_CLOEXEC) != 0)) {
         int e = errno;
@@ -278,7 +467,7 @@ void run_capture(boost::asio::io_context& io, CaptureOptions opts,
             close(p[0]);
             close(p[1]);
         }
-        return done({Errc::internal, std::string("pipe: ") + strerror(e)}, CaptureResult{});
+        return fail({Errc::internal, std::string("pipe: ") + strerror(e)});
     }
     SpawnOptions so;
     so.argv = std::move(opts.argv);
@@ -295,17 +484,21 @@ void run_capture(boost::asio::io_context& io, CaptureOptions opts,
     }
     int pidfd = st ? open_pidfd(pid) : -1;
     if (st && pidfd < 0) {
+        // EMFILE, ENFILE, ENOMEM: a child nobody can watch is killed, and reaped without
+        // blocking the reactor.
         st = {Errc::internal, std::string("pidfd_open: ") + strerror(errno)};
-        waitpid(pid, nullptr, 0);  // cannot happen for a child that is not yet reaped
+        kill(opts.new_session ? -pid : pid, SIGKILL);
+        reap_later(io, pid);
     }
     if (!st) {
         close(p[0]);
         if (q[0] >= 0) {
             close(q[0]);
         }
-        return done(st, CaptureResult{});
+        return fail(st);
     }
     auto cmd = std::make_shared<Command>(io, opts.limit, std::move(done));
+    cmd->cgroup = opts.cgroup;
     cmd->out.sd.assign(p[0]);
     if (q[0] >= 0) {
         cmd->err.sd.assign(q[0]);
@@ -316,6 +509,9 @@ void run_capture(boost::asio::io_context& io, CaptureOptions opts,
     cmd->watch->wait([cmd](ExitInfo info) {
         cmd->result.exit = info;
         cmd->exited = true;
+        if (!cmd->cgroup.empty()) {
+            kill_cgroup(cmd->cgroup);  // what it started ends with it
+        }
         if (!cmd->out.eof || !cmd->err.eof) {
             // Something it left behind may hold the pipes open: read on for a moment only.
             cmd->timer.expires_after(std::chrono::seconds(2));
@@ -330,19 +526,175 @@ void run_capture(boost::asio::io_context& io, CaptureOptions opts,
         }
         cmd->maybe_done();
     });
+    // Ends the command now: its process group (or the command alone) and its cgroup.
+    auto end_now = [weak = std::weak_ptr<Command>(cmd), pid,
+                    group = opts.new_session](bool timed_out) {
+        auto self = weak.lock();
+        if (!self || self->exited) {
+            return;
+        }
+        self->result.timed_out = timed_out;
+        group ? void(kill(-pid, SIGKILL)) : void(self->watch->signal(SIGKILL));
+        if (!self->cgroup.empty()) {
+            kill_cgroup(self->cgroup);
+        }
+    };
+    if (opts.kill_switch) {
+        *opts.kill_switch = [end_now] { end_now(false); };
+    }
     if (opts.timeout.count() > 0) {
         cmd->timer.expires_after(opts.timeout);
-        cmd->timer.async_wait([weak = std::weak_ptr<Command>(cmd), pid,
-                               group = opts.new_session](boost::system::error_code ec) {
-            auto self = weak.lock();
-            if (ec || !self || self->exited) {
-                return;
+        cmd->timer.async_wait([end_now](boost::system::error_code ec) {
+            if (!ec) {
+                end_now(true);
             }
-            self->result.timed_out = true;
-            group ? void(kill(-pid, SIGKILL)) : void(self->watch->signal(SIGKILL));
         });
     }
     cmd->read(cmd->out);
+}
+
+PtyCommand::PtyCommand(boost::asio::io_context& io) : io_(io), master_(io) {}
+
+Status PtyCommand::start(boost::asio::io_context& io, PtyOptions opts,
+                         std::shared_ptr<PtyCommand>& out) {
+    auto fail = [&](Status st) {
+        if (!opts.cgroup.empty()) {
+            remove_cgroup_async(io, opts.cgroup);
+        }
+        return st;
+    };
+    if (opts.argv.empty()) {
+        return fail({Errc::internal, "pty: empty argv"});
+    }
+    if (!opts.cgroup.empty()) {
+        std::string error;
+        std::vector<std::string> argv = in_cgroup(opts, error);
+        if (!error.empty()) {
+            return fail({Errc::unavailable, error});
+        }
+        opts.argv = std::move(argv);
+    }
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+    char name[128];
+    if (master < 0 || unlockpt(master) != 0 || ptsname_r(master, name, sizeof name) != 0) {
+        int e = errno;
+        if (master >= 0) {
+            close(master);
+        }
+        return fail({Errc::internal, std::string("cannot make a pty: ") + strerror(e)});
+    }
+    int slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0) {
+        int e = errno;
+        close(master);
+        return fail({Errc::internal, std::string("open ") + name + ": " + strerror(e)});
+    }
+    winsize ws{};
+    ws.ws_col = opts.cols;
+    ws.ws_row = opts.rows;
+    ioctl(slave, TIOCSWINSZ, &ws);
+    SpawnOptions so;
+    so.argv = std::move(opts.argv);
+    so.env = std::move(opts.env);
+    so.stdin_fd = so.output_fd = slave;
+    so.new_session = true;
+    so.controlling_tty = name;
+    pid_t pid = 0;
+    Status st = spawn_process(so, pid);
+    close(slave);  // the command's alone: the master reads EIO once every copy is closed
+    int pidfd = st ? open_pidfd(pid) : -1;
+    if (st && pidfd < 0) {
+        st = {Errc::internal, std::string("pidfd_open: ") + strerror(errno)};
+        ::kill(-pid, SIGKILL);
+        reap_later(io, pid);
+    }
+    if (!st) {
+        close(master);
+        return fail(st);
+    }
+    std::shared_ptr<PtyCommand> cmd(new PtyCommand(io));
+    cmd->master_.assign(master);
+    cmd->cgroup_ = std::move(opts.cgroup);
+    cmd->watch_ = std::make_unique<PidWatch>(io, pid, pidfd);
+    cmd->watch_->wait([weak = std::weak_ptr<PtyCommand>(cmd)](ExitInfo info) {
+        if (auto self = weak.lock()) {
+            self->ended(info);
+        }
+    });
+    out = std::move(cmd);
+    return {};
+}
+
+PtyCommand::~PtyCommand() {
+    kill();
+    if (io_.stopped()) {
+        return;  // hangard is ending: no more timers (the next one removes the cgroup)
+    }
+    if (!exited_ && watch_) {
+        reap_later(io_, watch_->pid());
+    }
+    if (!cgroup_.empty()) {
+        remove_cgroup_async(io_, cgroup_);
+    }
+}
+
+void PtyCommand::ended(ExitInfo info) {
+    exited_ = true;
+    exit_ = info;
+    if (!cgroup_.empty() && !hung_up_) {
+        // What it started ends with it; after a hang-up, at the end of the grace (the rest of
+        // the session may still be handling its SIGHUP).
+        kill_cgroup(cgroup_);
+    }
+    if (on_exit_) {
+        std::exchange(on_exit_, nullptr)(info);
+    }
+}
+
+void PtyCommand::on_exit(std::function<void(ExitInfo)> cb) {
+    if (!exited_) {
+        on_exit_ = std::move(cb);
+        return;
+    }
+    boost::asio::post(io_, [cb = std::move(cb), info = exit_] { cb(info); });
+}
+
+Status PtyCommand::resize(unsigned cols, unsigned rows) {
+    winsize ws{};
+    ws.ws_col = static_cast<unsigned short>(std::min(cols, 0xffffu));
+    ws.ws_row = static_cast<unsigned short>(std::min(rows, 0xffffu));
+    if (!master_.is_open() || ioctl(master_.native_handle(), TIOCSWINSZ, &ws) != 0) {
+        return {Errc::internal, std::string("TIOCSWINSZ: ") + strerror(errno)};
+    }
+    return {};
+}
+
+void PtyCommand::hang_up(std::chrono::milliseconds grace) {
+    boost::system::error_code ignored;
+    master_.close(ignored);
+    if (exited_ || hung_up_) {
+        return;  // exited first: all of it was killed then
+    }
+    hung_up_ = true;
+    if (io_.stopped()) {
+        return kill();  // hangard is ending
+    }
+    auto timer = std::make_shared<boost::asio::steady_timer>(io_, grace);
+    timer->async_wait([self = shared_from_this(), timer](boost::system::error_code ec) {
+        if (!ec) {
+            self->kill();
+        }
+    });
+}
+
+void PtyCommand::kill() {
+    if (!exited_ && watch_) {
+        // Not reaped yet, so the PID (the session's and its process group's) is still ours.
+        ::kill(-watch_->pid(), SIGKILL);
+    }
+    if (!cgroup_.empty()) {
+        kill_cgroup(cgroup_);
+    }
 }
 
 void run_command(boost::asio::io_context& io, std::vector<std::string> argv, size_t limit,

@@ -51,6 +51,8 @@ class Daemon:
     def start(self):
         args = [HANGARD, "--state-dir", self.state_dir, "--guest-dir", GUEST_DIR,
                 "--log-level", "warning", "--listen", "127.0.0.1:0"] + self.extra
+        if "--accel" not in self.extra:
+            args += ["--accel", os.environ.get("HANGAR_TEST_ACCEL", "tcg")]
         if self.qemu:
             args += ["--qemu", self.qemu]
         t0 = time.monotonic()

@@ -60,6 +60,9 @@ def main():
         if argv is None:
             with open(f"/proc/{m['pid']}/cmdline", "rb") as f:
                 argv = [a.decode() for a in f.read().split(b"\0") if a]
+            # hangard hands QEMU the boot files as descriptors; bare QEMU opens them by name.
+            names = {"/dev/fd/4": m["boot"]["kernel"], "/dev/fd/5": m["boot"]["initrd"]}
+            argv = [names.get(a, a) for a in argv]
         status, m = api.call("POST", "/v1/machines/bench/actions/kill")
         assert m["state"] == "stopped", m
     bare = [bare_qemu(argv) for _ in range(N)]

@@ -19,6 +19,7 @@ import unittest
 HANGARD = os.environ.get("HANGARD", "build/hangard")
 FAKE_QEMU = os.environ.get("FAKE_QEMU", "build/tests/fake_qemu")
 GUEST_DIR = os.environ.get("GUEST_DIR", "build/share/hangar/guest")
+ACCEL = os.environ.get("HANGAR_TEST_ACCEL", "tcg")
 
 
 def pid_alive(pid):
@@ -66,6 +67,9 @@ class Daemon:
     def start(self):
         args = [HANGARD, "--state-dir", self.state_dir, "--guest-dir", GUEST_DIR,
                 "--log-level", "debug", "--listen", "127.0.0.1:0"] + self.extra
+        if "--accel" not in self.extra:
+            # Guests run under TCG in tests: a host's /dev/kvm may open and still not boot them.
+            args += ["--accel", ACCEL]
         if self.qemu:
             args += ["--qemu", self.qemu]
         env = dict(os.environ)
@@ -131,6 +135,21 @@ class Daemon:
         except ValueError:
             parsed = body_text
         return int(code or 0), parsed
+
+    def request_as(self, uid, method, path, body=None, groups=(), timeout=60):
+        """Like request, over the unix socket as another uid (setpriv): with `groups` as its
+        supplementary groups, else none. The process keeps gid 0, which gives it nothing:
+        hangard authorizes by uid, and opens files with the uid's groups from the user
+        database, not the peer's."""
+        cmd = ["setpriv", f"--reuid={uid}", "--regid=0"]
+        cmd += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+        cmd += ["curl", "-s", "-m", str(timeout), "--unix-socket", self.socket, "-X", method,
+                "-w", "\n%{http_code}", f"http://h{path}"]
+        if body is not None:
+            cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+        text, _, code = out.stdout.rpartition("\n")
+        return int(code), json.loads(text) if text else None
 
     def machine(self, name):
         status, m = self.request("GET", f"/v1/machines/{name}")

@@ -67,6 +67,7 @@ class ImageServer:
         self.tls = tls
         self.cuts = {}        # url path -> [bytes to send before cutting, times left]
         self.requests = []    # (path, Range header or None)
+        self.redirects = {}   # url path -> Location to answer with a 302
         self.httpd = None
 
     def publish(self, sha_override=None):
@@ -128,6 +129,12 @@ class ImageServer:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 server.requests.append((path, self.headers.get("Range")))
+                if path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 full = os.path.realpath(os.path.join(server.root, path.lstrip("/")))
                 if not full.startswith(server.root + "/") or not os.path.isfile(full):
                     self.send_response(404)

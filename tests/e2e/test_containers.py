@@ -1,17 +1,19 @@
 """Containers with real peers: a busybox image pulled over HTTPS from the loopback image server
 (imageserver.py), run by a real systemd (`systemd --user` in a mount namespace, realsystemd.py)
 as hangar-NAME.service executing systemd-nspawn, registered in a real systemd-machined. Boot,
-machined's listing, exec inside the running container and in the stopped root file system,
-graceful stop, kill -9 of nspawn (crashed, with the reason), machinectl terminate
-(machined:terminated), hangard killed and restarted (adopted, still controllable), one-shot
+machined's listing, exec inside the running container and in the stopped root file system
+(leaving no process behind, at its deadline or exit, whatever it detached), graceful stop,
+kill -9 of nspawn (crashed, with the reason), machinectl terminate (machined:terminated), hangard killed and restarted (adopted, still controllable), one-shot
 command containers, bad input, and the same view of containers through the API list, events,
 D-Bus (org.hangar) and hangarctl as of VMs."""
 import json
 import os
+import random
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 
 import harness
@@ -69,6 +71,86 @@ class Containers(SystemdDaemonTest, DaemonTest):
     def in_machined(self, name):
         return self.systemd.list_machines().get(name)
 
+    @staticmethod
+    def processes_with(arg):
+        """The live processes (zombies aside) that have `arg` as one of their arguments."""
+        return harness.pids_with_argument(arg)
+
+    def exec_watched(self, name, script, **extra):
+        """Execs `sh -c script`, where {arg} is a number unique to this call (its sleeps sleep
+        that long, so that their processes can be found), while watching /proc. Returns the
+        answer, its duration and how many of the processes were seen at once. A leftover is
+        killed (by PID) when the test ends, if the check that none remains failed."""
+        arg = str(random.randrange(10**6, 10**7))
+        self.addCleanup(lambda: [os.kill(p, signal.SIGKILL) for p in self.processes_with(arg)])
+        answer, seen = [], [0]
+        def run():
+            answer.append(self.daemon.request("POST", f"/v1/machines/{name}/exec",
+                                              {"command": ["sh", "-c", script.format(arg=arg)],
+                                               **extra}))
+        t0 = time.monotonic()
+        thread = threading.Thread(target=run)
+        thread.start()
+        while thread.is_alive():
+            seen[0] = max(seen[0], len(self.processes_with(arg)))
+            time.sleep(0.02)
+        thread.join()
+        return answer[0], time.monotonic() - t0, seen[0], arg
+
+    def assert_nothing_left(self, arg, what):
+        wait_for(lambda: not self.processes_with(arg), 5, f"{what}: no sleep {arg} left")
+
+    def exec_cgroups(self, name):
+        """The cgroups that execs made in the container's unit (next to nspawn's)."""
+        with open(f"/proc/{self.daemon.machine(name)['pid']}/cgroup") as f:
+            path = [l[3:] for l in f.read().splitlines() if l.startswith("0::")][0]
+        unit = path[:path.index(f"/hangar-{name}.service") + len(f"/hangar-{name}.service")]
+        mount = "/sys/fs/cgroup/unified" if os.path.ismount("/sys/fs/cgroup/unified") \
+            else "/sys/fs/cgroup"
+        return [d for d in os.listdir(mount + unit) if d.startswith("hangar-exec-")]
+
+    # A background job, one in a session of its own, and a daemon (double fork, new session).
+    LEFTOVERS = ["sleep {arg} & sleep {arg}", "busybox setsid sleep {arg} & sleep {arg}",
+                 "(busybox setsid sleep {arg} &); sleep {arg}"]
+
+    def check_timeouts_leave_nothing(self, name):
+        for script in self.LEFTOVERS:
+            (status, body), took, seen, arg = self.exec_watched(name, script, timeout_s=2)
+            self.assertEqual((status, body["error"]["code"]), (504, "timeout"), (script, body))
+            self.assertLess(took, 8, script)
+            self.assertEqual(seen, 2, script)  # both sleeps ran
+            self.assert_nothing_left(arg, script)
+
+    def check_normal_exit_leaves_nothing(self, name):
+        # The background processes end with the command (and do not hold its output open).
+        (status, body), took, seen, arg = self.exec_watched(
+            name, "sleep {arg} & busybox setsid sleep {arg} & (sleep {arg} &); "
+                  "sleep 0.5; echo started; exit 7")
+        self.assertEqual((status, body["exit_code"], body["stdout"]), (200, 7, "started\n"), body)
+        self.assertEqual(seen, 3)
+        self.assertLess(took, 1.9)
+        self.assert_nothing_left(arg, "normal exit")
+
+    def test_exec_leaves_nothing_behind(self):
+        """An exec's processes end with it, in a running container and in a stopped one:
+        at the deadline and when its command exits, whatever left its process group."""
+        self.create_container("bg")
+        self.start("bg")
+        self.check_timeouts_leave_nothing("bg")
+        self.check_normal_exit_leaves_nothing("bg")
+        # The container itself is untouched, and exec still works; the execs' cgroups are gone.
+        self.assertEqual(self.daemon.machine("bg")["state"], "running")
+        r = self.exec("bg", ["sh", "-c", "echo alive; cat /proc/self/cgroup; sleep 1"],
+                      timeout_s=5)
+        self.assertEqual(r["stdout"].splitlines()[0], "alive")
+        self.assertIn("/hangar-exec-", r["stdout"])  # its own cgroup, out of the container's
+        wait_for(lambda: not self.exec_cgroups("bg"), 5, "the execs' cgroups to go")
+        self.daemon.action("bg", "kill")
+        self.assertEqual(self.exec("bg", ["true"])["in"], "rootfs")
+        self.check_timeouts_leave_nothing("bg")
+        self.check_normal_exit_leaves_nothing("bg")
+        self.start("bg")
+
     def test_boot_exec_stop(self):
         m = self.create_container("box", description="busybox")
         self.assertEqual((m["type"], m["image"], m["state"]), ("container", "busybox", "stopped"))
@@ -95,6 +177,12 @@ class Containers(SystemdDaemonTest, DaemonTest):
                       env={"GREETING": "hello"}, cwd="/tmp")
         self.assertEqual(r["stdout"].splitlines()[:3], ["hello", "/tmp", "box"])
         self.assertIn('NAME="hangar busybox"', r["stdout"])
+        # Exactly the environment asked for, nothing of hangard's or the host's.
+        r = self.exec("box", ["env"], env={"GREETING": "hello", "PWD": "/nowhere"})
+        self.assertEqual(sorted(r["stdout"].splitlines()),
+                         ["GREETING=hello", "HOME=/root", "PATH=/usr/local/sbin:/usr/local/bin:"
+                          "/usr/sbin:/usr/bin:/sbin:/bin", "PWD=/nowhere", "TERM=dumb",
+                          "container=hangar"])
         # It runs in the container's PID namespace: init is PID 1 there.
         r = self.exec("box", ["cat", "/proc/1/cmdline"])
         self.assertIn("init", r["stdout"])
@@ -153,6 +241,43 @@ class Containers(SystemdDaemonTest, DaemonTest):
         # Its root file system goes in the background.
         wait_for(lambda: os.listdir(os.path.join(self.state_dir, "machines")) == ["box2"], 10,
                  "box's directory to go")
+
+    def test_exec_ends_with_a_killed_hangard(self):
+        """An exec does not outlive a hangard killed meanwhile (its answer is lost): in a
+        stopped container it ends with hangard; in a running one the next hangard ends it when
+        it adopts the container."""
+        self.create_container("orph")
+        self.exec("orph", ["true"])  # its root file system is in place
+        for running in (False, True):
+            if running:
+                self.start("orph")
+            arg = str(random.randrange(10**6, 10**7))
+            self.addCleanup(lambda a=arg: [os.kill(p, signal.SIGKILL)
+                                           for p in self.processes_with(a)])
+            def run():
+                try:
+                    self.daemon.request("POST", "/v1/machines/orph/exec", {
+                        "command": ["sh", "-c", f"busybox setsid sleep {arg} & sleep {arg}"],
+                        "timeout_s": 600})
+                except OSError:
+                    pass  # hangard is gone
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            wait_for(lambda: len(self.processes_with(arg)) == 2, 20, "the exec's sleeps")
+            self.daemon.kill(signal.SIGKILL)
+            thread.join(30)
+            if running:
+                time.sleep(0.5)
+                self.assertEqual(len(self.processes_with(arg)), 2)  # until hangard is back
+                self.daemon.start()
+                self.assert_nothing_left(arg, "adopted")
+                self.assertIn("(an exec of an earlier hangard)", self.daemon.log())
+                wait_for(lambda: not self.exec_cgroups("orph"), 5, "the exec's cgroup to go")
+                self.assertEqual(self.daemon.machine("orph")["state"], "running")
+            else:
+                self.assert_nothing_left(arg, "hangard killed")
+                self.daemon.start()
+                self.assertEqual(self.daemon.machine("orph")["state"], "stopped")
 
     def test_kill_of_nspawn_is_a_crash(self):
         self.create_container("victim")

@@ -119,6 +119,26 @@ class DaemonRestart(DaemonTest):
         self.assertIn("another hangard", str(ctx.exception))
 
 
+class AccelVerdict(DaemonTest):
+    """--accel auto: the trial (a vCPU, then the built-in guest booting under KVM) runs once
+    per host boot and QEMU binary; a restart reuses its verdict."""
+    qemu = harness.FAKE_QEMU
+    extra = ("--accel", "auto")
+
+    def test_the_trial_runs_once_per_boot(self):
+        def verdict():
+            lines = [l for l in self.daemon.log().splitlines() if "accelerator " in l and
+                     "ready:" not in l]
+            return lines[-1].split("accelerator ", 1)[1]
+        first = verdict()
+        self.assertRegex(first, r"^(kvm|tcg): ")
+        self.assertNotIn("earlier start", first)
+        self.daemon.stop()
+        self.daemon.start()
+        again = verdict()
+        self.assertEqual(again, first + " (found at an earlier start since this host booted)")
+
+
 class Autostart(DaemonTest):
     qemu = harness.FAKE_QEMU
 

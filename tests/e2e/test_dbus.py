@@ -50,7 +50,8 @@ class PrivateBus:
             os.unlink(self.path)
 
 
-class DBus(DaemonTest):
+class BusTest(DaemonTest):
+    """hangard with org.hangar on a private dbus-daemon of the test's own."""
     qemu = harness.FAKE_QEMU
 
     def setUp(self):
@@ -75,6 +76,8 @@ class DBus(DaemonTest):
             self.assertEqual(out.returncode, 0, out.stderr)
         return out
 
+
+class DBus(BusTest):
     def send(self, method, *args, uid=None):
         """dbus-send, which prints the D-Bus error name; returns (ok, output)."""
         cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid else []
@@ -183,6 +186,52 @@ class DBus(DaemonTest):
         status, lst = self.daemon.request("GET", "/v1/machines")
         self.assertEqual([m["name"] for m in lst["machines"]], ["own"])
 
+    def test_create_machine_takes_the_json_spec_keys_with_boot_nested(self):
+        kernel = os.path.abspath(os.path.join(harness.GUEST_DIR, "vmlinuz"))
+        initrd = os.path.abspath(os.path.join(harness.GUEST_DIR, "initrd.img"))
+        out = self.busctl("call", "org.hangar", "/org/hangar", "org.hangar.Manager1",
+                          "CreateMachine", "sa{sv}", "viabus", "6",
+                          "name", "s", "viabus", "cpus", "u", "2", "memory_mib", "u", "192",
+                          "description", "s", "made over D-Bus", "autostart", "b", "false",
+                          "boot", "a{sv}", "3", "kernel", "s", kernel, "initrd", "s", initrd,
+                          "cmdline", "s", "console=ttyS0 quiet")
+        self.assertEqual(out.stdout.strip(), 'o "/org/hangar/machine/viabus"')
+        bus = self.daemon.machine("viabus")
+        self.created_uuids.append(bus["uuid"])
+        # The same spec as JSON over HTTP makes the same machine.
+        spec = {"name": "viahttp", "cpus": 2, "memory_mib": 192, "description": "made over D-Bus",
+                "autostart": False,
+                "boot": {"kernel": kernel, "initrd": initrd, "cmdline": "console=ttyS0 quiet"}}
+        status, http = self.daemon.request("POST", "/v1/machines", spec)
+        self.assertEqual(status, 201, http)
+        self.created_uuids.append(http["uuid"])
+        fields = ("type", "cpus", "memory_mib", "description", "autostart", "boot")
+        self.assertEqual({k: bus[k] for k in fields}, {k: http[k] for k in fields})
+        self.assertEqual(bus["boot"]["cmdline"], "console=ttyS0 quiet")
+        # It boots.
+        self.busctl("call", "org.hangar", "/org/hangar", "org.hangar.Manager1", "Start", "s",
+                    "viabus")
+        self.assertEqual(self.daemon.machine("viabus")["state"], "running")
+
+    def test_create_machine_refuses_what_the_json_spec_refuses(self):
+        def refused(*spec):
+            out = self.busctl("call", "org.hangar", "/org/hangar", "org.hangar.Manager1",
+                              "CreateMachine", "sa{sv}", "nope", *spec, check=False)
+            self.assertNotEqual(out.returncode, 0, spec)
+            return out.stderr
+        self.assertIn("unknown field 'bogus'", refused("1", "bogus", "u", "1"))
+        self.assertIn("unknown field 'boot.bogus'",
+                      refused("1", "boot", "a{sv}", "1", "bogus", "s", "x"))
+        self.assertIn('spec key "boot.kernel" has the wrong type (u): it must be s, a string',
+                      refused("1", "boot", "a{sv}", "1", "kernel", "u", "1"))
+        self.assertIn('spec key "boot" has the wrong type (s): it must be a{sv}, an object',
+                      refused("1", "boot", "s", "/k"))
+        self.assertIn('spec key "name" differs from the name argument',
+                      refused("1", "name", "s", "other"))
+        self.assertIn('"kernel" is the old spelling of "boot.kernel"',
+                      refused("2", "kernel", "s", "/k", "boot", "a{sv}", "0"))
+        self.assertEqual(self.daemon.request("GET", "/v1/machines/nope")[0], 404)
+
     def test_reconnects_after_the_bus_restarts_and_stays_single_threaded(self):
         self.create("keep")
         with open(f"/proc/{self.daemon.pid}/status") as f:
@@ -201,6 +250,86 @@ class DBus(DaemonTest):
                     "keep")
         self.assertEqual(self.daemon.machine("keep")["state"], "running")
         self.assertIn("dbus: lost", self.daemon.log())
+
+
+class DBusAsync(BusTest):
+    """StartAsync/StopAsync/RestartAsync answer an operation object at once; its end is an
+    OperationDone signal and a PropertiesChanged of the object."""
+
+    def ended(self, path, status, timeout):
+        """Waits through the REST API (polling the object would flood the bus monitor)."""
+        op_id = path.rsplit("/", 1)[1].replace("_2d", "-")
+        wait_for(lambda: self.daemon.request("GET", f"/v1/operations/{op_id}")[1]["status"]
+                 != "running", timeout, f"operation {op_id} to end")
+        self.assertEqual(self.prop(path, "Status"), status)
+
+    def prop(self, path, name):
+        out = self.busctl("get-property", "org.hangar", path, "org.hangar.Operation1", name)
+        return json.loads(out.stdout.split(" ", 1)[1])
+
+    def test_async_start_returns_an_operation_and_signals_its_end(self):
+        self.create("async-1")
+        self.create("nogreet-1")  # fake QEMU that never greets: its start fails after 10 s
+        # Line-buffered: busctl loses what it has buffered when it is interrupted.
+        monitor = subprocess.Popen(["stdbuf", "-oL", "busctl", f"--address={self.bus.address}",
+                                    "monitor",
+                                    "org.hangar", "--json=short"], stdout=subprocess.PIPE,
+                                   text=True)
+        try:
+            time.sleep(0.5)
+            out = self.busctl("call", "org.hangar", "/org/hangar", "org.hangar.Manager1",
+                              "StartAsync", "s", "async-1").stdout
+            self.assertTrue(out.startswith('o "/org/hangar/operation/op_2d'), out)
+            path = out.split('"')[1]
+            op_id = path.rsplit("/", 1)[1].replace("_2d", "-")
+            self.assertEqual(self.prop(path, "Id"), op_id)
+            self.assertEqual(self.prop(path, "Machine"), "async-1")
+            self.ended(path, "succeeded", 15)
+            self.assertEqual(self.prop(path, "State"), "running")
+            self.assertEqual(self.daemon.machine("async-1")["state"], "running")
+            # The same operation through the REST API.
+            status, op = self.daemon.request("GET", f"/v1/operations/{op_id}")
+            self.assertEqual((status, op["status"], op["action"]), (200, "succeeded", "start"))
+            # A start that takes long answers at once all the same.
+            t0 = time.monotonic()
+            out = self.busctl("call", "org.hangar", "/org/hangar", "org.hangar.Manager1",
+                              "StartAsync", "s", "nogreet-1").stdout
+            self.assertLess(time.monotonic() - t0, 3)
+            slow = out.split('"')[1]
+            self.assertEqual(self.prop(slow, "Status"), "running")
+            self.assertEqual(self.daemon.machine("nogreet-1")["state"], "starting")
+            self.ended(slow, "failed", 30)
+            self.assertEqual(self.prop(slow, "ErrorCode"), "timeout")
+            # The machine's own object; a refusal is an error at once, with no operation.
+            machine = "/org/hangar/machine/async_2d1"
+            out = self.busctl("call", "org.hangar", machine, "org.hangar.Machine1",
+                              "StopAsync").stdout
+            stop = out.split('"')[1]
+            self.ended(stop, "succeeded", 15)
+            self.assertEqual(self.daemon.machine("async-1")["state"], "stopped")
+            out = self.busctl("call", "org.hangar", machine, "org.hangar.Machine1",
+                              "StopAsync", check=False)
+            self.assertNotEqual(out.returncode, 0)
+            self.assertIn("stopped", out.stderr)
+            time.sleep(0.5)
+        finally:
+            monitor.send_signal(signal.SIGINT)
+            text = monitor.communicate(timeout=10)[0]
+        messages = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        done = [(i, m["payload"]["data"]) for i, m in enumerate(messages)
+                if m.get("type") == "signal" and m.get("member") == "OperationDone"]
+        by_path = {d[1]: (i, d) for i, d in done}
+        self.assertEqual(by_path[path][1], [op_id, path, "succeeded", "", ""])
+        self.assertEqual(by_path[slow][1][2:4], ["failed", "timeout"])
+        self.assertEqual(by_path[stop][1][2], "succeeded")
+        # Each answer came before its operation's end.
+        for p in (path, slow, stop):
+            reply = next(i for i, m in enumerate(messages) if m.get("type") == "method_return"
+                         and m.get("payload", {}).get("data") == [p])
+            self.assertLess(reply, by_path[p][0], p)
+        changed = [m for m in messages if m.get("member") == "PropertiesChanged"
+                   and m.get("path") == path]
+        self.assertEqual(changed[-1]["payload"]["data"][1]["Status"]["data"], "succeeded")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """A real Debian 12 root file system (debootstrap, built once and cached outside the clone by
 scripts/build-debian-rootfs.sh) imported as an image and booted as a container with systemd as
 its init, under a real systemd and systemd-machined (realsystemd.py). `running` means systemd
-inside has booted (nspawn --notify-ready=yes); exec finds systemd as PID 1 and the system up;
-a graceful stop (SIGRTMIN+4 to its init through machined's KillMachine) powers it off cleanly
-well within the timeout."""
+inside has booted (nspawn --notify-ready=yes); exec finds systemd as PID 1 and the system up,
+and what it leaves in the background ends with it unless systemd inside runs it; a graceful
+stop (SIGRTMIN+4 to its init through machined's KillMachine) powers it off cleanly well within
+the timeout."""
 import os
+import random
+import signal
 import subprocess
 
 import harness
@@ -12,6 +15,11 @@ from harness import DaemonTest, wait_for
 from realsystemd import SystemdDaemonTest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def processes_with(arg):
+    """The live processes (zombies aside) that have `arg` as one of their arguments."""
+    return harness.pids_with_argument(arg)
 
 
 class Debian(SystemdDaemonTest, DaemonTest):
@@ -47,6 +55,16 @@ class Debian(SystemdDaemonTest, DaemonTest):
         r = self.exec("deb", ["systemctl", "is-system-running"], timeout_s=60)
         failed = self.exec("deb", ["systemctl", "--failed", "--no-legend"])["stdout"]
         self.assertIn(r["stdout"].strip(), ("running", "degraded"), failed)
+        # An exec's background process ends with it; a service started through systemd inside
+        # (outside the exec's cgroup) keeps running.
+        arg = str(random.randrange(10**6, 10**7))
+        self.addCleanup(lambda: [os.kill(p, signal.SIGKILL) for p in processes_with(arg)])
+        r = self.exec("deb", ["sh", "-c", f"systemd-run -q --unit=keeper sleep {arg}; "
+                              f"setsid sleep {arg} & sleep 0.3; echo ok"])
+        self.assertEqual((r["exit_code"], r["stdout"]), (0, "ok\n"), r)
+        wait_for(lambda: len(processes_with(arg)) == 1, 5, "only the service's sleep")
+        r = self.exec("deb", ["systemctl", "is-active", "keeper"])
+        self.assertEqual(r["stdout"], "active\n", r)
 
         status, m = self.daemon.request("POST", "/v1/machines/deb/actions/stop",
                                         {"timeout_s": 90})

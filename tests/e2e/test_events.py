@@ -112,6 +112,17 @@ class Events(DaemonTest):
         self.assertEqual((status, body["error"]["code"]), (400, "bad_request"))
 
 
+    def test_machine_updated_has_one_shape(self):
+        self.create("up1")
+        rev = self.daemon.request("GET", "/v1/machines")[1]["revision"]
+        status, m = self.daemon.request("PATCH", "/v1/machines/up1",
+                                        {"cpus": 2, "description": "x"})
+        self.assertEqual(status, 200, m)
+        evs = run(collect(self.daemon.socket, f"since={rev}&types=machine.updated", count=1))
+        self.assertEqual(evs[0]["data"], {"changed": ["cpus", "description"],
+                                          "reason": "api:update", "machine": m})
+
+
 class Operations(DaemonTest):
     qemu = harness.FAKE_QEMU
 
@@ -236,6 +247,164 @@ class SlowSubscriber(DaemonTest):
             with open(f"/proc/{d.pid}/status") as f:
                 rss = int([l for l in f if l.startswith("VmRSS")][0].split()[1])
             self.assertLess(rss, 64 * 1024, "daemon memory stays bounded")
+
+
+class RawWs:
+    """A bare WebSocket client on the unix socket that reads only when asked, with a small
+    receive buffer, so the server's writes stall: a reader as slow as we like."""
+
+    def __init__(self, path, query, rcvbuf=4096):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.connect(path)
+        self.s.settimeout(30)
+        self.s.sendall(f"GET /v1/events?{query} HTTP/1.1\r\nHost: h\r\n"
+                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                       "Sec-WebSocket-Version: 13\r\n"
+                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def fill(self):
+        chunk = self.s.recv(65536)
+        if not chunk:
+            raise EOFError("the server closed the connection")
+        self.buf += chunk
+
+    def take(self, n):
+        while len(self.buf) < n:
+            self.fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def event(self):
+        """The next text frame as JSON; a close frame raises with its reason."""
+        while True:
+            b0, b1 = self.take(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(self.take(2), "big")
+            elif n == 127:
+                n = int.from_bytes(self.take(8), "big")
+            payload = self.take(n)
+            opcode = b0 & 0x0F
+            if opcode == 1:
+                return json.loads(payload)
+            if opcode == 8:
+                raise EOFError(f"closed by the server: {payload[2:].decode(errors='replace')}")
+            # pings (9) and anything else: not events
+
+    def close(self):
+        self.s.close()
+
+
+class FloodTest(DaemonTest):
+    """Thousands of events cheaply: fake QEMU answers SIGUSR1 with FLOOD STOP/RESUME pairs."""
+    qemu = harness.FAKE_QEMU
+    flood = 1000
+
+    def setUp(self):
+        os.environ["FAKE_QEMU_FLOOD"] = str(self.flood)
+        super().setUp()
+
+    def tearDown(self):
+        os.environ.pop("FAKE_QEMU_FLOOD", None)
+        super().tearDown()
+
+    def revision(self):
+        return self.daemon.request("GET", "/v1")[1]["revision"]
+
+    def start_flooder(self):
+        self.create("flood")
+        return self.daemon.action("flood", "start")["pid"]
+
+    def flood_rounds(self, pid, rounds):
+        """`rounds` bursts, each once the previous is published; the revision after them."""
+        rev = self.revision()
+        for _ in range(rounds):
+            os.kill(pid, signal.SIGUSR1)
+            rev += 2 * self.flood
+            wait_for(lambda: self.revision() >= rev, 60, f"revision {rev}")
+        return rev
+
+
+class BigReplay(FloodTest):
+    extra = ("--event-ring", "10000")
+
+    def test_since_0_over_more_than_the_queue_completes_in_order(self):
+        pid = self.start_flooder()
+        rev = self.flood_rounds(pid, 3)  # 6,000 events and the few of create/start
+        self.assertGreater(rev, 4096 + 1000, "more events behind since=0 than the queue holds")
+
+        async def scenario():
+            got = []
+            async with websockets.unix_connect(self.daemon.socket,
+                                               "ws://hangar/v1/events?since=0") as ws:
+                async def reader(n):
+                    while len(got) < n:
+                        got.append(json.loads(await ws.recv()))
+                await asyncio.wait_for(reader(rev), 60)
+                # Still open and live: the next burst arrives on the same connection.
+                os.kill(pid, signal.SIGUSR1)
+                await asyncio.wait_for(reader(rev + 2 * self.flood), 60)
+            return got
+
+        events = run(scenario())
+        self.assertEqual([e["seq"] for e in events], list(range(1, rev + 2 * self.flood + 1)))
+        self.assertNotIn("events.gap", {e["type"] for e in events})
+        self.assertNotIn("closing a subscriber", self.daemon.log())
+
+    def test_a_reader_that_pauses_during_the_replay_loses_nothing(self):
+        pid = self.start_flooder()
+        rev = self.flood_rounds(pid, 3)
+        ws = RawWs(self.daemon.socket, "since=0")
+        try:
+            time.sleep(1)  # reads nothing: the replay waits for the socket, it is not queued
+            live = self.flood_rounds(pid, 1)  # meanwhile live events arrive (into the ring)
+            seqs = [ws.event()["seq"] for _ in range(live)]
+        finally:
+            ws.close()
+        self.assertEqual(seqs, list(range(1, live + 1)))
+        self.assertNotIn("closing a subscriber", self.daemon.log())
+
+
+class ReplayOutrunByTheRing(FloodTest):
+    extra = ("--event-ring", "5000")
+
+    def test_lost_range_during_replay_is_one_gap_then_the_replay_goes_on(self):
+        pid = self.start_flooder()
+        rev = self.flood_rounds(pid, 3)
+        since = rev - 4500  # inside the ring: no gap at the start
+        ws = RawWs(self.daemon.socket, f"since={since}")
+        try:
+            # The server fills the socket's buffers (a few hundred frames: a unix socket
+            # holds the sender's SO_SNDBUF, ~200 KiB, counted with per-write overhead), then
+            # waits with its cursor far behind the head.
+            time.sleep(0.5)
+            # 6,000 more events: the ring (5,000) wraps past the stalled replay's cursor.
+            final = self.flood_rounds(pid, 3)
+            frames = []
+            while not frames or frames[-1]["seq"] < final:
+                frames.append(ws.event())
+        finally:
+            ws.close()
+        gaps = [i for i, f in enumerate(frames) if f["type"] == "events.gap"]
+        self.assertEqual(len(gaps), 1, [frames[i] for i in gaps])
+        g = gaps[0]
+        before, gap, after = frames[:g], frames[g], frames[g + 1:]
+        self.assertGreater(len(before), 0, "some of the replay went out before the wrap")
+        self.assertEqual([f["seq"] for f in before], list(range(since + 1, since + 1 + g)))
+        # Exactly the lost range: after the last sent, up to the oldest still kept.
+        self.assertEqual(gap["seq"], 0)
+        self.assertEqual(gap["data"]["since"], before[-1]["seq"])
+        self.assertEqual(gap["data"]["oldest"], after[0]["seq"])
+        self.assertGreater(gap["data"]["oldest"], gap["data"]["since"] + 1)
+        self.assertGreaterEqual(gap["data"]["oldest"], final - 5000 + 1)
+        self.assertEqual([f["seq"] for f in after], list(range(after[0]["seq"], final + 1)))
+        self.assertNotIn("closing a subscriber", self.daemon.log())
 
 
 if __name__ == "__main__":

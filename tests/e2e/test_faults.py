@@ -34,6 +34,15 @@ class Faults(DaemonTest):
         self.assertIn("cannot load kernel (injected failure)", body["error"]["message"])
         self.assertIn("status=1", body["error"]["message"])
 
+    def test_killed_during_cont_is_a_crash(self):
+        # RESUME comes before cont's answer: a QEMU killed in between has crashed; its start
+        # did not fail.
+        self.create("diecont-1")
+        self.daemon.request("POST", "/v1/machines/diecont-1/actions/start")
+        m = self.daemon.wait_state("diecont-1", "crashed", timeout=5)
+        self.assertIn("signal=9", m["state_reason"])
+        self.assertNotIn("start failed", m["state_reason"])
+
     def test_stalled_command_times_out_without_delaying_others(self):
         d = self.daemon
         self.create("stall-1")

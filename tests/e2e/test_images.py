@@ -199,7 +199,9 @@ class Images(DaemonTest):
             ({"name": "x", "source": {"type": "oci", "server": url, "alias": "a"}}, 400),
             ({"name": "x", "source": {"type": "lxc", "server": url, "alias": "a", "x": 1}}, 400),
             ({"name": "x", "source": {"type": "file", "path": "relative.tar"}}, 400),
-            ({"name": "x", "source": {"type": "file", "path": "/nonexistent.tar"}}, 404),
+            # Missing, and not readable by the caller: the same 422.
+            ({"name": "x", "source": {"type": "file", "path": "/nonexistent.tar"}}, 422),
+            ({"name": "x", "source": {"type": "file", "path": "/dev/null"}}, 422),
             ({"name": "x", "source": {"type": "file", "path": "/x", "server": url}}, 400),
             ({"name": "x", "source": "debian"}, 400),
             ({"name": "x"}, 400),

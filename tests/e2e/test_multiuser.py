@@ -21,16 +21,7 @@ class MultiUser(DaemonTest):
         os.chmod(self.state_dir, 0o711)  # as /var/lib/hangar: others may reach the socket
 
     def as_user(self, uid, method, path, body=None, groups=()):
-        # gid 0 lets the user open the root:root 0660 socket.
-        cmd = ["setpriv", f"--reuid={uid}", "--regid=0"]
-        cmd += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
-        cmd += ["curl", "-s", "--unix-socket", self.daemon.socket, "-X", method,
-                "-w", "\n%{http_code}", f"http://h{path}"]
-        if body is not None:
-            cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        text, _, code = out.stdout.rpartition("\n")
-        return int(code), json.loads(text) if text else None
+        return self.daemon.request_as(uid, method, path, body, groups)
 
     def test_owners_see_only_their_own(self):
         s, m1 = self.as_user(1001, "POST", "/v1/machines", {"name": "u1m"})
@@ -96,13 +87,16 @@ class MultiUser(DaemonTest):
         self.assertEqual(out.stdout.split(), ["e2", "no", "more"], out.stderr)
 
     def test_images_are_shared_but_owned(self):
-        # A user imports a tarball of their own; hangard (root) refuses to read others' files.
+        # A user imports a tarball of their own; files are opened as the caller, so another
+        # user cannot import what only its owner may read.
         tarball = os.path.join(self.state_dir, "u1.tar.gz")
         make_busybox_rootfs_tar(tarball, "gz")
         os.chown(tarball, 1001, 0)
+        os.chmod(tarball, 0o600)
         src = {"type": "file", "path": tarball}
         s, body = self.as_user(1002, "POST", "/v1/images?wait=true", {"name": "x", "source": src})
-        self.assertEqual((s, body["error"]["code"]), (403, "forbidden"))
+        self.assertEqual((s, body["error"]["code"]), (422, "invalid_spec"))
+        self.assertIn("uid 1002 may not read it", body["error"]["message"])
         s, img = self.as_user(1001, "POST", "/v1/images?wait=true", {"name": "u1img",
                                                                      "source": src})
         self.assertEqual((s, img["owner"]), (201, 1001))

@@ -77,6 +77,9 @@ class OpenApi(DaemonTest):
         self.check("GET", "/v1/operations/x", *r("GET", "/v1/operations/" + ref["operation"]),
                    template="/v1/operations/{id}")
         self.check("GET", "/v1/machines", *r("GET", "/v1/machines?state=paused"))
+        self.check("GET", "/v1/machines", *r("GET", "/v1/machines?limit=1&fields=compact"))
+        self.check("GET", "/v1/machines", *r("GET", "/v1/machines?limit=1&after=a"))
+        self.check("GET", "/v1/machines", *r("GET", "/v1/machines?limit=0"))
         status, tok = r("POST", "/v1/tokens", {"name": "t1"})
         self.check("POST", "/v1/tokens", status, tok)
         # Errors: each documented with the shape they really have.

@@ -67,7 +67,8 @@ class Systemd(unittest.TestCase):
         notify_path, ns = self.notify_socket(30)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="300000")
         p = subprocess.Popen([HANGARD, "--foreground", "--state-dir", self.state, "--listen",
-                              "none", "--guest-dir", GUEST_DIR, "--qemu", FAKE_QEMU],
+                              "none", "--guest-dir", GUEST_DIR, "--qemu", FAKE_QEMU,
+                              "--accel", harness.ACCEL],
                              env=env, stderr=subprocess.DEVNULL)
         self.procs.append(p)
         messages = []
@@ -103,7 +104,7 @@ class Systemd(unittest.TestCase):
     def test_no_watchdog_without_systemd_asking(self):
         notify_path, ns = self.notify_socket(1.0)
         p = subprocess.Popen([HANGARD, "--foreground", "--state-dir", self.state, "--listen",
-                              "none", "--guest-dir", GUEST_DIR],
+                              "none", "--guest-dir", GUEST_DIR, "--accel", harness.ACCEL],
                              env=dict(os.environ, NOTIFY_SOCKET=notify_path),
                              stderr=subprocess.DEVNULL)
         self.procs.append(p)
@@ -124,7 +125,8 @@ class Systemd(unittest.TestCase):
         # hangard with LISTEN_FDS=2 in its own PID.
         p = subprocess.Popen(["systemd-socket-activate", "-l", sock, "-l", f"127.0.0.1:{port}",
                               HANGARD, "--foreground", "--state-dir", self.state,
-                              "--guest-dir", GUEST_DIR, "--listen", "none"],
+                              "--guest-dir", GUEST_DIR, "--listen", "none",
+                              "--accel", harness.ACCEL],
                              stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         wait_for(lambda: os.path.exists(sock), 10, "the activator's socket")

@@ -6,6 +6,7 @@
 //   garbage-*  answers "stop" with a line that is not JSON
 //   endless-*  answers "stop" with an endless line
 //   exit-*     prints an error and exits 1 at once
+//   diecont-*  on "cont" sends RESUME, then is killed (SIGKILL) before it answers
 //   anything else: a well-behaved QEMU (guest powers off 50 ms after system_powerdown)
 // SIGUSR1 makes it emit $FAKE_QEMU_FLOOD (default 100) STOP/RESUME event pairs.
 #include <poll.h>
@@ -81,6 +82,10 @@ void handle(const std::string& line) {
     if (cmd == "qmp_capabilities") {
         reply(id, "{}");
     } else if (cmd == "cont") {
+        if (starts("diecont-")) {
+            event("RESUME");
+            raise(SIGKILL);
+        }
         reply(id, "{}");
         if (status != "running") {
             status = "running";

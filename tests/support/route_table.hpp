@@ -11,10 +11,14 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include "api/browser_access.hpp"
+#include "api/console_routes.hpp"
 #include "api/handlers.hpp"
 #include "core/credentials.hpp"
 #include "core/event_bus.hpp"
+#include "core/health.hpp"
 #include "core/operations.hpp"
+#include "support/machines.hpp"
 
 namespace hangar::test_support {
 
@@ -23,13 +27,17 @@ struct RouteTable {
     boost::asio::io_context io;
     store::Db db;
     std::unique_ptr<core::EventBus> events;
-    std::unique_ptr<core::Machines> machines;
+    std::unique_ptr<TestMachines> runtimes;  // and the Machines over them
+    core::Machines* machines = nullptr;
     std::unique_ptr<core::Credentials> credentials;
     std::unique_ptr<core::Operations> operations;
     std::unique_ptr<core::Images> images;
+    std::unique_ptr<core::Consoles> consoles;
+    std::unique_ptr<core::Health> health;
     api::Router router;
     api::ServerInfo info;
     api::Probes probes;
+    api::Tickets tickets;
 
     explicit RouteTable(const std::string& tag) {
         dir = std::filesystem::temp_directory_path() /
@@ -40,22 +48,26 @@ struct RouteTable {
             abort();
         }
         events = std::make_unique<core::EventBus>(db, 64);
-        core::MachinesConfig cfg;
-        cfg.machines_dir = dir / "machines";
-        cfg.qemu.binary = "/nonexistent/qemu";
-        machines = std::make_unique<core::Machines>(io, db, *events, cfg);
+        runtimes = std::make_unique<TestMachines>(io, db, *events, dir / "machines");
+        machines = runtimes->machines.get();
         credentials = std::make_unique<core::Credentials>(db);
-        operations = std::make_unique<core::Operations>(*events);
+        operations = std::make_unique<core::Operations>(io, *events, db, *machines);
         images = std::make_unique<core::Images>(io, db, *events, *operations,
                                                 (dir / "images").string(), nullptr);
         info.state_dir = dir;
+        health = std::make_unique<core::Health>("qemu-system-x86_64", "", dir.string());
+        info.health = health.get();
         api::register_routes(router, *machines, *credentials, *operations, *images, info, probes);
+        consoles = std::make_unique<core::Consoles>(io, *machines, *events);
+        api::register_console_routes(router, *consoles, *machines);
+        api::register_display_routes(router, *machines, io, tickets);
     }
     ~RouteTable() {
+        consoles.reset();
         images.reset();
         operations.reset();
         credentials.reset();
-        machines.reset();
+        runtimes.reset();
         events.reset();
         std::filesystem::remove_all(dir);
     }

@@ -12,7 +12,7 @@
 
 #include <gtest/gtest.h>
 
-#include "core/containers.hpp"
+#include "drivers/nspawn/host.hpp"
 #include "drivers/nspawn/nspawn.hpp"
 
 namespace fs = std::filesystem;
@@ -88,6 +88,11 @@ TEST(Nspawn, ExecArgv) {
     }
     EXPECT_FALSE(has(argv, "--boot"));
     EXPECT_EQ(argv.back(), "true");
+    // nspawn runs as the first process of a PID namespace of its own, ending with hangard.
+    EXPECT_EQ((std::vector<std::string>(argv.begin(), argv.begin() + 11)),
+              (std::vector<std::string>{"setpriv", "--pdeathsig", "KILL", "--", "unshare", "--pid",
+                                        "--fork", "--kill-child", "--mount-proc", "--",
+                                        "systemd-nspawn"}));
 }
 
 TEST(Nspawn, EnvironmentDefaultsAndOverrides) {
@@ -126,7 +131,7 @@ TEST(Nspawn, DetectsInitInsideTheRoot) {
 }
 
 TEST(Nspawn, UnitStatusDescribe) {
-    hangar::core::UnitStatus st;
+    hangar::nspawn::UnitStatus st;
     EXPECT_EQ(st.describe(), "unit gone");
     EXPECT_FALSE(st.up());
     st.exists = true;

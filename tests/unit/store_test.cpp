@@ -27,7 +27,7 @@ TEST(Store, MachinesAndSequenceSurviveReopen) {
     {
         store::Db db;
         ASSERT_TRUE(db.open(db_path, nullptr).ok());
-        EXPECT_EQ(db.schema_version(), 5);
+        EXPECT_EQ(db.schema_version(), 6);
         EXPECT_EQ(db.last_seq(), 0u);
         store::MachineRow row;
         row.spec.name = "web1";
@@ -129,6 +129,36 @@ TEST(Credentials, TokensAndCertificatesStayApartAndSurviveReopen) {
     EXPECT_EQ(creds.remove(root, core::kToken, "c").code(), Errc::not_found);
     EXPECT_TRUE(creds.remove(root, core::kCertificate, "c").ok());
     EXPECT_FALSE(creds.authenticate_certificate(fp));
+}
+
+TEST(Credentials, AdminIsTheCreatorsRightAtEachUse) {
+    TempDir dir;
+    store::Db db;
+    ASSERT_TRUE(db.open((dir.path / "hangar.db").string(), nullptr).ok());
+    // gid 0: root's group, which a uid without a passwd entry is not in.
+    core::AdminGroup admins(0u, std::chrono::hours(1));
+    core::Credentials creds(db, &admins);
+    const uint32_t ghost = 3999999;             // no such user
+    core::Caller was_admin{ghost, true, true};  // an admin when it made the token
+    std::string token;
+    store::CredentialRow row;
+    ASSERT_TRUE(creds.create_token(was_admin, "t", token, row).ok());
+    EXPECT_FALSE(row.admin);
+    ASSERT_TRUE(creds.authenticate_token(token));
+    EXPECT_FALSE(creds.authenticate_token(token)->admin);
+    EXPECT_FALSE(creds.list(was_admin, core::kToken)[0].admin);
+    core::Caller root{0, true, true};
+    ASSERT_TRUE(creds.create_token(root, "r", token, row).ok());
+    EXPECT_TRUE(creds.authenticate_token(token)->admin);  // uid 0: no lookup
+    EXPECT_EQ(admins.lookups(), 1u);                      // the ghost's, then cached
+
+    core::AdminGroup uncached(0u, std::chrono::seconds(0));
+    EXPECT_FALSE(uncached.is_admin(ghost));
+    EXPECT_FALSE(uncached.is_admin(ghost));
+    EXPECT_EQ(uncached.lookups(), 2u);
+    EXPECT_FALSE(core::AdminGroup(std::nullopt).is_admin(ghost));
+    EXPECT_TRUE(core::AdminGroup(std::nullopt).is_admin(0));
+    EXPECT_TRUE(core::uid_in_group(0, 0));
 }
 
 TEST(Credentials, FingerprintsAreNormalized) {

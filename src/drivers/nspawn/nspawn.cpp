@@ -104,8 +104,22 @@ std::vector<std::string> exec_running_argv(pid_t leader, const std::string& cwd,
 std::vector<std::string> exec_stopped_argv(const std::string& rootfs, const std::string& cwd,
                                            const std::map<std::string, std::string>& env,
                                            const std::vector<std::string>& command) {
+    // nspawn is the first process of a PID namespace of its own: when it ends, however it ends
+    // (killed at the deadline too), the kernel kills everything below it, the container's init
+    // and whatever the command left. (Killed alone, nspawn would leave its container running.)
+    // It also ends with hangard (its lock on the root file system would be gone).
     // The same user namespacing as its boots, so what it writes is owned alike.
-    std::vector<std::string> argv = {"systemd-nspawn",
+    std::vector<std::string> argv = {"setpriv",
+                                     "--pdeathsig",
+                                     "KILL",
+                                     "--",
+                                     "unshare",
+                                     "--pid",
+                                     "--fork",
+                                     "--kill-child",
+                                     "--mount-proc",
+                                     "--",
+                                     "systemd-nspawn",
                                      "--quiet",
                                      "--register=no",
                                      "--keep-unit",

@@ -35,7 +35,9 @@ std::vector<std::string> command_env(const std::map<std::string, std::string>& e
 // the container's /bin/sh.
 std::vector<std::string> exec_running_argv(pid_t leader, const std::string& cwd,
                                            const std::vector<std::string>& command);
-// systemd-nspawn without boot or registration, on the stopped container's root file system.
+// systemd-nspawn without boot or registration, on the stopped container's root file system,
+// as the first process of a new PID namespace (unshare), so nothing outlives it; it ends with
+// the process that started it (setpriv --pdeathsig).
 std::vector<std::string> exec_stopped_argv(const std::string& rootfs, const std::string& cwd,
                                            const std::map<std::string, std::string>& env,
                                            const std::vector<std::string>& command);

@@ -1,10 +1,12 @@
 #include "drivers/qemu/argv.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -12,7 +14,84 @@
 
 namespace hangar::qemu {
 
-std::string detect_accel(const std::string& binary, std::string& why) {
+namespace {
+// Boots `trial` under KVM and waits for the ready marker on its serial console.
+bool guest_boots_under_kvm(const std::string& binary, const BootSpec& trial, std::string& why) {
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        why = std::string("pipe: ") + strerror(errno);
+        return false;
+    }
+    SpawnOptions so;
+    so.argv = {binary,
+               "-accel",
+               "kvm",
+               "-cpu",
+               "host",
+               "-machine",
+               "q35",
+               "-nodefaults",
+               "-no-user-config",
+               "-display",
+               "none",
+               "-m",
+               "128",
+               "-serial",
+               "stdio",
+               "-no-reboot",
+               "-kernel",
+               trial.kernel,
+               "-append",
+               "console=ttyS0 panic=-1"};
+    if (!trial.initrd.empty()) {
+        so.argv.insert(so.argv.end(), {"-initrd", trial.initrd});
+    }
+    so.output_fd = out[1];
+    so.new_session = false;
+    pid_t pid = -1;
+    Status st = spawn_process(so, pid);
+    close(out[1]);
+    if (!st) {
+        close(out[0]);
+        why = "guest trial: " + st.message();
+        return false;
+    }
+    std::string seen;
+    bool ready = false;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!ready) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now())
+                        .count();
+        if (left <= 0) {
+            break;
+        }
+        pollfd p{out[0], POLLIN, 0};
+        if (poll(&p, 1, static_cast<int>(left)) <= 0) {
+            continue;
+        }
+        char buf[4096];
+        ssize_t n = read(out[0], buf, sizeof buf);
+        if (n <= 0) {
+            break;  // QEMU exited
+        }
+        seen.append(buf, static_cast<size_t>(n));
+        ready = seen.find(kGuestReadyMarker) != std::string::npos;
+        if (seen.size() > (1 << 20)) {
+            seen.erase(0, seen.size() - 4096);
+        }
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    close(out[0]);
+    if (!ready) {
+        why = "/dev/kvm runs a vCPU, but the built-in guest does not boot under KVM within 10 s";
+    }
+    return ready;
+}
+}  // namespace
+
+std::string detect_accel(const std::string& binary, const BootSpec& trial, std::string& why) {
     int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         why = std::string("/dev/kvm: ") + strerror(errno);
@@ -54,7 +133,11 @@ std::string detect_accel(const std::string& binary, std::string& why) {
         usleep(5000);
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-        why = "/dev/kvm works with -cpu host";
+        if (!trial.kernel.empty() && !guest_boots_under_kvm(binary, trial, why)) {
+            return "tcg";
+        }
+        why = trial.kernel.empty() ? "/dev/kvm works with -cpu host"
+                                   : "/dev/kvm works with -cpu host and boots the built-in guest";
         return "kvm";
     }
     why = "/dev/kvm opens, but " + binary + " -accel kvm -cpu host fails (" +
@@ -66,7 +149,7 @@ std::string detect_accel(const std::string& binary, std::string& why) {
 
 void MachinePaths::remove_runtime_files() const {
     std::error_code ec;
-    for (const auto& p : {qmp_socket(), console_socket(), pidfile()}) {
+    for (const auto& p : {qmp_socket(), console_socket(), vnc_socket(), pidfile()}) {
         std::filesystem::remove(p, ec);
     }
 }
@@ -85,8 +168,67 @@ std::string escape_commas(const std::string& s) {
 }
 }  // namespace
 
+std::string disk_format(const std::string& d) {
+    return d.size() > 6 && d.compare(d.size() - 6, 6, ".qcow2") == 0 ? "qcow2" : "raw";
+}
+
+namespace {
+uint64_t be(const unsigned char* p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) {
+        v = v << 8 | p[i];
+    }
+    return v;
+}
+}  // namespace
+
+Status read_qcow2_refs(int fd, Qcow2Refs& out) {
+    out = {};
+    unsigned char h[112] = {};
+    ssize_t n = pread(fd, h, sizeof h, 0);
+    if (n < 72 || std::memcmp(h, "QFI\xfb", 4) != 0) {
+        return {Errc::invalid_spec, "not a qcow2 image (no qcow2 header)"};
+    }
+    uint64_t version = be(h + 4, 4);
+    uint64_t backing_offset = be(h + 8, 8);
+    uint64_t backing_size = be(h + 16, 4);
+    if (backing_offset != 0 && backing_size != 0) {
+        std::string name(std::min<uint64_t>(backing_size, 1023), '\0');
+        if (pread(fd, name.data(), name.size(), static_cast<off_t>(backing_offset)) !=
+            static_cast<ssize_t>(name.size())) {
+            return {Errc::invalid_spec,
+                    "the qcow2 header names a backing file that cannot be read"};
+        }
+        out.backing_file = name;
+    }
+    uint64_t ext = 72;
+    if (version >= 3) {
+        if (n < 104) {
+            return {Errc::invalid_spec, "the qcow2 header is cut short"};
+        }
+        out.data_file = (be(h + 72, 8) & (1u << 2)) != 0;
+        ext = be(h + 100, 4);
+    }
+    // Header extensions: (type, length, data padded to 8 bytes) up to type 0.
+    for (int i = 0; i < 64 && ext < 65536; ++i) {
+        unsigned char e[8];
+        if (pread(fd, e, sizeof e, static_cast<off_t>(ext)) != 8) {
+            break;
+        }
+        uint64_t type = be(e, 4), len = be(e + 4, 4);
+        if (type == 0) {
+            break;
+        }
+        if (type == 0x44415441) {  // "DATA": the external data file's name
+            out.data_file = true;
+        }
+        ext += 8 + ((len + 7) & ~uint64_t(7));
+    }
+    return {};
+}
+
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
-                                    const MachinePaths& paths, int qmp_fd) {
+                                    const MachinePaths& paths, int qmp_fd, const BootFds& fds) {
     std::vector<std::string> a = {
         settings.binary,
         "-name",
@@ -125,25 +267,44 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
         "pcie-root-port,id=hotplug0,chassis=1,bus=pcie.0",
         "-device",
         "pvpanic",
+        // The display: a VGA card (text mode for the built-in guest, a framebuffer for others),
+        // an absolute pointer so a VNC viewer's mouse lands where it points, and QEMU's VNC
+        // server on a unix socket in the machine's directory, shared by every viewer
+        // (GET /v1/machines/NAME/vnc pipes WebSockets to it).
+        "-device",
+        "VGA",
+        "-device",
+        "virtio-tablet-pci",
+        "-vnc",
+        "unix:" + escape_commas(paths.vnc_socket()) + ",share=force-shared",
     };
     if (settings.accel == "kvm") {
         a.insert(a.end(), {"-cpu", "host"});
     }
+    auto by_fd = [](int fd, const std::string& path) {
+        return fd >= 0 ? "/dev/fd/" + std::to_string(fd) : path;
+    };
     if (!spec.boot.kernel.empty()) {
-        a.insert(a.end(), {"-kernel", spec.boot.kernel});
+        a.insert(a.end(), {"-kernel", by_fd(fds.kernel, spec.boot.kernel)});
         if (!spec.boot.initrd.empty()) {
-            a.insert(a.end(), {"-initrd", spec.boot.initrd});
+            a.insert(a.end(), {"-initrd", by_fd(fds.initrd, spec.boot.initrd)});
         }
         if (!spec.boot.cmdline.empty()) {
             a.insert(a.end(), {"-append", spec.boot.cmdline});
         }
     }
     if (!spec.boot.disk.empty()) {
-        const auto& d = spec.boot.disk;
-        bool qcow2 = d.size() > 6 && d.compare(d.size() - 6, 6, ".qcow2") == 0;
-        a.insert(a.end(), {"-drive",
-                           "file=" + escape_commas(d) +
-                               ",if=none,id=disk0,format=" + (qcow2 ? "qcow2" : "raw"),
+        std::string file = escape_commas(spec.boot.disk);
+        std::string format = disk_format(spec.boot.disk);
+        if (fds.disk >= 0) {
+            a.insert(a.end(), {"-add-fd", "fd=" + std::to_string(fds.disk) + ",set=1"});
+            if (fds.disk_ro >= 0) {
+                a.insert(a.end(), {"-add-fd", "fd=" + std::to_string(fds.disk_ro) + ",set=1"});
+            }
+            file = "/dev/fdset/1";
+            format = fds.disk_format;
+        }
+        a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=disk0,format=" + format,
                            "-device", "virtio-blk-pci,drive=disk0,bootindex=1"});
     }
     return a;

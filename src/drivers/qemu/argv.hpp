@@ -4,7 +4,9 @@
 #include <string>
 #include <vector>
 
+#include "hangar/error.hpp"
 #include "hangar/machine.hpp"
+#include "hangar/machine_files.hpp"
 
 namespace hangar::qemu {
 
@@ -15,26 +17,47 @@ struct Settings {
     std::chrono::milliseconds handshake_timeout{10000};
 };
 
-// "kvm" when /dev/kvm opens for reading and writing and `binary` can run a vCPU on it as hangar
-// starts one (-cpu host; a nested host can refuse that), else "tcg"; `why` tells which. The
-// trial is one short QEMU run (about 0.1 s) at daemon start, only where /dev/kvm opens.
-std::string detect_accel(const std::string& binary, std::string& why);
+// What the built-in guest prints on its serial console once it has booted.
+inline constexpr const char* kGuestReadyMarker = "HANGAR-GUEST-READY";
 
-// Files of one machine, all inside its directory (built from a validated name only).
-struct MachinePaths {
-    std::filesystem::path dir;
-    explicit MachinePaths(std::filesystem::path d) : dir(std::move(d)) {}
-    std::filesystem::path qmp_socket() const { return dir / "qmp.sock"; }
-    std::filesystem::path console_socket() const { return dir / "console.sock"; }
-    std::filesystem::path console_log() const { return dir / "console.log"; }
-    std::filesystem::path pidfile() const { return dir / "qemu.pid"; }
-    std::filesystem::path qemu_log() const { return dir / "qemu.log"; }
+// "kvm" when /dev/kvm opens for reading and writing, `binary` can run a vCPU on it as hangar
+// starts one (-cpu host; a nested host can refuse that), and — when `trial` names a kernel (the
+// built-in guest) — that guest boots under KVM to its ready marker within 10 s (some nested
+// hosts run a vCPU but hang every Linux guest); else "tcg". `why` tells which. The trial is one
+// short QEMU run (about 0.1 s), plus the guest's boot (about 1 s with a working KVM), and only
+// where /dev/kvm opens.
+std::string detect_accel(const std::string& binary, const BootSpec& trial, std::string& why);
+
+// A VM's files (hangar/machine_files.hpp), and the clean-up of those QEMU leaves behind.
+struct MachinePaths : MachineFiles {
+    using MachineFiles::MachineFiles;
     // Removes the pidfile and sockets of a QEMU that is gone.
     void remove_runtime_files() const;
 };
 
+// Boot files QEMU inherits as descriptors, by their fd numbers in QEMU; -1 names the file by
+// the spec's path instead. The kernel and initrd are read through /dev/fd/N, the disk is an fd
+// set (-add-fd) that its drive opens as /dev/fdset/1: QEMU picks the descriptor whose access
+// mode fits each open, so the set holds the file read-write (`disk`) and read-only (`disk_ro`).
+struct BootFds {
+    int kernel = -1, initrd = -1, disk = -1, disk_ro = -1;
+    std::string disk_format = "raw";  // "raw" or "qcow2": given to QEMU, never probed
+};
+
 // The QEMU command line for `spec`; QMP is the listening socket passed as `qmp_fd`.
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
-                                    const MachinePaths& paths, int qmp_fd);
+                                    const MachinePaths& paths, int qmp_fd, const BootFds& fds = {});
+
+// The format a boot disk is used as: qcow2 when its name ends in .qcow2, else raw. The
+// format comes from the name, never from the content, which a guest can write.
+std::string disk_format(const std::string& path);
+
+// What a qcow2 header says about files other than itself.
+struct Qcow2Refs {
+    std::string backing_file;  // "" when none
+    bool data_file = false;    // an external data file (incompatible feature bit 2 or extension)
+};
+// Reads the qcow2 header of `fd`; an error when it is not a qcow2 image.
+Status read_qcow2_refs(int fd, Qcow2Refs& out);
 
 }  // namespace hangar::qemu

@@ -14,6 +14,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "util/file_tail.hpp"
+
 namespace hangar::qemu {
 
 namespace {
@@ -58,14 +60,17 @@ QemuProcess::~QemuProcess() {
     }
 }
 
+// QEMU's last words: the last non-empty line of the end of qemu.log (a bounded read).
 std::string QemuProcess::qemu_log_tail() const {
-    std::ifstream in(paths_.qemu_log());
-    std::string line, last;
-    while (std::getline(in, line)) {
-        if (!line.empty()) {
-            last = line;
-        }
+    std::string tail;
+    if (!read_file_tail(paths_.qemu_log().string(), 8192, tail)) {
+        return {};
     }
+    while (!tail.empty() && (tail.back() == '\n' || tail.back() == '\r')) {
+        tail.pop_back();
+    }
+    size_t nl = tail.rfind('\n');
+    std::string last = nl == std::string::npos ? tail : tail.substr(nl + 1);
     return last.size() > 500 ? last.substr(0, 500) : last;
 }
 
@@ -131,8 +136,8 @@ void QemuProcess::attach_qmp(Socket socket, std::function<void(const Status&)> d
 }
 
 void QemuProcess::launch(boost::asio::io_context& io, const Settings& settings,
-                         const MachineSpec& spec, const MachinePaths& paths, Callbacks callbacks,
-                         Ready ready) {
+                         const MachineSpec& spec, const MachinePaths& paths, const BootFiles& files,
+                         Callbacks callbacks, Ready ready) {
     auto fail_now = [&](Errc code, std::string msg) {
         boost::asio::post(io, [ready = std::move(ready), code, msg = std::move(msg)] {
             ready({code, msg}, nullptr);
@@ -164,20 +169,47 @@ void QemuProcess::launch(boost::asio::io_context& io, const Settings& settings,
                            : "open " + paths.qemu_log().string() + ": " + strerror(errno));
     }
     SpawnOptions so;
-    so.argv = build_argv(settings, spec, paths, 3);
+    // QEMU's fd numbers: 3 QMP, then the boot files it reads by descriptor.
     so.fds = {{lfd, 3}};
+    BootFds fds;
+    fds.disk_format = files.disk_format;
+    int next = 4;
+    for (auto [parent, child] : {std::pair{files.kernel, &fds.kernel},
+                                 {files.initrd, &fds.initrd},
+                                 {files.disk, &fds.disk}}) {
+        if (parent >= 0) {
+            *child = next++;
+            so.fds.push_back({parent, *child});
+        }
+    }
+    // The read-only member of the disk's fd set: the same inode, opened again through the
+    // descriptor (never by its name).
+    int disk_ro = -1;
+    if (files.disk >= 0) {
+        disk_ro =
+            open(("/proc/self/fd/" + std::to_string(files.disk)).c_str(), O_RDONLY | O_CLOEXEC);
+        if (disk_ro >= 0) {
+            fds.disk_ro = next++;
+            so.fds.push_back({disk_ro, fds.disk_ro});
+        }
+    }
+    so.argv = build_argv(settings, spec, paths, 3, fds);
     so.output_fd = logfd;
     so.new_session = true;
     pid_t pid = -1;
     Status st = spawn_process(so, pid);
     close(lfd);
     close(logfd);
+    if (disk_ro >= 0) {
+        close(disk_ro);
+    }
     if (!st) {
         return fail_now(st.code(), st.message());
     }
     int pidfd = open_pidfd(pid);
     if (pidfd < 0) {
         kill(pid, SIGKILL);
+        reap_later(io, pid);
         return fail_now(Errc::internal, std::string("pidfd_open: ") + strerror(errno));
     }
     spdlog::info("{}: QEMU started, pid {}", spec.name, pid);

@@ -36,9 +36,15 @@ class QemuProcess : public std::enable_shared_from_this<QemuProcess> {
 
     // Starts QEMU stopped (-S) and completes once QMP is negotiated. On failure no process
     // is left behind and the status carries QEMU's own error output.
+    // `files` are descriptors of the boot files (-1: by the spec's path), still the caller's
+    // to close; QEMU inherits them.
+    struct BootFiles {
+        int kernel = -1, initrd = -1, disk = -1;
+        std::string disk_format = "raw";
+    };
     static void launch(boost::asio::io_context& io, const Settings& settings,
-                       const MachineSpec& spec, const MachinePaths& paths, Callbacks callbacks,
-                       Ready ready);
+                       const MachineSpec& spec, const MachinePaths& paths, const BootFiles& files,
+                       Callbacks callbacks, Ready ready);
     // Finds the QEMU of `spec` left running by an earlier daemon. not_found when it is gone.
     static void adopt(boost::asio::io_context& io, const Settings& settings,
                       const MachineSpec& spec, const MachinePaths& paths, Callbacks callbacks,

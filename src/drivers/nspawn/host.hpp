@@ -1,7 +1,7 @@
 #pragma once
-// Containers as the core sees them: what systemd reports of a container's unit, and the host
-// that runs units (dbus::Units over org.freedesktop.systemd1 and machined, in the daemon). The
-// core decides; the host only carries calls and reports.
+// The host containers' units run on (dbus::Units over org.freedesktop.systemd1 and machined,
+// in the daemon) as NspawnRuntime sees it: what systemd reports of a unit, and the calls the
+// runtime makes. The runtime interprets; the host only carries calls and reports.
 #include <sys/types.h>
 
 #include <chrono>
@@ -13,7 +13,7 @@
 
 #include "hangar/error.hpp"
 
-namespace hangar::core {
+namespace hangar::nspawn {
 
 // A container's unit, from systemd's PropertiesChanged (Service interface first, then Unit,
 // which is when it is reported) or from a listing after (re)connecting.
@@ -64,22 +64,4 @@ class ContainerHost {
                         std::function<void(const Status&, pid_t)> done) = 0;
 };
 
-// A command run in a container.
-struct ExecRequest {
-    std::vector<std::string> command;
-    std::map<std::string, std::string> env;
-    std::string cwd = "/";
-    std::chrono::seconds timeout{60};
-};
-
-struct ExecResult {
-    int exit_code = 0;  // 128 + N when the command was killed by signal N
-    std::string out, err;
-    bool out_truncated = false, err_truncated = false;
-    bool running = false;  // ran inside the running container (else in its stopped rootfs)
-};
-
-inline constexpr size_t kExecOutputLimit = 1 << 20;  // per stream
-inline constexpr std::chrono::seconds kMaxExecTimeout{3600};
-
-}  // namespace hangar::core
+}  // namespace hangar::nspawn

@@ -1,0 +1,182 @@
+#pragma once
+// What runs machines of one type: qemu::QemuRuntime (drivers/qemu) for VMs, and
+// nspawn::NspawnRuntime (drivers/nspawn) for containers. core::Machines decides — states and
+// their reasons, the operation lock, ownership, limits, persistence — and asks its runtime to
+// act; a runtime carries the request out in its own words (QMP, systemd units) and reports
+// typed facts back through a RuntimeSink. A machine has at most one instance at a time, named
+// by (machine, generation); the core drops reports about an instance that is no longer current.
+//
+// Every runtime call answers later, never from inside the call (reports and `done` callbacks
+// are posted), so the core never re-enters itself.
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/exec.hpp"
+#include "hangar/error.hpp"
+#include "hangar/machine.hpp"
+
+namespace hangar::core {
+
+enum class MachineType { vm, container };
+std::string_view to_string(MachineType t);
+std::optional<MachineType> parse_machine_type(std::string_view s);
+
+// One run of a machine.
+struct InstanceRef {
+    std::string machine;
+    uint64_t generation = 0;
+};
+
+// Whose rights the runtime uses for files the spec names: the owner's, or hangard's own
+// (`privileged`: root, the admin group).
+struct Privilege {
+    uid_t owner = 0;
+    bool privileged = false;
+};
+
+// The machine is on its way down without hangard having asked (a guest power-off, its unit
+// deactivating, QEMU signalled by someone).
+struct StoppingFact {
+    std::string reason;  // "qmp:SHUTDOWN guest=true reason=guest-shutdown", "systemd:deactivating"
+    // Neither hangard nor the guest brought it about: the core asks who did (machined?).
+    bool from_outside = false;
+};
+
+// The instance has ended.
+struct ExitFact {
+    std::string how;     // "pidfd:exit status=0", "systemd:result=success status=0"
+    bool clean = false;  // ended as asked or by itself without error
+    // What the runtime knows of why it ended ("api:stop: guest did not power off within 5 s",
+    // "qmp:SHUTDOWN guest=true reason=guest-shutdown"); "" when nothing but `how`.
+    std::string reason;
+    bool crash = false;   // the guest failed (a panic): crashed
+    bool reboot = false;  // the machine asked to be booted again; `reason` says so
+};
+
+// What a runtime found of an instance an earlier hangard left behind.
+enum class AdoptFact {
+    none,          // nothing runs, and nothing was running
+    gone,          // it was running and has ended meanwhile (`reason`)
+    running,       // runs
+    paused,        // runs, paused
+    starting,      // an interrupted start, being finished now
+    stopping,      // powered off meanwhile; the runtime ends it (exit follows)
+    failing,       // failed meanwhile; the runtime ends it (exit follows, with crash)
+    unresponsive,  // alive, but its state cannot be read (`reason`)
+    later,         // the runtime reports what it finds when it can (its host connects)
+};
+struct Adoption {
+    AdoptFact fact = AdoptFact::none;
+    std::string reason;
+    pid_t pid = 0;
+};
+
+// The reason of a stop and start when the machine rebooted itself (a container's nspawn exits
+// with 133).
+inline constexpr const char* kContainerReboot = "container:reboot";
+// The reason of an end that machined brought about (TerminateMachine from someone else).
+inline constexpr const char* kMachinedTerminated = "machined:terminated";
+
+// What a runtime cannot do, asked before an action is accepted.
+enum class Capability {
+    pause,
+    reset,
+    exec,
+    console,
+    display,  // a screen: screenshot(), and a VNC server on MachineFiles::vnc_socket()
+};
+
+// Where a runtime's reports go (core::Machines).
+class RuntimeSink {
+  public:
+    virtual void on_pid(const InstanceRef& ref, pid_t pid) = 0;
+    virtual void on_running(const InstanceRef& ref, const std::string& reason) = 0;
+    virtual void on_paused(const InstanceRef& ref, const std::string& reason) = 0;
+    virtual void on_stopping(const InstanceRef& ref, const StoppingFact& fact) = 0;
+    virtual void on_exited(const InstanceRef& ref, const ExitFact& fact) = 0;
+    virtual void on_responsive(const InstanceRef& ref, bool responsive, const std::string& why) = 0;
+    // The guest was reset in place (a reboot that keeps the instance).
+    virtual void on_reset(const InstanceRef& ref, const std::string& reason) {
+        (void)ref;
+        (void)reason;
+    }
+
+  protected:
+    ~RuntimeSink() = default;
+};
+
+class Runtime {
+  public:
+    using Done = std::function<void(const Status&)>;
+    virtual ~Runtime() = default;
+
+    virtual MachineType type() const = 0;
+    void set_sink(RuntimeSink* sink) { sink_ = sink; }
+
+    // Checks the parts of a spec that are this type's (fields of other types are refused;
+    // files are opened with `who`'s rights); may fill defaults in (the built-in guest).
+    virtual Status validate(MachineSpec& spec, const Privilege& who) const = 0;
+    // What must exist for a new machine of this spec (its image), checked at create only.
+    virtual Status admit(const MachineSpec& spec) const = 0;
+    // invalid_spec naming what this type cannot do, or ok.
+    virtual Status supports(Capability c, const std::string& machine) const = 0;
+
+    // Starts instance `ref` of `spec`. A refusal (a boot file no longer readable) is returned
+    // and nothing changes; otherwise the start completes with on_running, or `failed` is called
+    // (nothing runs then).
+    virtual Status start(const MachineSpec& spec, const InstanceRef& ref, const Privilege& who,
+                         Done failed) = 0;
+    // Asks the guest to power off; forces the end after `timeout`. `reason` is the core's
+    // ("api:stop", "api:restart"); the exit reports why it ended.
+    virtual void stop(const InstanceRef& ref, std::chrono::seconds timeout,
+                      const std::string& reason) = 0;
+    // Ends the instance now; `done` with an error when it cannot be ended (nothing will exit).
+    virtual void kill(const InstanceRef& ref, Done done) = 0;
+    // Pause and resume complete with on_paused / on_running; `done` reports a failed request.
+    virtual void pause(const InstanceRef& ref, Done done) = 0;
+    virtual void resume(const InstanceRef& ref, Done done) = 0;
+    // Resets the guest in place; `done` when it has been reset.
+    virtual void reset(const InstanceRef& ref, Done done) = 0;
+    // Finds what an earlier hangard left running for `spec` (stored state `stored`).
+    virtual void adopt(const MachineSpec& spec, MachineState stored, const InstanceRef& ref,
+                       std::function<void(const Status&, const Adoption&)> done) = 0;
+    // Runs a command in the machine: inside the running instance `ref` (`running`), or in its
+    // stopped files (the core holds the machine's operation lock meanwhile).
+    using ExecDone = std::function<void(const Status&, const ExecResult&)>;
+    virtual void exec(const MachineSpec& spec, const InstanceRef& ref, bool running,
+                      ExecRequest req, ExecDone done) = 0;
+    // Writes a PNG of instance `ref`'s screen to `path` (in the machine's directory); `done`
+    // once the file is complete. Asked only of a runtime that supports(Capability::display).
+    virtual void screenshot(const InstanceRef& ref, const std::string& path, Done done) {
+        (void)ref, (void)path;
+        done({Errc::invalid_spec, "this machine has no display"});
+    }
+    // Console input for the running instance `ref`: bytes for the guest's serial port or the
+    // container's console. Output is not the runtime's to deliver: it lands in the machine's
+    // console log file (MachineFiles::console_log), which the core tails.
+    virtual void console_input(const InstanceRef& ref, std::string_view bytes) {
+        (void)ref;
+        (void)bytes;
+    }
+    // The console viewer's window size, where the console is a terminal.
+    virtual void console_resize(const InstanceRef& ref, unsigned cols, unsigned rows) {
+        (void)ref;
+        (void)cols;
+        (void)rows;
+    }
+    // The instance's record is dropped (the machine is deleted, or ended).
+    virtual void forget(const std::string& machine) = 0;
+    // Lets every instance run on without hangard (daemon shutdown).
+    virtual void detach_all() = 0;
+
+  protected:
+    RuntimeSink* sink_ = nullptr;
+};
+
+}  // namespace hangar::core

@@ -1,0 +1,439 @@
+#include "drivers/qemu/runtime.hpp"
+
+#include <signal.h>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
+
+#include "util/json.hpp"
+#include "util/user_files.hpp"
+
+namespace hangar::qemu {
+
+namespace {
+constexpr uint64_t kMaxKernelBytes = 512ull << 20;
+constexpr uint64_t kMaxInitrdBytes = 4ull << 30;
+constexpr uint64_t kMaxDiskBytes = 64ull << 40;
+}  // namespace
+
+struct QemuRuntime::BootFiles {
+    OpenedFile kernel, initrd, disk;
+    std::string disk_format = "raw";
+};
+
+AdoptPlan plan_adoption(const std::string& status, MachineState stored) {
+    AdoptPlan p;
+    if (status.empty()) {
+        p.fact = core::AdoptFact::unresponsive;
+        p.reason = "QMP unreachable after adoption";
+    } else if (status == "running") {
+        p.fact = core::AdoptFact::running;
+        p.reason = "adopt:qmp status=running";
+    } else if (status == "shutdown") {
+        p.fact = core::AdoptFact::stopping;
+        p.reason = "qmp:SHUTDOWN guest=true (while hangard was down)";
+        p.quit = true;
+    } else if (status == "guest-panicked" || status == "internal-error") {
+        p.fact = core::AdoptFact::failing;
+        p.reason = "adopt:qmp status=" + status;
+        p.quit = p.crash = true;
+    } else if (status == "prelaunch" || stored == MachineState::starting) {
+        p.fact = core::AdoptFact::starting;  // an interrupted start: finish it
+        p.reason = "adopt:qmp status=" + status;
+        p.cont = true;
+    } else {
+        p.fact = core::AdoptFact::paused;
+        p.reason = "adopt:qmp status=" + status;
+    }
+    return p;
+}
+
+QemuRuntime::QemuRuntime(boost::asio::io_context& io, RuntimeConfig cfg)
+    : io_(io), cfg_(std::move(cfg)) {}
+
+QemuRuntime::~QemuRuntime() = default;
+
+void QemuRuntime::post(Done done, Status st) {
+    boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st); });
+}
+
+QemuRuntime::Vm* QemuRuntime::find(const core::InstanceRef& ref) {
+    auto it = vms_.find(ref.machine);
+    return it != vms_.end() && it->second.generation == ref.generation ? &it->second : nullptr;
+}
+
+// ---- specs -----------------------------------------------------------------------------
+
+Status QemuRuntime::validate(MachineSpec& spec, const core::Privilege& who) const {
+    if (!spec.image.empty() || !spec.boot.command.empty()) {
+        return {Errc::invalid_spec, "image and boot.command are for containers"};
+    }
+    if (spec.boot.cmdline.size() > kMaxCmdline) {
+        return {Errc::invalid_spec,
+                "boot.cmdline is longer than " + std::to_string(kMaxCmdline) + " bytes"};
+    }
+    if (spec.boot.kernel.empty() && spec.boot.disk.empty()) {
+        if (!spec.boot.initrd.empty()) {
+            return {Errc::invalid_spec, "boot.initrd needs boot.kernel"};
+        }
+        if (cfg_.default_boot.kernel.empty()) {
+            return {Errc::unavailable,
+                    "no boot source given and the built-in guest was not found (build it with "
+                    "scripts/build-guest.sh, or pass --guest-dir)"};
+        }
+        std::string cmdline = spec.boot.cmdline;
+        spec.boot = cfg_.default_boot;
+        if (!cmdline.empty()) {
+            spec.boot.cmdline = cmdline;
+        }
+    }
+    BootFiles files;
+    return open_boot_files(spec, who, files);
+}
+
+Status QemuRuntime::open_boot_files(const MachineSpec& spec, const core::Privilege& who,
+                                    BootFiles& out) const {
+    FileAccess user{who.owner, who.privileged};
+    struct File {
+        const char* what;
+        const std::string& path;
+        const std::string& builtin;
+        bool writable;
+        uint64_t max;
+        OpenedFile& out;
+    };
+    for (const File& f : {File{"boot.kernel", spec.boot.kernel, cfg_.default_boot.kernel, false,
+                               kMaxKernelBytes, out.kernel},
+                          File{"boot.initrd", spec.boot.initrd, cfg_.default_boot.initrd, false,
+                               kMaxInitrdBytes, out.initrd},
+                          File{"boot.disk", spec.boot.disk, cfg_.default_boot.disk, true,
+                               kMaxDiskBytes, out.disk}}) {
+        if (f.path.empty()) {
+            continue;
+        }
+        FileAccess as = user;
+        as.as_daemon = user.as_daemon || f.path == f.builtin;
+        if (Status st = open_user_file(f.what, f.path, as, f.writable, f.max, f.out); !st) {
+            return st;
+        }
+    }
+    out.disk_format = disk_format(spec.boot.disk);
+    if (out.disk.fd && out.disk_format == "qcow2") {
+        Qcow2Refs refs;
+        if (Status st = read_qcow2_refs(out.disk.fd.get(), refs); !st) {
+            return {Errc::invalid_spec,
+                    "boot.disk " + json::quote(spec.boot.disk) + ": " + st.message()};
+        }
+        if ((!refs.backing_file.empty() || refs.data_file) && !user.as_daemon) {
+            return {Errc::invalid_spec,
+                    "boot.disk " + json::quote(spec.boot.disk) + " names " +
+                        (refs.data_file ? std::string("an external data file")
+                                        : "a backing file " + json::quote(refs.backing_file)) +
+                        ": refused, since QEMU would open it with hangard's rights (use a "
+                        "self-contained image: qemu-img convert -O qcow2)"};
+        }
+        if (!refs.backing_file.empty() || refs.data_file) {
+            // An admin's image chain: QEMU opens it by name, resolving the chain itself.
+            out.disk.fd.reset();
+        }
+    }
+    return {};
+}
+
+Status QemuRuntime::supports(core::Capability c, const std::string& machine) const {
+    if (c == core::Capability::exec) {
+        return {Errc::invalid_spec, "exec runs commands in containers; " + machine + " is a VM"};
+    }
+    return {};
+}
+
+// ---- start / stop ----------------------------------------------------------------------
+
+QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
+    QemuProcess::Callbacks cb;
+    cb.on_event = [this, ref](std::string_view event, simdjson::dom::element msg) {
+        std::string detail;
+        if (event == "SHUTDOWN" || event == "RESET") {
+            bool guest = false;
+            std::string_view why;
+            json::try_get(msg.at_pointer("/data/guest"), guest);
+            json::try_get(msg.at_pointer("/data/reason"), why);
+            detail = std::string("guest=") + (guest ? "true" : "false");
+            if (!why.empty()) {
+                detail += " reason=" + std::string(why);
+            }
+        }
+        on_event(ref, event, detail);
+    };
+    cb.on_exit = [this, ref](const ExitInfo& info) {
+        Vm* vm = find(ref);
+        if (!vm) {
+            return;
+        }
+        core::ExitFact f;
+        f.how = "pidfd:exit " + info.describe();
+        // An adopted QEMU is not our child: its status is unknown, so never "clean".
+        f.clean = info.known && info.signal == 0 && info.code == 0;
+        f.reason = std::move(vm->reason);
+        f.crash = vm->crash;
+        auto keep = std::move(vm->proc);  // its callback is running
+        vms_.erase(ref.machine);
+        if (sink_) {
+            sink_->on_exited(ref, f);
+        }
+    };
+    cb.on_responsive = [this, ref](bool ok, const std::string& why) {
+        if (find(ref) && sink_) {
+            sink_->on_responsive(ref, ok, why);
+        }
+    };
+    return cb;
+}
+
+Status QemuRuntime::start(const MachineSpec& spec, const core::InstanceRef& ref,
+                          const core::Privilege& who, Done failed) {
+    BootFiles files;
+    if (Status st = open_boot_files(spec, who, files); !st) {
+        return st;
+    }
+    Vm& vm = vms_[ref.machine];
+    vm = Vm{};
+    vm.generation = ref.generation;
+    QemuProcess::BootFiles fds{files.kernel.fd.get(), files.initrd.fd.get(), files.disk.fd.get(),
+                               files.disk_format};
+    QemuProcess::launch(
+        io_, cfg_.qemu, spec, MachinePaths(cfg_.machines_dir / spec.name), fds, callbacks(ref),
+        [this, ref, failed = std::move(failed)](const Status& st,
+                                                std::shared_ptr<QemuProcess> proc) {
+            Vm* vm = find(ref);
+            if (!vm) {
+                if (proc) {
+                    proc->signal(SIGKILL);
+                }
+                return;
+            }
+            if (!st) {
+                vms_.erase(ref.machine);
+                return failed(st);
+            }
+            vm->proc = std::move(proc);
+            vm->console = ConsoleLink(
+                io_, MachinePaths(cfg_.machines_dir / ref.machine).console_socket(), ref.machine);
+            if (sink_) {
+                sink_->on_pid(ref, vm->proc->pid());
+            }
+            if (vm->kill_pending) {
+                vm->proc->signal(SIGKILL);
+                return;
+            }
+            // The RESUME event that follows is `running`.
+            vm->proc->execute("cont", {}, [this, ref](const Status& st, std::string_view) {
+                Vm* vm = find(ref);
+                // A lost connection is QEMU going away (its exit says how) or QMP dropping
+                // (reported as unresponsive): neither is this start's failure to tell.
+                if (!st && st.code() != Errc::unavailable && vm && vm->proc) {
+                    spdlog::warn("{}: cont failed: {}", ref.machine, st.message());
+                    vm->reason = "api:start failed: " + st.message();
+                    vm->proc->signal(SIGKILL);
+                }
+            });
+        });
+    return {};
+}
+
+void QemuRuntime::stop(const core::InstanceRef& ref, std::chrono::seconds timeout,
+                       const std::string&) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return;
+    }
+    vm->timer = std::make_unique<boost::asio::steady_timer>(io_);
+    vm->timer->expires_after(timeout);
+    vm->timer->async_wait([this, ref, timeout](boost::system::error_code ec) {
+        Vm* vm = ec ? nullptr : find(ref);
+        if (vm) {
+            force_quit(*vm, ref,
+                       "api:stop: guest did not power off within " +
+                           std::to_string(timeout.count()) + " s");
+        }
+    });
+    // A paused guest cannot see the power button: it stays paused until the timeout.
+    vm->proc->execute("system_powerdown", {}, [this, ref](const Status& st, std::string_view) {
+        Vm* vm = st ? nullptr : find(ref);
+        if (vm) {
+            force_quit(*vm, ref, "api:stop: system_powerdown failed (" + st.message() + ")");
+        }
+    });
+}
+
+void QemuRuntime::force_quit(Vm& vm, const core::InstanceRef& ref, const std::string& why) {
+    if (!vm.proc || vm.proc->exited()) {
+        return;
+    }
+    if (vm.reason.empty()) {
+        vm.reason = why;
+    }
+    if (vm.quit_sent) {
+        return;
+    }
+    vm.quit_sent = true;
+    // quit, and SIGKILL if QEMU does not exit within the command deadline.
+    vm.timer = std::make_unique<boost::asio::steady_timer>(io_);
+    vm.timer->expires_after(cfg_.qemu.command_timeout);
+    vm.timer->async_wait([this, ref](boost::system::error_code ec) {
+        Vm* vm = ec ? nullptr : find(ref);
+        if (vm && vm->proc) {
+            spdlog::warn("{}: QEMU did not quit; sending SIGKILL", ref.machine);
+            vm->reason += ", killed";
+            vm->proc->signal(SIGKILL);
+        }
+    });
+    vm.proc->execute("quit", {}, [](const Status&, std::string_view) {});
+}
+
+void QemuRuntime::kill(const core::InstanceRef& ref, Done done) {
+    if (Vm* vm = find(ref)) {
+        if (vm->proc) {
+            vm->proc->signal(SIGKILL);
+        } else {
+            vm->kill_pending = true;  // as soon as it is launched
+        }
+    }
+    post(std::move(done), {});
+}
+
+void QemuRuntime::command(const core::InstanceRef& ref, const char* command, Done done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return post(std::move(done), {Errc::invalid_state, "QEMU is not running"});
+    }
+    vm->proc->execute(command, {},
+                      [done = std::move(done)](const Status& st, std::string_view) { done(st); });
+}
+
+void QemuRuntime::pause(const core::InstanceRef& ref, Done done) {
+    command(ref, "stop", std::move(done));  // STOP is `paused`
+}
+
+void QemuRuntime::resume(const core::InstanceRef& ref, Done done) {
+    command(ref, "cont", std::move(done));  // RESUME is `running`
+}
+
+void QemuRuntime::reset(const core::InstanceRef& ref, Done done) {
+    command(ref, "system_reset", std::move(done));
+}
+
+void QemuRuntime::exec(const MachineSpec& spec, const core::InstanceRef&, bool, core::ExecRequest,
+                       ExecDone done) {
+    boost::asio::post(io_, [done = std::move(done),
+                            st = supports(core::Capability::exec, spec.name)] { done(st, {}); });
+}
+
+void QemuRuntime::screenshot(const core::InstanceRef& ref, const std::string& path, Done done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return post(std::move(done), {Errc::invalid_state, "QEMU is not running"});
+    }
+    // QEMU has written and closed the file when it answers.
+    json::Writer args;
+    args.begin_object().field("filename", path).field("format", "png").end_object();
+    vm->proc->execute("screendump", args.str(),
+                      [done = std::move(done)](const Status& st, std::string_view) { done(st); });
+}
+
+// ---- what QEMU says --------------------------------------------------------------------
+
+void QemuRuntime::on_event(const core::InstanceRef& ref, std::string_view event,
+                           const std::string& detail) {
+    Vm* vm = find(ref);
+    if (!vm || !sink_) {
+        return;
+    }
+    if (event == "STOP") {
+        sink_->on_paused(ref, "qmp:STOP");
+    } else if (event == "RESUME") {
+        sink_->on_running(ref, "qmp:RESUME");
+    } else if (event == "SHUTDOWN") {
+        // With -no-shutdown QEMU stays alive after a guest shutdown; hangar ends it.
+        std::string reason = "qmp:SHUTDOWN " + detail;
+        if ((vm->reason.empty() || vm->reason.rfind("api:stop", 0) == 0) &&
+            detail.find("reason=host-qmp-quit") == std::string::npos) {
+            vm->reason = reason;
+        }
+        core::StoppingFact f;
+        f.reason = vm->reason.empty() ? reason : vm->reason;
+        // Someone outside hangar signalled QEMU (machined's TerminateMachine, a kill -TERM).
+        f.from_outside = detail.find("reason=host-signal") != std::string::npos;
+        force_quit(*vm, ref, reason);
+        sink_->on_stopping(ref, f);
+    } else if (event == "GUEST_PANICKED") {
+        vm->reason = "qmp:GUEST_PANICKED";
+        vm->crash = true;
+        force_quit(*vm, ref, vm->reason);
+    } else if (event == "RESET") {
+        spdlog::info("{}: QEMU reports RESET {}", ref.machine, detail);
+        sink_->on_reset(ref, "qmp:RESET " + detail);
+    } else if (event == "POWERDOWN") {
+        spdlog::info("{}: QEMU reports {}", ref.machine, event);
+    }
+}
+
+// ---- adoption --------------------------------------------------------------------------
+
+void QemuRuntime::adopt(const MachineSpec& spec, MachineState stored, const core::InstanceRef& ref,
+                        std::function<void(const Status&, const core::Adoption&)> done) {
+    MachinePaths paths(cfg_.machines_dir / spec.name);
+    if (!is_active(stored) && !std::filesystem::exists(paths.pidfile())) {
+        paths.remove_runtime_files();
+        return boost::asio::post(io_, [done = std::move(done)] { done({}, {}); });
+    }
+    Vm& vm = vms_[ref.machine];
+    vm = Vm{};
+    vm.generation = ref.generation;
+    QemuProcess::adopt(
+        io_, cfg_.qemu, spec, paths, callbacks(ref),
+        [this, ref, stored, done = std::move(done)](
+            const Status& st, std::shared_ptr<QemuProcess> proc, const std::string& status) {
+            Vm* vm = find(ref);
+            if (!vm) {
+                return;
+            }
+            if (!st) {
+                vms_.erase(ref.machine);
+                return done(st, {});
+            }
+            vm->proc = std::move(proc);
+            vm->console = ConsoleLink(
+                io_, MachinePaths(cfg_.machines_dir / ref.machine).console_socket(), ref.machine);
+            AdoptPlan p = plan_adoption(status, stored);
+            core::Adoption a{p.fact, p.reason, vm->proc->pid()};
+            if (p.quit) {
+                vm->crash = p.crash;
+                force_quit(*vm, ref, p.reason);
+            } else if (p.cont) {
+                vm->proc->execute("cont", {}, [](const Status&, std::string_view) {});
+            }
+            done({}, a);
+        });
+}
+
+void QemuRuntime::console_input(const core::InstanceRef& ref, std::string_view bytes) {
+    if (Vm* vm = find(ref)) {
+        vm->console.write(bytes);
+    }
+}
+
+void QemuRuntime::forget(const std::string& machine) {
+    vms_.erase(machine);
+}
+
+void QemuRuntime::detach_all() {
+    for (auto& [name, vm] : vms_) {
+        if (vm.proc) {
+            vm.proc->detach();
+        }
+    }
+    vms_.clear();
+}
+
+}  // namespace hangar::qemu

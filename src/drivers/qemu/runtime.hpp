@@ -1,0 +1,95 @@
+#pragma once
+// VMs: core::Runtime over QEMU. Every QMP word of hangar is here or below (qemu_process,
+// qmp::Client): cont, stop, system_powerdown, system_reset, quit, the events STOP, RESUME,
+// SHUTDOWN, GUEST_PANICKED, query-status at adoption, and screendump. QEMU starts stopped (-S) with
+// -no-shutdown; `cont` starts the guest and its RESUME is `running`. A graceful stop is
+// system_powerdown, then `quit` at the timeout, then SIGKILL when QEMU does not quit within the
+// command deadline.
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "core/runtime.hpp"
+#include "drivers/qemu/argv.hpp"
+#include "drivers/qemu/console_link.hpp"
+#include "drivers/qemu/qemu_process.hpp"
+
+namespace hangar::qemu {
+
+struct RuntimeConfig {
+    std::filesystem::path machines_dir;  // <state dir>/machines
+    Settings qemu;
+    BootSpec default_boot;  // the built-in guest; empty kernel when none was found
+};
+
+// What query-status of an adopted QEMU means, given the state hangard stored for it.
+struct AdoptPlan {
+    core::AdoptFact fact = core::AdoptFact::unresponsive;
+    std::string reason;
+    bool cont = false;   // finish an interrupted start
+    bool quit = false;   // it has ended as a guest: let QEMU go
+    bool crash = false;  // ... and the end is a crash
+};
+AdoptPlan plan_adoption(const std::string& status, MachineState stored);
+
+class QemuRuntime final : public core::Runtime {
+  public:
+    QemuRuntime(boost::asio::io_context& io, RuntimeConfig cfg);
+    ~QemuRuntime() override;
+
+    core::MachineType type() const override { return core::MachineType::vm; }
+    Status validate(MachineSpec& spec, const core::Privilege& who) const override;
+    Status admit(const MachineSpec&) const override { return {}; }
+    Status supports(core::Capability c, const std::string& machine) const override;
+    Status start(const MachineSpec& spec, const core::InstanceRef& ref, const core::Privilege& who,
+                 Done failed) override;
+    void stop(const core::InstanceRef& ref, std::chrono::seconds timeout,
+              const std::string& reason) override;
+    void kill(const core::InstanceRef& ref, Done done) override;
+    void pause(const core::InstanceRef& ref, Done done) override;
+    void resume(const core::InstanceRef& ref, Done done) override;
+    void reset(const core::InstanceRef& ref, Done done) override;
+    void adopt(const MachineSpec& spec, MachineState stored, const core::InstanceRef& ref,
+               std::function<void(const Status&, const core::Adoption&)> done) override;
+    void exec(const MachineSpec& spec, const core::InstanceRef& ref, bool running,
+              core::ExecRequest req, ExecDone done) override;
+    void console_input(const core::InstanceRef& ref, std::string_view bytes) override;
+    // QMP screendump (format png).
+    void screenshot(const core::InstanceRef& ref, const std::string& path, Done done) override;
+    void forget(const std::string& machine) override;
+    void detach_all() override;
+
+  private:
+    // One QEMU of a machine.
+    struct Vm {
+        uint64_t generation = 0;
+        std::shared_ptr<QemuProcess> proc;  // none while it is being launched
+        bool kill_pending = false;          // killed while being launched
+        std::string reason;                 // why it is ending, as far as QEMU tells
+        bool crash = false;
+        bool quit_sent = false;
+        std::unique_ptr<boost::asio::steady_timer> timer;  // stop timeout, quit deadline
+        ConsoleLink console;                               // input to the serial port
+    };
+    // Kernel, initrd and disk, opened with `who`'s rights.
+    struct BootFiles;
+    Status open_boot_files(const MachineSpec& spec, const core::Privilege& who,
+                           BootFiles& out) const;
+    Vm* find(const core::InstanceRef& ref);
+    QemuProcess::Callbacks callbacks(const core::InstanceRef& ref);
+    void on_event(const core::InstanceRef& ref, std::string_view event, const std::string& detail);
+    void force_quit(Vm& vm, const core::InstanceRef& ref, const std::string& why);
+    // QMP command `command` for a request of the core; `done` gets QMP's error, if any.
+    void command(const core::InstanceRef& ref, const char* command, Done done);
+    void post(Done done, Status st);
+
+    boost::asio::io_context& io_;
+    RuntimeConfig cfg_;
+    std::map<std::string, Vm> vms_;
+};
+
+}  // namespace hangar::qemu
