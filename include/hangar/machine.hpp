@@ -2,6 +2,7 @@
 // Value types of a machine: its spec (what the user asked for) and its observed state.
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +37,10 @@ struct MachineSpec {
     std::string image;  // containers: the local image their root file system is copied from
     bool autostart = false;
     std::string description;
+    std::string template_name;  // the size template a create named ("template"), or empty
+    // The top-level fields the request that made this spec gave (recorded by the spec codec);
+    // a template fills the others. Not stored.
+    std::set<std::string> given;
 };
 
 // Limits applied to specs at create time.

@@ -8,10 +8,11 @@
 namespace hangar::api {
 
 bool EventFilter::matches(const core::Event& e) const {
-    // Every user may list every image, so image.* events are everyone's; the rest are their
-    // owner's (and the admins').
+    // Every user may list every image and template, so image.* and template.* events are
+    // everyone's; the rest are their owner's (and the admins').
     return (types.empty() || types.count(e.type)) && (machine.empty() || machine == e.machine) &&
-           (!owner || *owner == e.owner || e.type.rfind("image.", 0) == 0);
+           (!owner || *owner == e.owner || e.type.rfind("image.", 0) == 0 ||
+            e.type.rfind("template.", 0) == 0);
 }
 
 Status parse_event_query(const std::map<std::string, std::string>& query,

@@ -48,6 +48,10 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
 // /v1/images (part of register_routes).
 void register_image_routes(Router& router, core::Images& images);
 
+// /v1/templates (template_routes.cpp), and the hangar_templates metric.
+void register_template_routes(Router& router, core::Templates& templates);
+void template_metrics(const core::Templates& templates, std::string& out);
+
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,
                           const core::Credentials& credentials, const Probes& probes);

@@ -51,8 +51,8 @@ const char* kUsage =
     "  info                         server information\n"
     "  list [--state S] [--type T]  machines\n"
     "       [--limit N [--after NAME]]  one page: N machines named after NAME\n"
-    "  create NAME [--cpus N] [--memory MIB] [--kernel F] [--initrd F] [--cmdline S]\n"
-    "              [--disk F] [--description S] [--autostart]\n"
+    "  create NAME [--template T] [--cpus N] [--memory MIB] [--kernel F] [--initrd F]\n"
+    "              [--cmdline S] [--disk F] [--description S] [--autostart]\n"
     "              [--type container --image IMAGE [-- COMMAND ARGS...]]\n"
     "                               a container boots its image's init, or runs COMMAND\n"
     "  exec NAME [--env K=V]... [--cwd DIR] [--timeout S] -- COMMAND ARGS...\n"
@@ -80,6 +80,9 @@ const char* kUsage =
     "                               pull a container root file system; waits for it\n"
     "  image import NAME FILE       a local rootfs tarball or squashfs\n"
     "  image remote SERVER [--type simplestreams|lxc]   what a server offers\n"
+    "  template list | template show NAME | template delete NAME\n"
+    "  template create NAME [--cpus N] [--memory MIB] [--disk GIB] [--description S]\n"
+    "                               size templates (create and delete: admins)\n"
     "  operation show ID | operation cancel ID\n"
     "                               an operation; cancel a running image pull or import\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
@@ -268,8 +271,10 @@ void print_machine(simdjson::dom::element m) {
                           "created_at", "cpus", "memory_mib", "autostart", "description", "pid"}) {
         std::cout << std::left << std::setw(14) << (std::string(k) + ":") << str(m, k) << "\n";
     }
-    if (std::string image = str(m, "image"); !image.empty()) {
-        std::cout << std::left << std::setw(14) << "image:" << image << "\n";
+    for (const char* k : {"image", "template"}) {
+        if (std::string v = str(m, k); !v.empty()) {
+            std::cout << std::left << std::setw(14) << (std::string(k) + ":") << v << "\n";
+        }
     }
     simdjson::dom::element boot;
     if (m["boot"].get(boot) == simdjson::SUCCESS) {
@@ -513,7 +518,7 @@ int run(int argc, char** argv) {
     if (cmd == "create") {
         auto a = parse_args(args,
                             {"--cpus", "--memory", "--kernel", "--initrd", "--cmdline", "--disk",
-                             "--description", "--type", "--image"},
+                             "--description", "--type", "--image", "--template"},
                             {"--autostart"});
         if (a.pos.size() != 1) {
             throw UsageError{"create needs exactly one NAME"};
@@ -543,6 +548,7 @@ int run(int argc, char** argv) {
         take_u32("--memory", "memory_mib", spec.memory_mib);
         take("--description", "description", spec.description);
         take("--image", "image", spec.image);
+        take("--template", "template", spec.template_name);
         if (a.flags.count("--autostart")) {
             spec.autostart = true;
             given.insert("autostart");
@@ -966,6 +972,62 @@ int run(int argc, char** argv) {
         throw UsageError{
             "image list | image show NAME | image delete NAME | image pull SERVER ALIAS "
             "[--type T] [--name NAME] | image import NAME FILE | image remote SERVER [--type T]"};
+    }
+    if (cmd == "template") {
+        auto a = parse_args(args, {"--cpus", "--memory", "--disk", "--description"}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        if (sub == "list" && a.pos.size() == 1) {
+            if (int rc = request(http::verb::get, "/v1/templates", "", &doc)) {
+                return rc;
+            }
+            simdjson::dom::array list;
+            if (as_json || doc["templates"].get(list) != simdjson::SUCCESS) {
+                std::cout << out << "\n";
+                return 0;
+            }
+            std::vector<std::vector<std::string>> rows;
+            for (auto t : list) {
+                auto or_dash = [](std::string v) { return v.empty() ? std::string("-") : v; };
+                rows.push_back({str(t, "name"), or_dash(str(t, "cpus")),
+                                or_dash(str(t, "memory_mib")), or_dash(str(t, "disk_gib")),
+                                str(t, "description")});
+            }
+            print_table({"NAME", "CPUS", "MEMORY_MIB", "DISK_GIB", "DESCRIPTION"}, rows);
+            return 0;
+        }
+        if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
+            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
+            if (int rc = request(verb, "/v1/templates/" + url_encode(a.pos[1]), "", &doc)) {
+                return rc;
+            }
+            if (sub == "show") {
+                std::cout << out << "\n";
+            }
+            return 0;
+        }
+        if (sub == "create" && a.pos.size() == 2) {
+            hangar::json::Writer w;
+            w.begin_object().field("name", a.pos[1]);
+            for (auto [opt, field] : {std::pair{"--cpus", "cpus"},
+                                      {"--memory", "memory_mib"},
+                                      {"--disk", "disk_gib"}}) {
+                if (a.opt.count(opt)) {
+                    w.field(field, to_number(opt, a.opt[opt]));
+                }
+            }
+            if (a.opt.count("--description")) {
+                w.field("description", a.opt["--description"]);
+            }
+            w.end_object();
+            if (int rc = request(http::verb::post, "/v1/templates", w.str(), &doc)) {
+                return rc;
+            }
+            std::cout << out << "\n";
+            return 0;
+        }
+        throw UsageError{
+            "template list | template show NAME | template delete NAME | template create NAME "
+            "[--cpus N] [--memory MIB] [--disk GIB] [--description S]"};
     }
     if (cmd == "operation") {
         auto a = parse_args(args, {}, {});

@@ -8,7 +8,8 @@ namespace {
 constexpr std::string_view kNames[] = {
     "machine.created",   "machine.updated",    "machine.deleted",  "machine.state",
     "operation.created", "operation.progress", "operation.done",   "image.created",
-    "image.deleted",     "console.attached",   "console.detached", "events.gap",
+    "image.deleted",     "template.created",   "template.deleted", "console.attached",
+    "console.detached",  "events.gap",
 };
 constexpr size_t kCount = sizeof(kNames) / sizeof(kNames[0]);
 static_assert(kCount == static_cast<size_t>(EventType::events_gap) + 1);
@@ -59,6 +60,10 @@ struct Data {
     void operator()(const OperationDone& p) { w.raw(p.operation); }
     void operator()(const ImageCreated& p) { w.raw(p.image); }
     void operator()(const ImageDeleted& p) { w.begin_object().field("image", p.name).end_object(); }
+    void operator()(const TemplateCreated& p) { w.raw(p.tmpl); }
+    void operator()(const TemplateDeleted& p) {
+        w.begin_object().field("template", p.name).end_object();
+    }
     void operator()(const ConsoleAttached& p) {
         w.begin_object()
             .field("viewer", p.viewer)

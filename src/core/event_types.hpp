@@ -24,6 +24,8 @@ enum class EventType {
     operation_done,
     image_created,
     image_deleted,
+    template_created,
+    template_deleted,
     console_attached,
     console_detached,
     events_gap,
@@ -79,6 +81,15 @@ struct ImageCreated {
 struct ImageDeleted {
     std::string name;
 };
+// data: the template's JSON.
+struct TemplateCreated {
+    std::string name;
+    std::string tmpl;  // the template's JSON
+};
+// data: {"template"}.
+struct TemplateDeleted {
+    std::string name;
+};
 // data: {"viewer", "uid", "readonly"}: a console viewer of the event's machine came.
 struct ConsoleAttached {
     std::string viewer;
@@ -102,7 +113,7 @@ struct EventsGap {
 using EventPayload =
     std::variant<MachineCreated, MachineUpdated, MachineDeleted, MachineStateChanged,
                  OperationCreated, OperationProgress, OperationDone, ImageCreated, ImageDeleted,
-                 ConsoleAttached, ConsoleDetached, EventsGap>;
+                 TemplateCreated, TemplateDeleted, ConsoleAttached, ConsoleDetached, EventsGap>;
 
 inline EventType type_of(const EventPayload& p) {
     return static_cast<EventType>(p.index());

@@ -190,17 +190,17 @@ void Images::load() {
     std::error_code ec;
     fs::create_directories(dir_, ec);
     chmod(dir_.c_str(), 0700);  // root file systems hold set-uid programs of their own
-    for (const auto& [name, text] : db_.load_images()) {
+    for (const auto& [name, text] : db_.load_documents("images")) {
         auto img = std::make_unique<Image>();
         if (!image_from_json(text, *img) || img->name != name) {
             spdlog::warn("images: dropping the unreadable record of {}", name);
-            db_.delete_image(name);
+            db_.delete_document("images", name);
             continue;
         }
         if (!fs::is_directory(rootfs_dir(name), ec)) {
             spdlog::warn("images: {} has no root file system in {}; dropping its record", name,
                          dir_);
-            db_.delete_image(name);
+            db_.delete_document("images", name);
             continue;
         }
         images_[name] = std::move(img);
@@ -261,7 +261,7 @@ Status Images::remove(const Caller& caller, const std::string& name) {
     if (Status st = remove_tree_async(io_, dir_ + "/" + name, trash); !st) {
         return {Errc::internal, "image " + json::quote(name) + ": " + st.message()};
     }
-    db_.delete_image(name);
+    db_.delete_document("images", name);
     events_.publish(ImageDeleted{name}, "", img->owner);
     images_.erase(name);
     return {};
@@ -671,7 +671,7 @@ void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
             auto img = std::make_unique<Image>(p->img);
             img->created_at = now_rfc3339();
             std::string js = to_json(*img);
-            db_.insert_image(img->name, js);
+            db_.put_document("images", img->name, js);
             events_.publish(ImageCreated{img->name, js}, "", img->owner);
             made = img.get();
             images_[img->name] = std::move(img);

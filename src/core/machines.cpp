@@ -189,6 +189,9 @@ const std::string& Machines::to_json(const Machine& m) const {
     if (!s.image.empty()) {
         w.field("image", s.image);
     }
+    if (!s.template_name.empty()) {
+        w.field("template", s.template_name);
+    }
     w.key("disks")
         .begin_array()
         .end_array()
@@ -280,6 +283,14 @@ Status Machines::validate(MachineSpec& spec, uid_t owner, Runtime** rt) const {
 
 Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** out) {
     HANGAR_ASSERT_REACTOR();
+    if (!spec.template_name.empty()) {
+        if (!cfg_.templates) {
+            return {Errc::bad_request, "this host has no templates"};
+        }
+        if (Status st = cfg_.templates->apply(spec); !st) {
+            return st;
+        }
+    }
     Runtime* rt = nullptr;
     if (Status st = validate(spec, caller.uid, &rt); !st) {
         return st;
@@ -346,8 +357,9 @@ Status Machines::update(const Caller& caller, const std::string& name, MachineSp
     if (Status st = lookup(caller, name, &m); !st) {
         return st;
     }
-    if (spec.name != m->spec.name || spec.type != m->spec.type || spec.image != m->spec.image) {
-        return {Errc::bad_request, "name, type and image cannot be changed"};
+    if (spec.name != m->spec.name || spec.type != m->spec.type || spec.image != m->spec.image ||
+        spec.template_name != m->spec.template_name) {
+        return {Errc::bad_request, "name, type, image and template cannot be changed"};
     }
     for (const char* field : {"cpus", "memory_mib", "boot"}) {
         if (changed.count(field) && (m->live || m->op != Op::none)) {

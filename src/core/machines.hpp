@@ -27,6 +27,7 @@
 #include "core/exec.hpp"
 #include "core/quotas.hpp"
 #include "core/runtime.hpp"
+#include "core/templates.hpp"
 #include "hangar/error.hpp"
 #include "hangar/machine.hpp"
 
@@ -106,9 +107,11 @@ struct MachinesConfig {
     const Quotas* quotas = nullptr;
     // Who is an admin now (root, the admin group); none: root only.
     const AdminGroup* admins = nullptr;
+    // The size templates a create may name; none: a create that names one is refused.
+    const Templates* templates = nullptr;
 };
 
-class Machines : private RuntimeSink {
+class Machines final : private RuntimeSink {
   public:
     using Done = std::function<void(const Status&, const Machine*)>;
 

@@ -18,6 +18,7 @@ const std::vector<SpecField> kTop = {
     {"image", "image", SpecFieldKind::string},
     {"autostart", "autostart", SpecFieldKind::boolean},
     {"description", "description", SpecFieldKind::string},
+    {"template", "template", SpecFieldKind::string},
 };
 const std::vector<SpecField> kBoot = {
     {"kernel", "boot.kernel", SpecFieldKind::string},
@@ -35,6 +36,7 @@ auto string_member(Spec& s, std::string_view path) -> decltype(&s.name) {
            : path == "type"         ? &s.type
            : path == "image"        ? &s.image
            : path == "description"  ? &s.description
+           : path == "template"     ? &s.template_name
            : path == "boot.kernel"  ? &s.boot.kernel
            : path == "boot.initrd"  ? &s.boot.initrd
            : path == "boot.cmdline" ? &s.boot.cmdline
@@ -145,6 +147,7 @@ Status unknown_spec_field(std::string_view section, std::string_view key) {
 }
 
 Status set_spec_field(MachineSpec& spec, const SpecField& f, SpecValue v) {
+    spec.given.emplace(f.path);
     auto nul = [](std::string_view s) { return s.find('\0') != std::string_view::npos; };
     if (auto* s = std::get_if<std::string>(&v); s && f.kind == SpecFieldKind::string) {
         if (nul(*s)) {
@@ -260,8 +263,8 @@ void encode_boot(json::Writer& w, const BootSpec& boot) {
     w.end_object();
 }
 
-const std::set<std::string> kStoredSpecFields = {"cpus",  "memory_mib", "boot",
-                                                 "image", "autostart",  "description"};
+const std::set<std::string> kStoredSpecFields = {"cpus",      "memory_mib",  "boot",    "image",
+                                                 "autostart", "description", "template"};
 
 std::string encode_stored_spec(const MachineSpec& spec) {
     return encode_spec(spec, kStoredSpecFields);

@@ -98,6 +98,19 @@ void report_ready(const std::string& msg) {
     _exit(1);
 }
 
+// A descriptor 0, 1 or 2 that is not open would be the next file hangard opens (the store, a
+// socket), and stdio or a child would then read or write it: each gets /dev/null first.
+void open_standard_fds() {
+    for (int fd = 0; fd <= 2; ++fd) {
+        if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+            int n = open("/dev/null", O_RDWR);
+            if (n >= 0 && n != fd) {  // lower ones are open by now, so n == fd
+                close(n);
+            }
+        }
+    }
+}
+
 void daemonize() {
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
@@ -138,6 +151,7 @@ void daemonize() {
 }  // namespace
 
 int main(int argc, char** argv) {
+    open_standard_fds();
     daemon::Options opts;
     std::string err;
     int rc = daemon::parse_options(argc, argv, opts, err);
@@ -254,6 +268,9 @@ int main(int argc, char** argv) {
     cfg.machines_dir = vm_cfg.machines_dir;
     cfg.admins = &admins;
     cfg.quotas = &quotas;
+    core::Templates templates(db, events);
+    templates.load();
+    cfg.templates = &templates;
     spdlog::info(
         "quotas per owner: {} machines, {} vCPUs, {} MiB, {} images, {} bytes of disk; "
         "one machine at most {} CPUs, {} MiB (this host)",
@@ -316,6 +333,9 @@ int main(int argc, char** argv) {
         return image_store.rootfs(name, rootfs);
     });
     api::register_routes(router, machines, credentials, operations, image_store, info, probes);
+    api::register_template_routes(router, templates);
+    probes.more.push_back(
+        [&templates](std::string& out) { api::template_metrics(templates, out); });
     core::ConsoleLimits console_limits;
     console_limits.max_viewers = opts.console_viewers;
     core::Consoles consoles(io, machines, events, console_limits);

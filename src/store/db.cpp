@@ -81,6 +81,10 @@ CREATE TABLE operations(
     bytes INTEGER NOT NULL DEFAULT 0,
     total INTEGER NOT NULL DEFAULT 0);
 )sql",
+    // 7: size templates (their JSON as the API shows it).
+    R"sql(
+CREATE TABLE templates(name TEXT PRIMARY KEY, data TEXT NOT NULL);
+)sql",
 };
 
 struct Stmt {
@@ -372,28 +376,29 @@ std::vector<EventRow> Db::load_events_after(uint64_t seq, size_t limit) {
     return out;
 }
 
-std::vector<std::pair<std::string, std::string>> Db::load_images() {
+std::vector<std::pair<std::string, std::string>> Db::load_documents(const char* table) {
     std::vector<std::pair<std::string, std::string>> out;
-    Stmt s{prepare("SELECT name, data FROM images ORDER BY name")};
+    Stmt s{prepare((std::string("SELECT name, data FROM ") + table + " ORDER BY name").c_str())};
     while (sqlite3_step(s.st) == SQLITE_ROW) {
         out.emplace_back(column_text(s.st, 0), column_text(s.st, 1));
     }
     return out;
 }
 
-void Db::insert_image(const std::string& name, const std::string& data) {
+void Db::put_document(const char* table, const std::string& name, const std::string& data) {
     begin();
-    Stmt s{prepare("INSERT OR REPLACE INTO images(name, data) VALUES(?,?)")};
+    Stmt s{prepare(
+        (std::string("INSERT OR REPLACE INTO ") + table + "(name, data) VALUES(?,?)").c_str())};
     bind_text(s.st, 1, name);
     bind_text(s.st, 2, data);
-    step_done(s.st, "insert image");
+    step_done(s.st, (std::string("insert into ") + table).c_str());
 }
 
-void Db::delete_image(const std::string& name) {
+void Db::delete_document(const char* table, const std::string& name) {
     begin();
-    Stmt s{prepare("DELETE FROM images WHERE name=?")};
+    Stmt s{prepare((std::string("DELETE FROM ") + table + " WHERE name=?").c_str())};
     bind_text(s.st, 1, name);
-    step_done(s.st, "delete image");
+    step_done(s.st, (std::string("delete from ") + table).c_str());
 }
 
 std::vector<OperationRow> Db::load_operations() {

@@ -85,10 +85,11 @@ class Db {
     std::string get_meta(const std::string& key);
     void set_meta(const std::string& key, const std::string& value);
 
-    // Images: (name, the image's JSON).
-    std::vector<std::pair<std::string, std::string>> load_images();
-    void insert_image(const std::string& name, const std::string& data);
-    void delete_image(const std::string& name);
+    // Named JSON documents: the tables "images" and "templates", (name, the object's JSON
+    // as the API shows it).
+    std::vector<std::pair<std::string, std::string>> load_documents(const char* table);
+    void put_document(const char* table, const std::string& name, const std::string& data);
+    void delete_document(const char* table, const std::string& name);
 
     // Operations: the running ones (done = 0) first, then the finished ones kept, in the order
     // they ended.

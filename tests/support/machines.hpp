@@ -20,9 +20,11 @@ struct TestMachines {
     std::unique_ptr<core::Machines> machines;
 
     TestMachines(boost::asio::io_context& io, store::Db& db, core::EventBus& events,
-                 const std::filesystem::path& machines_dir) {
+                 const std::filesystem::path& machines_dir,
+                 const core::Templates* templates = nullptr) {
         core::MachinesConfig cfg;
         cfg.machines_dir = machines_dir;
+        cfg.templates = templates;
         qemu::RuntimeConfig vm_cfg;
         vm_cfg.machines_dir = machines_dir;
         vm_cfg.qemu.binary = "/nonexistent/qemu";

@@ -27,6 +27,7 @@ struct RouteTable {
     boost::asio::io_context io;
     store::Db db;
     std::unique_ptr<core::EventBus> events;
+    std::unique_ptr<core::Templates> templates;
     std::unique_ptr<TestMachines> runtimes;  // and the Machines over them
     core::Machines* machines = nullptr;
     std::unique_ptr<core::Credentials> credentials;
@@ -48,7 +49,9 @@ struct RouteTable {
             abort();
         }
         events = std::make_unique<core::EventBus>(db, 64);
-        runtimes = std::make_unique<TestMachines>(io, db, *events, dir / "machines");
+        templates = std::make_unique<core::Templates>(db, *events);
+        runtimes =
+            std::make_unique<TestMachines>(io, db, *events, dir / "machines", templates.get());
         machines = runtimes->machines.get();
         credentials = std::make_unique<core::Credentials>(db);
         operations = std::make_unique<core::Operations>(io, *events, db, *machines);
@@ -58,6 +61,7 @@ struct RouteTable {
         health = std::make_unique<core::Health>("qemu-system-x86_64", "", dir.string());
         info.health = health.get();
         api::register_routes(router, *machines, *credentials, *operations, *images, info, probes);
+        api::register_template_routes(router, *templates);
         consoles = std::make_unique<core::Consoles>(io, *machines, *events);
         api::register_console_routes(router, *consoles, *machines);
         api::register_display_routes(router, *machines, io, tickets);
@@ -68,6 +72,7 @@ struct RouteTable {
         operations.reset();
         credentials.reset();
         runtimes.reset();
+        templates.reset();
         events.reset();
         std::filesystem::remove_all(dir);
     }

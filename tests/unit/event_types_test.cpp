@@ -13,11 +13,11 @@ TEST(EventTypes, NamesRoundTrip) {
         EXPECT_EQ(parse_event_type(name), t) << name;
         names.insert(std::string(name));
     }
-    EXPECT_EQ(names,
-              (std::set<std::string>{"machine.created", "machine.updated", "machine.deleted",
-                                     "machine.state", "operation.created", "operation.progress",
-                                     "operation.done", "image.created", "image.deleted",
-                                     "console.attached", "console.detached", "events.gap"}));
+    EXPECT_EQ(names, (std::set<std::string>{"machine.created", "machine.updated", "machine.deleted",
+                                            "machine.state", "operation.created",
+                                            "operation.progress", "operation.done", "image.created",
+                                            "image.deleted", "template.created", "template.deleted",
+                                            "console.attached", "console.detached", "events.gap"}));
     EXPECT_EQ(parse_event_type("machine.bogus"), std::nullopt);
     EXPECT_EQ(parse_event_type(""), std::nullopt);
     EXPECT_EQ(parse_event_type("Machine.State"), std::nullopt);
@@ -33,6 +33,8 @@ TEST(EventTypes, PayloadKnowsItsType) {
     EXPECT_EQ(type_of(OperationDone{}), EventType::operation_done);
     EXPECT_EQ(type_of(ImageCreated{}), EventType::image_created);
     EXPECT_EQ(type_of(ImageDeleted{}), EventType::image_deleted);
+    EXPECT_EQ(type_of(TemplateCreated{}), EventType::template_created);
+    EXPECT_EQ(type_of(TemplateDeleted{}), EventType::template_deleted);
     EXPECT_EQ(type_of(EventsGap{}), EventType::events_gap);
 }
 
@@ -57,6 +59,8 @@ TEST(EventTypes, DataShapes) {
     EXPECT_EQ(event_data(OperationDone{"op-1", "succeeded", {}, R"({"id":"op-1"})"}),
               R"({"id":"op-1"})");
     EXPECT_EQ(event_data(ImageCreated{"deb", R"({"name":"deb"})"}), R"({"name":"deb"})");
+    EXPECT_EQ(event_data(TemplateCreated{"s", R"({"name":"s"})"}), R"({"name":"s"})");
+    EXPECT_EQ(event_data(TemplateDeleted{"s"}), R"({"template":"s"})");
     EXPECT_EQ(event_data(ImageDeleted{"deb"}), R"({"image":"deb"})");
     EXPECT_EQ(event_data(EventsGap{1, 5, 9, "m"}),
               R"({"since":1,"oldest":5,"revision":9,"message":"m"})");

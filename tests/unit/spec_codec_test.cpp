@@ -9,8 +9,8 @@
 using namespace hangar;
 
 namespace {
-const std::set<std::string> kAll = {"name", "type",  "cpus",      "memory_mib",
-                                    "boot", "image", "autostart", "description"};
+const std::set<std::string> kAll = {"name",  "type",      "cpus",        "memory_mib", "boot",
+                                    "image", "autostart", "description", "template"};
 
 Status decode(const std::string& body) {
     MachineSpec s;
@@ -29,9 +29,15 @@ TEST(SpecCodec, JsonRoundTrip) {
         R"({"name":"web1","type":"container","cpus":3,"memory_mib":512,)"
         R"("boot":{"kernel":"/k","initrd":"/i","cmdline":"console=ttyS0 \"q\"","disk":"/d",)"
         R"("command":["sh","-c","echo hi"]},"image":"debian-12","autostart":true,)"
-        R"("description":"é\n"})";
+        R"("description":"é\n","template":"small"})";
     MachineSpec s;
     ASSERT_TRUE(core::decode_machine_spec(body, s).ok());
+    EXPECT_EQ(s.template_name, "small");
+    // What the body named, for a template to leave alone.
+    EXPECT_TRUE(s.given.count("cpus") && s.given.count("boot.kernel") && s.given.count("template"));
+    MachineSpec bare;
+    ASSERT_TRUE(core::decode_machine_spec(R"({"name":"x","template":"small"})", bare).ok());
+    EXPECT_EQ(bare.given, (std::set<std::string>{"name", "template"}));
     EXPECT_EQ(s.name, "web1");
     EXPECT_EQ(s.type, "container");
     EXPECT_EQ(s.cpus, 3u);
@@ -135,6 +141,7 @@ TEST(SpecCodec, StoredCopyRoundTripsAndIgnoresUnknownKeys) {
     s.image = "img";
     s.autostart = true;
     s.description = "d";
+    s.template_name = "small";
     std::string text = core::encode_stored_spec(s);
     EXPECT_EQ(text.find("web1"), std::string::npos);
     MachineSpec back;
@@ -191,6 +198,7 @@ TEST(SpecDict, SameKeysAsTheJsonWithBootNested) {
                      {"memory_mib", sdbus::Variant(uint32_t{256})},
                      {"autostart", sdbus::Variant(true)},
                      {"description", sdbus::Variant(std::string("d"))},
+                     {"template", sdbus::Variant(std::string("small"))},
                      {"name", sdbus::Variant(std::string("web1"))},
                      {"boot", sdbus::Variant(boot)}};
     MachineSpec s;
@@ -199,8 +207,8 @@ TEST(SpecDict, SameKeysAsTheJsonWithBootNested) {
     MachineSpec j;
     ASSERT_TRUE(core::decode_machine_spec(
                     R"({"name":"web1","cpus":2,"memory_mib":256,"autostart":true,)"
-                    R"("description":"d","boot":{"kernel":"/k","cmdline":"console=ttyS0",)"
-                    R"("command":["sh"]}})",
+                    R"("description":"d","template":"small",)"
+                    R"("boot":{"kernel":"/k","cmdline":"console=ttyS0","command":["sh"]}})",
                     j)
                     .ok());
     EXPECT_EQ(core::encode_spec(s, kAll), core::encode_spec(j, kAll));
