@@ -11,6 +11,7 @@
 #include "core/images.hpp"
 #include "core/machines.hpp"
 #include "core/operations.hpp"
+#include "core/pools.hpp"
 
 namespace boost::asio {
 class io_context;
@@ -51,6 +52,8 @@ void register_image_routes(Router& router, core::Images& images);
 // /v1/templates (template_routes.cpp), and the hangar_templates metric.
 void register_template_routes(Router& router, core::Templates& templates);
 void template_metrics(const core::Templates& templates, std::string& out);
+// /v1/pools (pool_routes.cpp).
+void register_pool_routes(Router& router, core::Pools& pools);
 
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,

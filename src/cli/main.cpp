@@ -83,6 +83,8 @@ const char* kUsage =
     "  template list | template show NAME | template delete NAME\n"
     "  template create NAME [--cpus N] [--memory MIB] [--disk GIB] [--description S]\n"
     "                               size templates (create and delete: admins)\n"
+    "  pool list | pool show NAME | pool create NAME PATH | pool delete NAME\n"
+    "                               storage pools (create and delete: admins)\n"
     "  operation show ID | operation cancel ID\n"
     "                               an operation; cancel a running image pull or import\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
@@ -1028,6 +1030,59 @@ int run(int argc, char** argv) {
         throw UsageError{
             "template list | template show NAME | template delete NAME | template create NAME "
             "[--cpus N] [--memory MIB] [--disk GIB] [--description S]"};
+    }
+    if (cmd == "pool") {
+        auto a = parse_args(args, {}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        if (sub == "list" && a.pos.size() == 1) {
+            if (int rc = request(http::verb::get, "/v1/pools", "", &doc)) {
+                return rc;
+            }
+            simdjson::dom::array list;
+            if (as_json || doc["pools"].get(list) != simdjson::SUCCESS) {
+                std::cout << out << "\n";
+                return 0;
+            }
+            auto gib = [](const std::string& bytes) {
+                if (bytes.empty()) {
+                    return std::string("-");
+                }
+                std::ostringstream o;
+                o << std::fixed << std::setprecision(1) << std::stod(bytes) / (1 << 30) << " GiB";
+                return o.str();
+            };
+            std::vector<std::vector<std::string>> rows;
+            for (auto p : list) {
+                rows.push_back({str(p, "name"), str(p, "driver"), str(p, "path"),
+                                str(p, "reflink") == "true" ? "yes" : "no",
+                                gib(str(p, "capacity_bytes")), gib(str(p, "free_bytes"))});
+            }
+            print_table({"NAME", "DRIVER", "PATH", "REFLINK", "SIZE", "FREE"}, rows);
+            return 0;
+        }
+        if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
+            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
+            if (int rc = request(verb, "/v1/pools/" + url_encode(a.pos[1]), "", &doc)) {
+                return rc;
+            }
+            if (sub == "show") {
+                std::cout << out << "\n";
+            }
+            return 0;
+        }
+        if (sub == "create" && a.pos.size() == 3) {
+            std::error_code ec;
+            auto path = std::filesystem::absolute(a.pos[2], ec).lexically_normal().string();
+            hangar::json::Writer w;
+            w.begin_object().field("name", a.pos[1]).field("driver", "dir").field("path", path);
+            w.end_object();
+            if (int rc = request(http::verb::post, "/v1/pools", w.str(), &doc)) {
+                return rc;
+            }
+            std::cout << out << "\n";
+            return 0;
+        }
+        throw UsageError{"pool list | pool show NAME | pool create NAME PATH | pool delete NAME"};
     }
     if (cmd == "operation") {
         auto a = parse_args(args, {}, {});

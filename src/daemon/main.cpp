@@ -334,6 +334,12 @@ int main(int argc, char** argv) {
     });
     api::register_routes(router, machines, credentials, operations, image_store, info, probes);
     api::register_template_routes(router, templates);
+    core::Pools pools(db, opts.state_dir);
+    if (Status st = pools.load(); !st) {
+        fatal("pools: " + st.message());
+    }
+    api::register_pool_routes(router, pools);
+    probes.more.push_back([&pools](std::string& out) { pools.render_metrics(out); });
     probes.more.push_back(
         [&templates](std::string& out) { api::template_metrics(templates, out); });
     core::ConsoleLimits console_limits;

@@ -81,9 +81,10 @@ CREATE TABLE operations(
     bytes INTEGER NOT NULL DEFAULT 0,
     total INTEGER NOT NULL DEFAULT 0);
 )sql",
-    // 7: size templates (their JSON as the API shows it).
+    // 7: size templates and storage pools (their JSON as the API shows it).
     R"sql(
 CREATE TABLE templates(name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE pools(name TEXT PRIMARY KEY, data TEXT NOT NULL);
 )sql",
 };
 

@@ -85,7 +85,7 @@ class Db {
     std::string get_meta(const std::string& key);
     void set_meta(const std::string& key, const std::string& value);
 
-    // Named JSON documents: the tables "images" and "templates", (name, the object's JSON
+    // Named JSON documents: the tables "images", "templates" and "pools", (name, the object's JSON
     // as the API shows it).
     std::vector<std::pair<std::string, std::string>> load_documents(const char* table);
     void put_document(const char* table, const std::string& name, const std::string& data);

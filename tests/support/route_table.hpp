@@ -28,6 +28,7 @@ struct RouteTable {
     store::Db db;
     std::unique_ptr<core::EventBus> events;
     std::unique_ptr<core::Templates> templates;
+    std::unique_ptr<core::Pools> pools;
     std::unique_ptr<TestMachines> runtimes;  // and the Machines over them
     core::Machines* machines = nullptr;
     std::unique_ptr<core::Credentials> credentials;
@@ -62,6 +63,11 @@ struct RouteTable {
         info.health = health.get();
         api::register_routes(router, *machines, *credentials, *operations, *images, info, probes);
         api::register_template_routes(router, *templates);
+        pools = std::make_unique<core::Pools>(db, dir.string());
+        if (!pools->load().ok()) {
+            abort();
+        }
+        api::register_pool_routes(router, *pools);
         consoles = std::make_unique<core::Consoles>(io, *machines, *events);
         api::register_console_routes(router, *consoles, *machines);
         api::register_display_routes(router, *machines, io, tickets);
@@ -72,6 +78,7 @@ struct RouteTable {
         operations.reset();
         credentials.reset();
         runtimes.reset();
+        pools.reset();
         templates.reset();
         events.reset();
         std::filesystem::remove_all(dir);
