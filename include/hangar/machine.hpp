@@ -34,7 +34,10 @@ struct MachineSpec {
     uint32_t cpus = 1;
     uint32_t memory_mib = 128;
     BootSpec boot;
-    std::string image;  // containers: the local image their root file system is copied from
+    // Containers: the local image their root file system is copied from. VMs: a disk image
+    // their root disk is a copy-on-write overlay on.
+    std::string image;
+    uint32_t disk_gib = 0;  // VMs from an image: the root disk's size; 0: the image's size
     bool autostart = false;
     std::string description;
     std::string template_name;  // the size template a create named ("template"), or empty
@@ -48,6 +51,7 @@ inline constexpr uint32_t kMaxCpus = 64;
 inline constexpr uint32_t kMinMemoryMib = 32;
 inline constexpr uint32_t kMaxMemoryMib = 1024 * 1024;
 inline constexpr size_t kMaxDescription = 1024;
+inline constexpr uint32_t kMaxDiskGib = 65536;
 inline constexpr size_t kMaxCmdline = 4096;
 inline constexpr size_t kMaxCommandArgs = 256;
 inline constexpr size_t kMaxCommandArg = 4096;

@@ -20,6 +20,9 @@ struct MachineFiles {
     std::filesystem::path vnc_socket() const { return dir / "vnc.sock"; }
     std::filesystem::path pidfile() const { return dir / "qemu.pid"; }
     std::filesystem::path qemu_log() const { return dir / "qemu.log"; }
+    // A VM made from a disk image: its root disk, a qcow2 overlay on that image, made at the
+    // first start (root.qcow2.new until it is complete).
+    std::filesystem::path root_disk() const { return dir / "root.qcow2"; }
 };
 
 }  // namespace hangar

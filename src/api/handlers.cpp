@@ -59,7 +59,7 @@ Response accepted(const std::string& op_id) {
     return res;
 }
 
-// {"name": ..., "source": {"type": ..., "server"/"alias" | "path"}}
+// {"name": ..., "kind": ..., "source": {"type": ..., "server"/"alias" | "path" | "url"/"sha256"}}
 Status parse_pull(const std::string& body, core::PullRequest& pr) {
     simdjson::dom::parser parser;
     element doc;
@@ -69,8 +69,8 @@ Status parse_pull(const std::string& body, core::PullRequest& pr) {
     bool has_source = false;
     simdjson::dom::object fields = doc.get_object().value_unsafe();
     for (auto [key, v] : fields) {
-        if (key == "name") {
-            if (Status st = get_string(v, key, pr.name); !st) {
+        if (key == "name" || key == "kind") {
+            if (Status st = get_string(v, key, key == "name" ? pr.name : pr.kind); !st) {
                 return st;
             }
         } else if (key == "source") {
@@ -84,6 +84,8 @@ Status parse_pull(const std::string& body, core::PullRequest& pr) {
                                   : sk == "server" ? &pr.server
                                   : sk == "alias"  ? &pr.alias
                                   : sk == "path"   ? &pr.path
+                                  : sk == "url"    ? &pr.url
+                                  : sk == "sha256" ? &pr.sha256
                                                    : nullptr;
                 if (!to) {
                     return unknown_field("source.", sk);
@@ -102,10 +104,14 @@ Status parse_pull(const std::string& body, core::PullRequest& pr) {
     if (pr.name == "remote") {
         return {Errc::invalid_name, "image name 'remote' is reserved (GET /v1/images/remote)"};
     }
-    if (pr.type == "file" ? !pr.server.empty() || !pr.alias.empty() : !pr.path.empty()) {
+    bool server = !pr.server.empty() || !pr.alias.empty(),
+         url = !pr.url.empty() || !pr.sha256.empty();
+    if (pr.type == "file"  ? server || url
+        : pr.type == "url" ? server || !pr.path.empty()
+                           : url || !pr.path.empty()) {
         return {Errc::bad_request,
-                "a file source takes only 'path'; a server source 'server' "
-                "and 'alias'"};
+                "a file source takes only 'path'; a URL source 'url' and 'sha256'; a server "
+                "source 'server' and 'alias'"};
     }
     return {};
 }

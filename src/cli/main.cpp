@@ -53,6 +53,8 @@ const char* kUsage =
     "       [--limit N [--after NAME]]  one page: N machines named after NAME\n"
     "  create NAME [--template T] [--cpus N] [--memory MIB] [--kernel F] [--initrd F]\n"
     "              [--cmdline S] [--disk F] [--description S] [--autostart]\n"
+    "              [--image DISK-IMAGE [--disk-size GIB]]\n"
+    "                               a VM on a copy-on-write root disk made from the image\n"
     "              [--type container --image IMAGE [-- COMMAND ARGS...]]\n"
     "                               a container boots its image's init, or runs COMMAND\n"
     "  exec NAME [--env K=V]... [--cwd DIR] [--timeout S] -- COMMAND ARGS...\n"
@@ -78,7 +80,11 @@ const char* kUsage =
     "  image list | image show NAME | image delete NAME\n"
     "  image pull SERVER ALIAS [--type simplestreams|lxc] [--name NAME]\n"
     "                               pull a container root file system; waits for it\n"
-    "  image import NAME FILE       a local rootfs tarball or squashfs\n"
+    "  image import NAME FILE [--kind rootfs|disk|iso]\n"
+    "                               a rootfs tarball or squashfs, a qcow2 or raw disk image,\n"
+    "                               an ISO (told by its content; a raw disk needs --kind disk)\n"
+    "  image download NAME URL --sha256 HEX [--kind disk|iso]\n"
+    "                               a VM disk image or ISO from a URL, checked by its SHA-256\n"
     "  image remote SERVER [--type simplestreams|lxc]   what a server offers\n"
     "  template list | template show NAME | template delete NAME\n"
     "  template create NAME [--cpus N] [--memory MIB] [--disk GIB] [--description S]\n"
@@ -520,7 +526,7 @@ int run(int argc, char** argv) {
     if (cmd == "create") {
         auto a = parse_args(args,
                             {"--cpus", "--memory", "--kernel", "--initrd", "--cmdline", "--disk",
-                             "--description", "--type", "--image", "--template"},
+                             "--description", "--type", "--image", "--template", "--disk-size"},
                             {"--autostart"});
         if (a.pos.size() != 1) {
             throw UsageError{"create needs exactly one NAME"};
@@ -548,6 +554,7 @@ int run(int argc, char** argv) {
         take("--type", "type", spec.type);
         take_u32("--cpus", "cpus", spec.cpus);
         take_u32("--memory", "memory_mib", spec.memory_mib);
+        take_u32("--disk-size", "disk_gib", spec.disk_gib);
         take("--description", "description", spec.description);
         take("--image", "image", spec.image);
         take("--template", "template", spec.template_name);
@@ -858,9 +865,10 @@ int run(int argc, char** argv) {
             "cert remove NAME"};
     }
     if (cmd == "image") {
-        auto a = parse_args(args, {"--type", "--name"}, {});
+        auto a = parse_args(args, {"--type", "--name", "--kind", "--sha256"}, {});
         std::string sub = a.pos.empty() ? "" : a.pos[0];
         std::string type = a.opt.count("--type") ? a.opt["--type"] : "simplestreams";
+        std::string kind = a.opt.count("--kind") ? a.opt["--kind"] : "";
         auto print_images = [&](simdjson::dom::array list) {
             std::vector<std::vector<std::string>> rows;
             for (auto img : list) {
@@ -868,19 +876,27 @@ int run(int argc, char** argv) {
                 if (img["source"].get(src) != simdjson::SUCCESS) {
                     src = img;
                 }
-                std::string from = str(src, "type") == "file"
-                                       ? str(src, "path")
+                std::string from = str(src, "type") == "file" ? str(src, "path")
+                                   : str(src, "type") == "url"
+                                       ? str(src, "url")
                                        : str(src, "server") + " " + str(src, "alias");
-                rows.push_back({str(img, "name"), str(img, "os") + " " + str(img, "release"),
-                                str(img, "arch"), str(img, "version"),
-                                std::to_string(std::stoull("0" + str(img, "size")) >> 20) + " MiB",
-                                from});
+                std::string k = str(img, "kind");
+                std::string what =
+                    k == "rootfs" ? str(img, "os") + " " + str(img, "release") : str(img, "format");
+                uint64_t size =
+                    std::stoull("0" + str(img, k == "rootfs" ? "size" : "virtual_size"));
+                rows.push_back({str(img, "name"), k, what, str(img, "arch"), str(img, "version"),
+                                std::to_string(size >> 20) + " MiB", from});
             }
-            print_table({"NAME", "OS", "ARCH", "VERSION", "SIZE", "SOURCE"}, rows);
+            print_table({"NAME", "KIND", "OS/FORMAT", "ARCH", "VERSION", "SIZE", "SOURCE"}, rows);
         };
         auto pull = [&](const std::string& name, const std::string& source) {
             hangar::json::Writer w;
-            w.begin_object().field("name", name).key("source").raw(source).end_object();
+            w.begin_object().field("name", name);
+            if (!kind.empty()) {
+                w.field("kind", kind);
+            }
+            w.key("source").raw(source).end_object();
             if (int rc = request(http::verb::post, "/v1/images?wait=true", w.str(), &doc)) {
                 return rc;
             }
@@ -938,6 +954,15 @@ int run(int argc, char** argv) {
             src.begin_object().field("type", "file").field("path", path.string()).end_object();
             return pull(a.pos[1], src.str());
         }
+        if (sub == "download" && a.pos.size() == 3 && a.opt.count("--sha256")) {
+            hangar::json::Writer src;
+            src.begin_object()
+                .field("type", "url")
+                .field("url", a.pos[2])
+                .field("sha256", a.opt["--sha256"])
+                .end_object();
+            return pull(a.pos[1], src.str());
+        }
         if (sub == "remote" && a.pos.size() == 2) {
             std::string q =
                 "/v1/images/remote?server=" + url_encode(a.pos[1]) + "&type=" + url_encode(type);
@@ -973,7 +998,8 @@ int run(int argc, char** argv) {
         }
         throw UsageError{
             "image list | image show NAME | image delete NAME | image pull SERVER ALIAS "
-            "[--type T] [--name NAME] | image import NAME FILE | image remote SERVER [--type T]"};
+            "[--type T] [--name NAME] | image import NAME FILE [--kind K] | image download NAME "
+            "URL --sha256 HEX [--kind K] | image remote SERVER [--type T]"};
     }
     if (cmd == "template") {
         auto a = parse_args(args, {"--cpus", "--memory", "--disk", "--description"}, {});

@@ -37,6 +37,7 @@ struct Images::Pull {
     std::string expected_sha256;
     std::string format;  // "tar" or "squashfs"
     Image img;
+    std::string file;  // a disk image's or ISO's file in `tmp`
     std::function<void(const Status&, const Image*)> done;
     std::chrono::steady_clock::time_point last_progress{};
     // Finished, failed, cancelled or timed out: late callbacks do nothing, and a download
@@ -66,11 +67,6 @@ bool printable(std::string_view s) {
         }
     }
     return true;
-}
-
-bool is_squashfs(int fd) {
-    char magic[4] = {};
-    return pread(fd, magic, sizeof magic, 0) == 4 && std::string_view(magic, 4) == "hsqs";
 }
 
 // How long a step over `bytes` of archive may take before the pull is ended: generous for a
@@ -125,7 +121,12 @@ bool image_from_json(const std::string& text, Image& img) {
     str(o, "version", img.version);
     str(o, "sha256", img.sha256);
     str(o, "created_at", img.created_at);
+    str(o, "kind", img.kind);
+    str(o, "format", img.format);
     uint64_t u = 0;
+    if (o["virtual_size"].get(u) == simdjson::SUCCESS) {
+        img.virtual_size = u;
+    }
     if (o["size"].get(u) == simdjson::SUCCESS) {
         img.size = u;
     }
@@ -138,11 +139,127 @@ bool image_from_json(const std::string& text, Image& img) {
         str(src, "server", img.server);
         str(src, "alias", img.alias);
         str(src, "path", img.path);
+        str(src, "url", img.url);
+    }
+    if (img.kind != "rootfs") {
+        img.format = img.kind == "iso" ? "raw" : img.format;
+        if ((img.kind != "disk" && img.kind != "iso") ||
+            (img.format != "qcow2" && img.format != "raw")) {
+            return false;
+        }
     }
     return !img.name.empty();
 }
 
+bool has_at(int fd, off_t at, std::string_view magic) {
+    char buf[16] = {};
+    return magic.size() <= sizeof buf &&
+           pread(fd, buf, magic.size(), at) == static_cast<ssize_t>(magic.size()) &&
+           std::string_view(buf, magic.size()) == magic;
+}
+
+// A URL a user gave for a download: http(s), a host, printable, no credentials or fragment.
+Status check_download_url(const std::string& url) {
+    std::string base;
+    std::string without_query = url.substr(0, url.find('?'));
+    if (Status st = check_server_url(without_query, base); !st) {
+        return {st.code(), "source.url: " + st.message()};
+    }
+    if (url.size() > 2048 || !printable(url) || url.find_first_of("@#\\") != std::string::npos) {
+        return {Errc::bad_request,
+                "source.url must be printable, without credentials or a fragment"};
+    }
+    if (without_query.back() == '/') {
+        return {Errc::bad_request, "source.url must name a file, not a directory"};
+    }
+    return {};
+}
+
+bool is_hex64(const std::string& s) {
+    return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+               return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+           });
+}
+
 }  // namespace
+
+Status detect_image_content(int fd, const std::string& hint, ImageContent& out) {
+    if (!hint.empty() && hint != "rootfs" && hint != "disk" && hint != "iso") {
+        return {Errc::bad_request,
+                "kind must be \"rootfs\", \"disk\" or \"iso\", not " + json::quote(hint)};
+    }
+    std::string found;
+    if (has_at(fd, 0, "QFI\xfb")) {
+        out = {"disk", "qcow2"};
+        found = "a qcow2 disk image";
+    } else if (has_at(fd, 32769, "CD001")) {
+        out = {"iso", "raw"};
+        found = "an ISO 9660 image";
+    } else if (has_at(fd, 0, "hsqs")) {
+        out = {"rootfs", "squashfs"};
+        found = "a squashfs";
+    } else if (has_at(fd, 257, "ustar") || has_at(fd, 0, "\x1f\x8b") ||
+               has_at(fd, 0,
+                      "\xfd"
+                      "7zXZ") ||
+               has_at(fd, 0, "\x28\xb5\x2f\xfd") || has_at(fd, 0, "BZh")) {
+        out = {"rootfs", "tar"};
+        found = "a tar archive";
+    } else if (hint == "disk") {
+        out = {"disk", "raw"};  // what the request says: a raw disk image
+        return {};
+    } else if (hint.empty() || hint == "rootfs") {
+        out = {"rootfs", "tar"};  // tar knows more formats than these magic numbers: it decides
+        return {};
+    } else {
+        return {Errc::invalid_spec, "the file is not an ISO 9660 image"};
+    }
+    // An ISO is a raw disk as well (hybrid images boot from either).
+    if (!hint.empty() && hint != out.kind && !(hint == "disk" && out.kind == "iso")) {
+        return {Errc::invalid_spec, "the file is " + found + ", not of kind " + json::quote(hint)};
+    }
+    if (hint == "disk" && out.kind == "iso") {
+        out = {"disk", "raw"};
+    }
+    return {};
+}
+
+Status check_disk_info(std::string_view info_json, const std::string& format,
+                       uint64_t& virtual_size) {
+    simdjson::dom::parser parser;
+    simdjson::dom::object o;
+    if (parser.parse(info_json.data(), info_json.size()).get(o) != simdjson::SUCCESS) {
+        return {Errc::internal, "qemu-img info did not answer JSON"};
+    }
+    std::string_view f;
+    if (o["format"].get(f) != simdjson::SUCCESS || f != format) {
+        return {Errc::invalid_spec,
+                "qemu-img reads the image as " + json::quote(std::string(f)) + ", not " + format};
+    }
+    std::string_view backing;
+    if (o["backing-filename"].get(backing) == simdjson::SUCCESS ||
+        o["full-backing-filename"].get(backing) == simdjson::SUCCESS) {
+        return {Errc::invalid_spec,
+                "the image names a backing file (" + json::quote(std::string(backing)) +
+                    "): an image must hold all its data; flatten it first (qemu-img convert)"};
+    }
+    std::string_view data_file;
+    if (o.at_pointer("/format-specific/data/data-file").get(data_file) == simdjson::SUCCESS) {
+        return {Errc::invalid_spec, "the image keeps its data in an external file (" +
+                                        json::quote(std::string(data_file)) +
+                                        "); convert it to a plain qcow2 first"};
+    }
+    uint64_t size = 0;
+    if (o["virtual-size"].get(size) != simdjson::SUCCESS || size == 0) {
+        return {Errc::invalid_spec, "qemu-img reports no virtual size"};
+    }
+    if (size > kMaxVirtualBytes) {
+        return {Errc::invalid_spec, "the image's virtual size (" + std::to_string(size) +
+                                        " bytes) is larger than 64 TiB"};
+    }
+    virtual_size = size;
+    return {};
+}
 
 Status check_server_url(const std::string& url, std::string& base) {
     std::string_view rest;
@@ -197,9 +314,12 @@ void Images::load() {
             db_.delete_document("images", name);
             continue;
         }
-        if (!fs::is_directory(rootfs_dir(name), ec)) {
-            spdlog::warn("images: {} has no root file system in {}; dropping its record", name,
-                         dir_);
+        bool present = img->kind == "rootfs"
+                           ? fs::is_directory(rootfs_dir(name), ec)
+                           : fs::is_regular_file(dir_ + "/" + name + "/" + file_name(*img), ec);
+        if (!present) {
+            spdlog::warn("images: {} has no {} in {}; dropping its record", name,
+                         img->kind == "rootfs" ? "root file system" : file_name(*img), dir_);
             db_.delete_document("images", name);
             continue;
         }
@@ -242,7 +362,30 @@ Status Images::rootfs(const std::string& name, std::string& path) const {
     if (Status st = get(name, &img); !st) {
         return st;
     }
+    if (img->kind != "rootfs") {
+        return {Errc::invalid_spec, "image " + json::quote(name) + " is a " + img->kind +
+                                        " image, not a container's root file system"};
+    }
     path = rootfs_dir(name);
+    return {};
+}
+
+std::string Images::file_name(const Image& img) {
+    return img.kind == "iso" ? "image.iso" : "disk." + img.format;
+}
+
+Status Images::file_of(const std::string& name, const std::string& kind, const Image** out,
+                       std::string& path) const {
+    const Image* img = nullptr;
+    if (Status st = get(name, &img); !st) {
+        return st;
+    }
+    if (img->kind != kind) {
+        return {Errc::invalid_spec, "image " + json::quote(name) + " is of kind " +
+                                        json::quote(img->kind) + ", not " + json::quote(kind)};
+    }
+    *out = img;
+    path = dir_ + "/" + name + "/" + file_name(*img);
     return {};
 }
 
@@ -255,6 +398,9 @@ Status Images::remove(const Caller& caller, const std::string& name) {
     if (!caller.admin && img->owner != caller.uid) {
         return {Errc::forbidden,
                 "image " + json::quote(name) + " belongs to uid " + std::to_string(img->owner)};
+    }
+    if (std::string who = users_ ? users_(name) : ""; !who.empty()) {
+        return {Errc::conflict, "image " + json::quote(name) + " is in use by " + who};
     }
     // Out of the way at once, so the name is free; the tree goes in the background.
     std::string trash = dir_ + "/.trash-" + name + "-" + random_hex(4);
@@ -336,11 +482,9 @@ Status Images::resolve_server(const Caller& caller, const std::string& server, s
     if (caller.admin) {
         return {};  // root and admins may use any server, and follow any redirect
     }
-    std::vector<std::string> origins;
     bool configured = false;
     for (const auto& [name, url] : remotes_) {
         configured = configured || url == base;
-        origins.push_back(url_origin(url));
     }
     if (!configured) {
         std::string names;
@@ -353,6 +497,15 @@ Status Images::resolve_server(const Caller& caller, const std::string& server, s
                                      "; --image-remote NAME=URL); " + json::quote(server) +
                                      " is not one of them"};
     }
+    keep_on_remotes(ctl);
+    return {};
+}
+
+void Images::keep_on_remotes(Transfer::Control& ctl) const {
+    std::vector<std::string> origins;
+    for (const auto& [name, url] : remotes_) {
+        origins.push_back(url_origin(url));
+    }
     // Redirects stay on the remotes' own servers.
     ctl.allow = [origins](const std::string& url) -> Status {
         std::string o = url_origin(url);
@@ -361,7 +514,6 @@ Status Images::resolve_server(const Caller& caller, const std::string& server, s
         }
         return {Errc::forbidden, "it leaves the configured image remotes"};
     };
-    return {};
 }
 
 Status Images::pull(const Caller& caller, const PullRequest& req, std::string& op_id,
@@ -398,6 +550,9 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
                     "the pull slots open to users are taken; try again when one is done"};
         }
     }
+    if (!req.kind.empty() && req.type != "file" && req.type != "url" && req.kind != "rootfs") {
+        return {Errc::bad_request, "image servers offer root file systems: kind \"rootfs\""};
+    }
     auto p = std::make_shared<Pull>();
     p->req = req;
     p->done = std::move(done);
@@ -420,8 +575,45 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
         }
         p->img.path = req.path;
         p->img.size = static_cast<uint64_t>(f.st.st_size);
-        p->format = is_squashfs(f.fd.get()) ? "squashfs" : "tar";
+        ImageContent c;
+        if (Status st = detect_image_content(f.fd.get(), req.kind, c); !st) {
+            return {st.code(), "source.path " + json::quote(req.path) + ": " + st.message()};
+        }
+        p->img.kind = c.kind;
+        (c.kind == "rootfs" ? p->format : p->img.format) = c.format;
         p->archive_fd = std::move(f.fd);
+    } else if (req.type == "url") {
+        if (Status st = check_download_url(req.url); !st) {
+            return st;
+        }
+        if (!is_hex64(req.sha256)) {
+            return {Errc::bad_request,
+                    "source.sha256 must be the file's SHA-256: 64 lowercase hex digits"};
+        }
+        if (!req.kind.empty() && req.kind != "disk" && req.kind != "iso") {
+            return {Errc::bad_request,
+                    "a URL source is a disk image or an ISO: kind \"disk\" or \"iso\""};
+        }
+        std::string origin = url_origin(req.url), names;
+        bool allowed = caller.admin;
+        for (const auto& [name, url] : remotes_) {
+            allowed = allowed || url_origin(url) == origin;
+            names += (names.empty() ? "" : ", ") + name + "=" + url;
+        }
+        if (!allowed) {
+            return {Errc::forbidden, "uid " + std::to_string(caller.uid) +
+                                         " may download only from the configured image "
+                                         "remotes' servers (" +
+                                         (names.empty() ? "none" : names) + ")"};
+        }
+        if (!caller.admin) {
+            keep_on_remotes(p->ctl);
+        }
+        if (!transfer_) {
+            return {Errc::unavailable, "downloads are not available in this process"};
+        }
+        p->img.url = req.url;
+        p->expected_sha256 = req.sha256;
     } else if (req.type == "simplestreams" || req.type == "lxc") {
         if (Status st = resolve_server(caller, req.server, p->base, p->ctl); !st) {
             return st;
@@ -435,7 +627,7 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
         p->img.server = remotes_.count(req.server) ? p->base : req.server;
         p->img.alias = req.alias;
     } else {
-        return {Errc::bad_request, "source.type must be simplestreams, lxc or file"};
+        return {Errc::bad_request, "source.type must be simplestreams, lxc, file or url"};
     }
     std::error_code ec;
     fs::create_directories(dir_, ec);
@@ -523,8 +715,11 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
         run_step("unpack", argv, 3, [this, p, rootfs, tool = argv[0]](const CaptureResult& r) {
             if (r.exit.code != 0 || r.exit.signal != 0) {
                 return finish(
-                    p, {Errc::invalid_spec, "the archive could not be unpacked (" + tool + " " +
-                                                r.exit.describe() + "): " + tail_of(r.out)});
+                    p, {Errc::invalid_spec,
+                        "the archive could not be unpacked (" + tool + " " + r.exit.describe() +
+                            "): " + tail_of(r.out) +
+                            (p->req.kind.empty() ? " (a raw disk image needs \"kind\": \"disk\")"
+                                                 : "")});
             }
             std::error_code ec;
             if (fs::is_empty(rootfs, ec)) {
@@ -533,72 +728,148 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
             finish(p, {});
         });
     };
-    auto verify = [this, p, run_step, unpack] {
+    // Disk images and ISOs: the file goes into the pull's directory (a copy of a user's file,
+    // made by reflink where the file system can; a download is renamed), then qemu-img reads
+    // that copy, which nobody else can change any more.
+    auto inspect = [this, p, run_step] {
+        ops_.progress(p->op, "inspect", p->img.size, p->img.size);
+        auto done = [this, p] {
+            ::chmod(p->file.c_str(), 0444);  // a base image is never written
+            finish(p, {});
+        };
+        if (p->img.kind == "iso") {
+            p->img.virtual_size = p->img.size;
+            return done();
+        }
+        run_step(
+            "inspect", {"qemu-img", "info", "--output=json", "-f", p->img.format, "--", p->file}, 0,
+            [this, p, run_step, done](const CaptureResult& r) {
+                if (r.exit.code != 0 || r.exit.signal != 0) {
+                    return finish(p, {Errc::invalid_spec,
+                                      "qemu-img cannot read the image: " + tail_of(r.out)});
+                }
+                if (Status st = check_disk_info(r.out, p->img.format, p->img.virtual_size); !st) {
+                    return finish(p, st);
+                }
+                if (p->img.format != "qcow2") {
+                    return done();
+                }
+                // 0: clean, 3: leaked clusters only (space, not data).
+                run_step("check", {"qemu-img", "check", "-q", "-f", "qcow2", "--", p->file}, 0,
+                         [this, p, done](const CaptureResult& r) {
+                             if ((r.exit.code != 0 && r.exit.code != 3) || r.exit.signal) {
+                                 return finish(p, {Errc::invalid_spec,
+                                                   "the qcow2 image is damaged (qemu-img check " +
+                                                       r.exit.describe() + "): " + tail_of(r.out)});
+                             }
+                             done();
+                         });
+            });
+    };
+    auto place = [this, p, run_step, inspect] {
+        p->file = p->tmp + "/" + Images::file_name(p->img);
+        if (p->req.type != "file") {
+            if (::rename(p->archive.c_str(), p->file.c_str()) != 0) {
+                return finish(p, {Errc::internal, "rename " + p->archive + ": " + strerror(errno)});
+            }
+            return inspect();
+        }
+        ops_.progress(p->op, "copy", p->img.size, p->img.size);
+        run_step("copy", {"cp", "--reflink=auto", "--sparse=always", "/dev/fd/3", p->file}, 3,
+                 [this, p, inspect](const CaptureResult& r) {
+                     if (r.exit.code != 0 || r.exit.signal != 0) {
+                         return finish(
+                             p, {Errc::internal, "copying the image (cp " + r.exit.describe() +
+                                                     "): " + tail_of(r.out)});
+                     }
+                     inspect();
+                 });
+    };
+    auto verify = [this, p, run_step, unpack, place] {
         ops_.progress(p->op, "verify", p->img.size, p->img.size);
-        run_step("verify", {"sha256sum"}, 0, [this, p, unpack](const CaptureResult& r) {
+        run_step("verify", {"sha256sum"}, 0, [this, p, unpack, place](const CaptureResult& r) {
             if (r.exit.code != 0 || r.exit.signal != 0 || r.out.size() < 64) {
                 return finish(p, {Errc::internal, "sha256sum failed: " + tail_of(r.out)});
             }
             std::string got = r.out.substr(0, 64);
             if (!p->expected_sha256.empty() && got != p->expected_sha256) {
                 return finish(
-                    p, {Errc::unavailable, "checksum mismatch: the downloaded file has SHA-256 " +
-                                               got + ", the catalog says " + p->expected_sha256 +
-                                               "; nothing was registered"});
+                    p, {Errc::unavailable,
+                        "checksum mismatch: the downloaded file has SHA-256 " + got + ", " +
+                            (p->req.type == "url" ? "the request says " : "the catalog says ") +
+                            p->expected_sha256 + "; nothing was registered"});
             }
             p->img.sha256 = got;
-            unpack();
+            p->img.kind == "rootfs" ? unpack() : place();
         });
     };
-    auto download = [this, alive, p, verify, arm](const RemoteImage& r) {
+    // Downloads `url` into the archive, then verifies it.
+    auto fetch = [this, alive, p, verify, arm](const std::string& url) {
+        ops_.progress(p->op, "download", 0, p->img.size);
+        // At least 1 MiB/s on average, and never less than ten minutes.
+        arm("download", std::chrono::seconds(600 + p->img.size / (1u << 20)));
+        transfer_->download(
+            url, p->archive, p->ctl,
+            [this, alive, p](uint64_t bytes, uint64_t total) {
+                auto now = std::chrono::steady_clock::now();
+                if (*alive && !*p->ended && now - p->last_progress >= kProgressInterval) {
+                    p->last_progress = now;
+                    ops_.progress(p->op, "download", bytes, total);
+                }
+            },
+            [this, alive, p, verify](const Status& st) {
+                if (!*alive || *p->ended) {
+                    return;
+                }
+                if (!st) {
+                    return finish(p, st);
+                }
+                // hangard's own file, in its own directory.
+                int fd = ::open(p->archive.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                struct stat sb {};
+                if (fd < 0 || fstat(fd, &sb) != 0) {
+                    if (fd >= 0) {
+                        ::close(fd);
+                    }
+                    return finish(p, {Errc::internal, "cannot open the downloaded archive: " +
+                                                          std::string(strerror(errno))});
+                }
+                p->archive_fd.reset(fd);
+                p->img.size = static_cast<uint64_t>(sb.st_size);
+                if (p->req.type == "url") {
+                    ImageContent c;
+                    Status cst = detect_image_content(fd, p->req.kind, c);
+                    if (!cst && p->req.kind.empty()) {
+                        c = {"disk", "raw"};  // no header of its own: a raw disk image
+                        cst = {};
+                    }
+                    if (!cst || c.kind == "rootfs") {
+                        return finish(p, cst ? Status{Errc::invalid_spec,
+                                                      "the download is a root file system "
+                                                      "archive, not a disk image or ISO"}
+                                             : cst);
+                    }
+                    p->img.kind = c.kind;
+                    p->img.format = c.format;
+                }
+                verify();
+            });
+    };
+    auto download = [this, alive, p, fetch](const RemoteImage& r) {
         static_cast<images::ImageInfo&>(p->img) = r;
         p->img.size = r.size;
         p->format = r.format;
-        auto fetch = [this, alive, p, verify, arm, path = r.path] {
-            ops_.progress(p->op, "download", 0, p->img.size);
-            // At least 1 MiB/s on average, and never less than ten minutes.
-            arm("download", std::chrono::seconds(600 + p->img.size / (1u << 20)));
-            transfer_->download(
-                p->base + path, p->archive, p->ctl,
-                [this, alive, p](uint64_t bytes, uint64_t total) {
-                    auto now = std::chrono::steady_clock::now();
-                    if (*alive && !*p->ended && now - p->last_progress >= kProgressInterval) {
-                        p->last_progress = now;
-                        ops_.progress(p->op, "download", bytes, total);
-                    }
-                },
-                [this, alive, p, verify](const Status& st) {
-                    if (!*alive || *p->ended) {
-                        return;
-                    }
-                    if (!st) {
-                        return finish(p, st);
-                    }
-                    // hangard's own file, in its own directory.
-                    int fd = ::open(p->archive.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-                    struct stat sb {};
-                    if (fd < 0 || fstat(fd, &sb) != 0) {
-                        if (fd >= 0) {
-                            ::close(fd);
-                        }
-                        return finish(p, {Errc::internal, "cannot open the downloaded archive: " +
-                                                              std::string(strerror(errno))});
-                    }
-                    p->archive_fd.reset(fd);
-                    p->img.size = static_cast<uint64_t>(sb.st_size);
-                    verify();
-                });
-        };
+        std::string url = p->base + r.path;
         if (!r.sha256.empty()) {
             p->expected_sha256 = r.sha256;
-            return fetch();
+            return fetch(url);
         }
         // The LXC index gives no checksum; the image's directory may have SHA256SUMS.
         std::string dir = r.path.substr(0, r.path.rfind('/') + 1);
         std::string file = r.path.substr(dir.size());
         transfer_->get(
             p->base + dir + "SHA256SUMS", 1024 * 1024, p->ctl,
-            [this, alive, p, fetch, file](const Status& st, std::string body) {
+            [this, alive, p, fetch, file, url](const Status& st, std::string body) {
                 if (!*alive || *p->ended) {
                     return;
                 }
@@ -617,15 +888,18 @@ Status Images::pull(const Caller& caller, const PullRequest& req, std::string& o
                         "is recorded, not verified",
                         p->req.name);
                 }
-                fetch();
+                fetch(url);
             });
     };
-    boost::asio::post(io_, [this, alive, p, download, verify, arm] {
+    boost::asio::post(io_, [this, alive, p, download, verify, fetch, arm] {
         if (!*alive || *p->ended) {
             return;
         }
         if (p->req.type == "file") {
             return verify();
+        }
+        if (p->req.type == "url") {
+            return fetch(p->img.url);
         }
         ops_.progress(p->op, "catalog", 0, 0);
         arm("reading the catalog", std::chrono::seconds(300));
@@ -698,10 +972,18 @@ void Images::finish(const std::shared_ptr<Pull>& p, const Status& st) {
 
 std::string Images::to_json(const Image& img) const {
     json::Writer w;
-    w.begin_object().field("name", img.name).field("type", "container");
+    w.begin_object()
+        .field("name", img.name)
+        .field("type", img.kind == "rootfs" ? "container" : "vm")
+        .field("kind", img.kind);
+    if (img.kind != "rootfs") {
+        w.field("format", img.format).field("virtual_size", img.virtual_size);
+    }
     w.key("source").begin_object().field("type", img.source_type);
     if (img.source_type == "file") {
         w.field("path", img.path);
+    } else if (img.source_type == "url") {
+        w.field("url", img.url);
     } else {
         w.field("server", img.server).field("alias", img.alias);
     }

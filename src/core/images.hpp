@@ -1,10 +1,14 @@
 #pragma once
-// Local images: container root file systems pulled from an image server (simplestreams or the
-// flat LXC index) or imported from a local tarball, kept under <state dir>/images/NAME/rootfs
-// and recorded in the store. A pull runs as an operation (progress as `operation.progress`
-// events): catalog, download (resumed or retried by the Transfer), SHA-256 check and
-// extraction in child processes, then one rename into place — an image is registered only
-// whole. Images are never modified; machines get copies.
+// Local images, of three kinds: `rootfs` (a container's root file system, pulled from an image
+// server — simplestreams or the flat LXC index — or imported from a tarball or squashfs, kept
+// in <state dir>/images/NAME/rootfs), `disk` (a VM disk image, qcow2 or raw, in
+// images/NAME/disk.qcow2 or disk.raw) and `iso` (images/NAME/image.iso). Disk images and ISOs
+// are imported from a file or downloaded from a URL with its SHA-256. A pull runs as an
+// operation (progress as `operation.progress` events): catalog, download (resumed or retried
+// by the Transfer), SHA-256 check, extraction or copy, and for disk images an inspection by
+// `qemu-img info` (refused: a backing file, an external data file, an absurd size) in child
+// processes, then one rename into place — an image is registered only whole. Images are never
+// written: containers get copies, VMs copy-on-write overlays.
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -26,8 +30,11 @@ namespace hangar::core {
 
 struct Image : images::ImageInfo {
     std::string name;
-    std::string source_type;  // "simplestreams", "lxc" or "file"
-    std::string server, alias, path;
+    std::string kind = "rootfs";  // "rootfs", "disk" or "iso"
+    std::string format;           // disk: "qcow2" or "raw"; iso: "raw"; rootfs: ""
+    uint64_t virtual_size = 0;    // disk and iso: the size the guest sees, in bytes
+    std::string source_type;      // "simplestreams", "lxc", "file" or "url"
+    std::string server, alias, path, url;
     std::string sha256;  // of the archive it was made from
     uint64_t size = 0;   // of that archive, in bytes
     std::string created_at;
@@ -56,9 +63,29 @@ class Transfer {
 
 struct PullRequest {
     std::string name;
-    std::string type;  // "simplestreams", "lxc", "file"
-    std::string server, alias, path;
+    std::string type;  // "simplestreams", "lxc", "file", "url"
+    std::string server, alias, path, url, sha256;
+    std::string kind;  // "rootfs", "disk", "iso", or "" to tell by the content
 };
+
+// What a file is, by its first bytes: a qcow2 or ISO image, a squashfs, a tar archive
+// (compressed or not). `hint` (a request's "kind") settles what content cannot: a raw disk
+// image. An error names what was found when it does not fit the hint.
+struct ImageContent {
+    std::string kind;    // "rootfs", "disk", "iso"
+    std::string format;  // rootfs: "tar" or "squashfs"; disk: "qcow2" or "raw"; iso: "raw"
+};
+Status detect_image_content(int fd, const std::string& hint, ImageContent& out);
+
+// What `qemu-img info --output=json` says of a disk image, checked: the format is the one
+// expected, no backing file and no external data file is named, and the virtual size is at
+// most kMaxVirtualBytes.
+Status check_disk_info(std::string_view info_json, const std::string& format,
+                       uint64_t& virtual_size);
+inline constexpr uint64_t kMaxVirtualBytes = 64ull << 40;  // 64 TiB
+
+// What depends on an image (machines, disks): "" when nothing, else who, for a message.
+using ImageUsers = std::function<std::string(const std::string& image)>;
 
 class Images {
   public:
@@ -90,8 +117,15 @@ class Images {
     // root file system in its rootfs/.
     static std::string dir_in(const std::string& state_dir) { return state_dir + "/images"; }
     std::string rootfs_dir(const std::string& name) const { return dir_ + "/" + name + "/rootfs"; }
-    // The root file system of image `name` (not_found, invalid_name as get()).
+    // The root file system of image `name` (not_found, invalid_name as get(); invalid_spec
+    // when the image is of another kind).
     Status rootfs(const std::string& name, std::string& path) const;
+    // The file of disk or ISO image `name` (`kind`), as rootfs().
+    Status file_of(const std::string& name, const std::string& kind, const Image** img,
+                   std::string& path) const;
+    static std::string file_name(const Image& img);
+    // Asked before an image is deleted.
+    void set_users(ImageUsers users) { users_ = std::move(users); }
     size_t pulling() const { return pending_.size(); }
     // Pulls in flight started by `owner`.
     size_t pulling(uint32_t owner) const {
@@ -116,6 +150,8 @@ class Images {
     // `ctl.allow` then keeps a non-admin's transfers on the configured remotes' servers.
     Status resolve_server(const Caller& caller, const std::string& server, std::string& base,
                           Transfer::Control& ctl) const;
+    // Lets a non-admin's transfer follow redirects only to the configured remotes' servers.
+    void keep_on_remotes(Transfer::Control& ctl) const;
     void catalog(const std::string& base, const std::string& type, const Transfer::Control& ctl,
                  std::function<void(const Status&, std::vector<images::RemoteImage>)> done);
 
@@ -133,6 +169,7 @@ class Images {
     };
     std::map<std::string, Pending> pending_;  // names being pulled, by whom
     const Quotas* quotas_ = nullptr;
+    ImageUsers users_;
     size_t succeeded_ = 0, failed_ = 0;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -192,9 +192,17 @@ const std::string& Machines::to_json(const Machine& m) const {
     if (!s.template_name.empty()) {
         w.field("template", s.template_name);
     }
-    w.key("disks")
-        .begin_array()
-        .end_array()
+    w.key("disks").begin_array();
+    if (m.type == MachineType::vm && !s.image.empty()) {
+        // The root disk: an overlay on the image, in the machine's directory.
+        w.begin_object()
+            .field("name", "root")
+            .field("boot", true)
+            .field("image", s.image)
+            .field("size_gib", s.disk_gib)
+            .end_object();
+    }
+    w.end_array()
         .key("ports")
         .begin_array()
         .end_array()
@@ -358,8 +366,8 @@ Status Machines::update(const Caller& caller, const std::string& name, MachineSp
         return st;
     }
     if (spec.name != m->spec.name || spec.type != m->spec.type || spec.image != m->spec.image ||
-        spec.template_name != m->spec.template_name) {
-        return {Errc::bad_request, "name, type, image and template cannot be changed"};
+        spec.template_name != m->spec.template_name || spec.disk_gib != m->spec.disk_gib) {
+        return {Errc::bad_request, "name, type, image, disk_gib and template cannot be changed"};
     }
     for (const char* field : {"cpus", "memory_mib", "boot"}) {
         if (changed.count(field) && (m->live || m->op != Op::none)) {

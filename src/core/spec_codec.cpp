@@ -16,6 +16,7 @@ const std::vector<SpecField> kTop = {
     {"memory_mib", "memory_mib", SpecFieldKind::u32},
     {"boot", "boot", SpecFieldKind::object},
     {"image", "image", SpecFieldKind::string},
+    {"disk_gib", "disk_gib", SpecFieldKind::u32},
     {"autostart", "autostart", SpecFieldKind::boolean},
     {"description", "description", SpecFieldKind::string},
     {"template", "template", SpecFieldKind::string},
@@ -166,6 +167,10 @@ Status set_spec_field(MachineSpec& spec, const SpecField& f, SpecValue v) {
             spec.memory_mib = *u;
             return {};
         }
+        if (f.path == "disk_gib") {
+            spec.disk_gib = *u;
+            return {};
+        }
     } else if (auto* b = std::get_if<bool>(&v); b && f.kind == SpecFieldKind::boolean) {
         if (f.path == "autostart") {
             spec.autostart = *b;
@@ -212,6 +217,8 @@ void encode_spec_fields(json::Writer& w, const MachineSpec& s, const std::set<st
             w.value(s.cpus);
         } else if (f.path == "memory_mib") {
             w.value(s.memory_mib);
+        } else if (f.path == "disk_gib") {
+            w.value(s.disk_gib);
         } else if (f.path == "autostart") {
             w.value(s.autostart);
         } else if (f.path == "boot") {
@@ -263,8 +270,8 @@ void encode_boot(json::Writer& w, const BootSpec& boot) {
     w.end_object();
 }
 
-const std::set<std::string> kStoredSpecFields = {"cpus",      "memory_mib",  "boot",    "image",
-                                                 "autostart", "description", "template"};
+const std::set<std::string> kStoredSpecFields = {
+    "cpus", "memory_mib", "boot", "image", "disk_gib", "autostart", "description", "template"};
 
 std::string encode_stored_spec(const MachineSpec& spec) {
     return encode_spec(spec, kStoredSpecFields);

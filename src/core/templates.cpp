@@ -157,6 +157,10 @@ Status Templates::apply(MachineSpec& spec) const {
     if (t.memory_mib && !spec.given.count("memory_mib")) {
         spec.memory_mib = t.memory_mib;
     }
+    // The root disk's size, for a VM made from a disk image.
+    if (t.disk_gib && !spec.given.count("disk_gib") && spec.type == "vm" && !spec.image.empty()) {
+        spec.disk_gib = t.disk_gib;
+    }
     return {};
 }
 

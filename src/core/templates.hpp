@@ -29,7 +29,6 @@ struct Template {
     std::string created_at;
 };
 
-inline constexpr uint32_t kMaxDiskGib = 64 * 1024;
 inline constexpr size_t kMaxTemplates = 1024;
 
 // A template's JSON (a POST body, the store's copy): strict, unknown fields refused, values

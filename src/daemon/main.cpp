@@ -332,6 +332,25 @@ int main(int argc, char** argv) {
     containers.set_image_lookup([&image_store](const std::string& name, std::string& rootfs) {
         return image_store.rootfs(name, rootfs);
     });
+    vms.set_image_lookup([&image_store](const std::string& name, qemu::DiskImage& out) {
+        const core::Image* img = nullptr;
+        Status st = image_store.file_of(name, "disk", &img, out.path);
+        if (st) {
+            out.format = img->format;
+            out.virtual_size = img->virtual_size;
+        }
+        return st;
+    });
+    // A disk image stays while VMs are overlays on it.
+    image_store.set_users([&machines](const std::string& image) {
+        std::string who;
+        for (const auto& [name, m] : machines.all()) {
+            if (m->type == core::MachineType::vm && m->spec.image == image) {
+                who += (who.empty() ? "machine " : ", ") + name;
+            }
+        }
+        return who;
+    });
     api::register_routes(router, machines, credentials, operations, image_store, info, probes);
     api::register_template_routes(router, templates);
     core::Pools pools(db, opts.state_dir);

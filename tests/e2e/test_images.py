@@ -270,9 +270,9 @@ class Images(DaemonTest):
                      "--type", "lxc", "--name", "bb")
         self.assertEqual(json.loads(out)["name"], "bb")
         out, _ = ctl("image", "list")
-        self.assertEqual(out.splitlines()[0].split(), ["NAME", "OS", "ARCH", "VERSION", "SIZE",
-                                                       "SOURCE"])
-        self.assertIn("busybox-1-36", out)
+        self.assertEqual(out.splitlines()[0].split(), ["NAME", "KIND", "OS/FORMAT", "ARCH",
+                                                       "VERSION", "SIZE", "SOURCE"])
+        self.assertRegex(out, r"busybox-1-36 +rootfs ")
         self.assertEqual(json.loads(ctl("image", "show", "bb")[0])["sha256"], self.sha)
         tarball = os.path.join(self.server_dir, "import.tar.xz")
         make_busybox_rootfs_tar(tarball)

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "util/json.hpp"
 #include "util/process.hpp"
 
 namespace hangar::qemu {
@@ -228,7 +229,8 @@ Status read_qcow2_refs(int fd, Qcow2Refs& out) {
 }
 
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
-                                    const MachinePaths& paths, int qmp_fd, const BootFds& fds) {
+                                    const MachinePaths& paths, int qmp_fd, const BootFds& fds,
+                                    const RootDisk& root) {
     std::vector<std::string> a = {
         settings.binary,
         "-name",
@@ -306,6 +308,20 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
         }
         a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=disk0,format=" + format,
                            "-device", "virtio-blk-pci,drive=disk0,bootindex=1"});
+    }
+    if (!root.overlay.empty()) {
+        auto file_node = [](const std::string& node, const std::string& path, bool ro) {
+            return "{\"driver\":\"file\",\"node-name\":" + json::quote(node) +
+                   ",\"filename\":" + json::quote(path) + (ro ? ",\"read-only\":true}" : "}");
+        };
+        a.insert(a.end(),
+                 {"-blockdev", file_node("base0-file", root.base, true), "-blockdev",
+                  "{\"driver\":" + json::quote(root.base_format) +
+                      ",\"node-name\":\"base0\",\"file\":\"base0-file\",\"read-only\":true}",
+                  "-blockdev", file_node("root-file", root.overlay, false), "-blockdev",
+                  "{\"driver\":\"qcow2\",\"node-name\":\"root\",\"file\":\"root-file\","
+                  "\"backing\":\"base0\"}",
+                  "-device", "virtio-blk-pci,drive=root,id=root,bootindex=1"});
     }
     return a;
 }

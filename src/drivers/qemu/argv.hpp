@@ -44,9 +44,18 @@ struct BootFds {
     std::string disk_format = "raw";  // "raw" or "qcow2": given to QEMU, never probed
 };
 
+// A VM's root disk made from a disk image: its overlay (qcow2, hangard's file) on the image,
+// which QEMU opens read-only. The chain is spelled out node by node (-blockdev), from
+// hangard's records: QEMU never follows a backing file name it reads from an image.
+struct RootDisk {
+    std::string overlay;  // absolute path; "" when the VM has none
+    std::string base, base_format;
+};
+
 // The QEMU command line for `spec`; QMP is the listening socket passed as `qmp_fd`.
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
-                                    const MachinePaths& paths, int qmp_fd, const BootFds& fds = {});
+                                    const MachinePaths& paths, int qmp_fd, const BootFds& fds = {},
+                                    const RootDisk& root = {});
 
 // The format a boot disk is used as: qcow2 when its name ends in .qcow2, else raw. The
 // format comes from the name, never from the content, which a guest can write.

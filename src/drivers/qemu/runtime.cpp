@@ -1,11 +1,18 @@
 #include "drivers/qemu/runtime.hpp"
 
 #include <signal.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 
+#include "hangar/names.hpp"
 #include "util/json.hpp"
+#include "util/process.hpp"
 #include "util/user_files.hpp"
 
 namespace hangar::qemu {
@@ -14,6 +21,7 @@ namespace {
 constexpr uint64_t kMaxKernelBytes = 512ull << 20;
 constexpr uint64_t kMaxInitrdBytes = 4ull << 30;
 constexpr uint64_t kMaxDiskBytes = 64ull << 40;
+constexpr uint64_t kGiB = 1ull << 30;
 }  // namespace
 
 struct QemuRuntime::BootFiles {
@@ -64,15 +72,50 @@ QemuRuntime::Vm* QemuRuntime::find(const core::InstanceRef& ref) {
 
 // ---- specs -----------------------------------------------------------------------------
 
+Status QemuRuntime::lookup_image(const MachineSpec& spec, DiskImage& out) const {
+    Status st = image_lookup_ ? image_lookup_(spec.image, out)
+                              : Status{Errc::unavailable, "this hangard has no image store"};
+    if (!st) {
+        return {st.code() == Errc::not_found ? Errc::invalid_spec : st.code(),
+                "image: " + st.message() + " (GET /v1/images lists the local images)"};
+    }
+    return {};
+}
+
 Status QemuRuntime::validate(MachineSpec& spec, const core::Privilege& who) const {
-    if (!spec.image.empty() || !spec.boot.command.empty()) {
-        return {Errc::invalid_spec, "image and boot.command are for containers"};
+    if (!spec.boot.command.empty()) {
+        return {Errc::invalid_spec, "boot.command is for containers"};
+    }
+    if (!spec.image.empty()) {
+        if (Status st = check_name("image", spec.image); !st) {
+            return st;
+        }
+        if (!spec.boot.disk.empty()) {
+            return {Errc::invalid_spec,
+                    "a VM made from an image boots from its root disk: give image or boot.disk, "
+                    "not both"};
+        }
+        DiskImage img;
+        if (Status st = lookup_image(spec, img); !st) {
+            return st;
+        }
+        uint64_t need = (img.virtual_size + kGiB - 1) / kGiB;
+        if (spec.disk_gib == 0) {
+            spec.disk_gib = static_cast<uint32_t>(std::max<uint64_t>(need, 1));
+        }
+        if (spec.disk_gib < need || spec.disk_gib > kMaxDiskGib) {
+            return {Errc::invalid_spec,
+                    "disk_gib must be at least the image's size (" + std::to_string(need) +
+                        " GiB: a disk is never shrunk) and at most " + std::to_string(kMaxDiskGib)};
+        }
+    } else if (spec.disk_gib != 0) {
+        return {Errc::invalid_spec, "disk_gib is the size of a root disk made from an image"};
     }
     if (spec.boot.cmdline.size() > kMaxCmdline) {
         return {Errc::invalid_spec,
                 "boot.cmdline is longer than " + std::to_string(kMaxCmdline) + " bytes"};
     }
-    if (spec.boot.kernel.empty() && spec.boot.disk.empty()) {
+    if (spec.boot.kernel.empty() && spec.boot.disk.empty() && spec.image.empty()) {
         if (!spec.boot.initrd.empty()) {
             return {Errc::invalid_spec, "boot.initrd needs boot.kernel"};
         }
@@ -140,6 +183,74 @@ Status QemuRuntime::open_boot_files(const MachineSpec& spec, const core::Privile
     return {};
 }
 
+Status QemuRuntime::admit(const MachineSpec& spec) const {
+    if (spec.image.empty()) {
+        return {};
+    }
+    DiskImage img;
+    if (Status st = lookup_image(spec, img); !st) {
+        return st;
+    }
+    // The root disk grows to disk_gib: there must be room for all of it.
+    struct statvfs fs {};
+    if (statvfs(cfg_.machines_dir.c_str(), &fs) == 0) {
+        uint64_t free = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+        uint64_t size = uint64_t(spec.disk_gib) * kGiB;
+        if (size > free) {
+            return {Errc::invalid_spec, "the root disk (" + std::to_string(spec.disk_gib) +
+                                            " GiB) does not fit in the free space of " +
+                                            cfg_.machines_dir.string() + " (" +
+                                            std::to_string(free / kGiB) + " GiB free)"};
+        }
+    }
+    return {};
+}
+
+void QemuRuntime::prepare_root_disk(const MachineSpec& spec,
+                                    std::function<void(const Status&, const RootDisk&)> done) {
+    RootDisk root;
+    if (spec.image.empty()) {
+        return boost::asio::post(io_, [done, root] { done({}, root); });
+    }
+    DiskImage img;
+    if (Status st = lookup_image(spec, img); !st) {
+        return boost::asio::post(io_, [done, st, root] { done(st, root); });
+    }
+    MachineFiles files(cfg_.machines_dir / spec.name);
+    root.overlay = files.root_disk().string();
+    root.base = img.path;
+    root.base_format = img.format;
+    if (::access(root.overlay.c_str(), F_OK) == 0) {
+        return boost::asio::post(io_, [done, root] { done({}, root); });
+    }
+    // The backing file is named relative to the overlay, so the state dir may move; QEMU is
+    // given the chain by hangard, and qemu-img reads the name only here, to check it.
+    std::string rel = std::filesystem::path(img.path)
+                          .lexically_relative(files.root_disk().parent_path())
+                          .string();
+    std::string tmp = root.overlay + ".new";
+    ::unlink(tmp.c_str());
+    run_command(
+        io_,
+        {"qemu-img", "create", "-q", "-f", "qcow2", "-F", img.format, "-b", rel, tmp,
+         std::to_string(uint64_t(spec.disk_gib) * kGiB)},
+        64 * 1024,
+        [name = spec.name, tmp, root, done](const Status& st, const ExitInfo& exit,
+                                            std::string out) {
+            if (!st || exit.code != 0 || exit.signal != 0) {
+                ::unlink(tmp.c_str());
+                return done({Errc::internal, "making the root disk (qemu-img create): " +
+                                                 (st ? tail_of(out) : st.message())},
+                            root);
+            }
+            if (::rename(tmp.c_str(), root.overlay.c_str()) != 0) {
+                return done({Errc::internal, "rename " + tmp + ": " + strerror(errno)}, root);
+            }
+            spdlog::info("{}: root disk {} made on {}", name, root.overlay, root.base);
+            done({}, root);
+        });
+}
+
 Status QemuRuntime::supports(core::Capability c, const std::string& machine) const {
     if (c == core::Capability::exec) {
         return {Errc::invalid_spec, "exec runs commands in containers; " + machine + " is a VM"};
@@ -192,15 +303,33 @@ QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
 
 Status QemuRuntime::start(const MachineSpec& spec, const core::InstanceRef& ref,
                           const core::Privilege& who, Done failed) {
-    BootFiles files;
-    if (Status st = open_boot_files(spec, who, files); !st) {
+    auto files = std::make_shared<BootFiles>();
+    if (Status st = open_boot_files(spec, who, *files); !st) {
         return st;
     }
     Vm& vm = vms_[ref.machine];
     vm = Vm{};
     vm.generation = ref.generation;
+    prepare_root_disk(spec, [this, spec, ref, files, failed = std::move(failed)](
+                                const Status& st, const RootDisk& root) mutable {
+        Vm* vm = find(ref);
+        if (!vm) {
+            return;  // killed or forgotten meanwhile
+        }
+        if (!st) {
+            vms_.erase(ref.machine);
+            return failed(st);
+        }
+        // A kill meanwhile (kill_pending) ends QEMU as soon as it is launched.
+        launch(spec, ref, *files, root, std::move(failed));
+    });
+    return {};
+}
+
+void QemuRuntime::launch(const MachineSpec& spec, const core::InstanceRef& ref,
+                         const BootFiles& files, const RootDisk& root, Done failed) {
     QemuProcess::BootFiles fds{files.kernel.fd.get(), files.initrd.fd.get(), files.disk.fd.get(),
-                               files.disk_format};
+                               files.disk_format, root};
     QemuProcess::launch(
         io_, cfg_.qemu, spec, MachinePaths(cfg_.machines_dir / spec.name), fds, callbacks(ref),
         [this, ref, failed = std::move(failed)](const Status& st,
@@ -238,7 +367,6 @@ Status QemuRuntime::start(const MachineSpec& spec, const core::InstanceRef& ref,
                 }
             });
         });
-    return {};
 }
 
 void QemuRuntime::stop(const core::InstanceRef& ref, std::chrono::seconds timeout,

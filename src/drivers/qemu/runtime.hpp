@@ -26,6 +26,13 @@ struct RuntimeConfig {
     BootSpec default_boot;  // the built-in guest; empty kernel when none was found
 };
 
+// A local disk image (core::Images, kind disk), as a VM's root disk uses it.
+struct DiskImage {
+    std::string path, format;
+    uint64_t virtual_size = 0;
+};
+using DiskImageLookup = std::function<Status(const std::string& image, DiskImage& out)>;
+
 // What query-status of an adopted QEMU means, given the state hangard stored for it.
 struct AdoptPlan {
     core::AdoptFact fact = core::AdoptFact::unresponsive;
@@ -42,8 +49,12 @@ class QemuRuntime final : public core::Runtime {
     ~QemuRuntime() override;
 
     core::MachineType type() const override { return core::MachineType::vm; }
+    // Where "image" finds disk images; none: a VM cannot name one.
+    void set_image_lookup(DiskImageLookup lookup) { image_lookup_ = std::move(lookup); }
+    // A VM with "image" gets disk_gib filled in (the image's size, rounded up to GiB).
     Status validate(MachineSpec& spec, const core::Privilege& who) const override;
-    Status admit(const MachineSpec&) const override { return {}; }
+    // The image exists, and the machine's file system has room for its root disk.
+    Status admit(const MachineSpec& spec) const override;
     Status supports(core::Capability c, const std::string& machine) const override;
     Status start(const MachineSpec& spec, const core::InstanceRef& ref, const core::Privilege& who,
                  Done failed) override;
@@ -80,6 +91,13 @@ class QemuRuntime final : public core::Runtime {
     Status open_boot_files(const MachineSpec& spec, const core::Privilege& who,
                            BootFiles& out) const;
     Vm* find(const core::InstanceRef& ref);
+    Status lookup_image(const MachineSpec& spec, DiskImage& out) const;
+    // Makes the root disk of a VM from an image (qemu-img create, a child process) unless it
+    // exists; `done` with the chain to boot from.
+    void launch(const MachineSpec& spec, const core::InstanceRef& ref, const BootFiles& files,
+                const RootDisk& root, Done failed);
+    void prepare_root_disk(const MachineSpec& spec,
+                           std::function<void(const Status&, const RootDisk&)> done);
     QemuProcess::Callbacks callbacks(const core::InstanceRef& ref);
     void on_event(const core::InstanceRef& ref, std::string_view event, const std::string& detail);
     void force_quit(Vm& vm, const core::InstanceRef& ref, const std::string& why);
@@ -89,6 +107,7 @@ class QemuRuntime final : public core::Runtime {
 
     boost::asio::io_context& io_;
     RuntimeConfig cfg_;
+    DiskImageLookup image_lookup_;
     std::map<std::string, Vm> vms_;
 };
 
