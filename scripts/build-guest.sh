@@ -60,6 +60,8 @@ if cat /sys/bus/pci/devices/*/device | grep -qE '0x1001|0x1042'; then
     for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.1; done
 fi
 [ -b /dev/vda ] && echo "HANGAR-DISK: \$(head -c 64 /dev/vda | tr -cd 'A-Za-z0-9-')"
+# How it was booted: UEFI (OVMF) or a BIOS.
+if [ -d /sys/firmware/efi ]; then echo "HANGAR-FIRMWARE: uefi"; else echo "HANGAR-FIRMWARE: bios"; fi
 echo "$marker"
 RC
     # acpid runs /etc/acpi/<action> for an event whose text contains <key>.

@@ -6,7 +6,7 @@ pkgs=(
     build-essential cmake ninja-build ccache pkg-config clang-format
     libboost-dev libsdbus-c++-dev libsdbus-c++-bin libsimdjson-dev libsystemd-dev
     libssl-dev libspdlog-dev libfmt-dev libgtest-dev googletest libsqlite3-dev sqlite3
-    qemu-system-x86 qemu-utils busybox-static cpio gzip curl xz-utils squashfs-tools
+    qemu-system-x86 qemu-utils ovmf busybox-static cpio gzip curl xz-utils squashfs-tools
     python3 python3-websockets python3-jsonschema dbus systemd-container wrk openssl
     clang libclang-rt-14-dev nodejs debootstrap util-linux
     chromium

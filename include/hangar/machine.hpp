@@ -38,6 +38,7 @@ struct MachineSpec {
     // their root disk is a copy-on-write overlay on.
     std::string image;
     uint32_t disk_gib = 0;  // VMs from an image: the root disk's size; 0: the image's size
+    std::string firmware;   // VMs: "bios" (also when empty) or "uefi"
     bool autostart = false;
     std::string description;
     std::string template_name;  // the size template a create named ("template"), or empty
@@ -52,6 +53,7 @@ inline constexpr uint32_t kMinMemoryMib = 32;
 inline constexpr uint32_t kMaxMemoryMib = 1024 * 1024;
 inline constexpr size_t kMaxDescription = 1024;
 inline constexpr uint32_t kMaxDiskGib = 65536;
+inline constexpr uint32_t kMinUefiMemoryMib = 256;  // OVMF fails in less (under TCG at 128)
 inline constexpr size_t kMaxCmdline = 4096;
 inline constexpr size_t kMaxCommandArgs = 256;
 inline constexpr size_t kMaxCommandArg = 4096;

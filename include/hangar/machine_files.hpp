@@ -23,6 +23,8 @@ struct MachineFiles {
     // A VM made from a disk image: its root disk, a qcow2 overlay on that image, made at the
     // first start (root.qcow2.new until it is complete).
     std::filesystem::path root_disk() const { return dir / "root.qcow2"; }
+    // A UEFI VM's variables store, copied from the firmware's template at its first start.
+    std::filesystem::path uefi_vars() const { return dir / "uefi-vars.fd"; }
 };
 
 }  // namespace hangar

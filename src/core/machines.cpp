@@ -192,6 +192,9 @@ const std::string& Machines::to_json(const Machine& m) const {
     if (!s.template_name.empty()) {
         w.field("template", s.template_name);
     }
+    if (m.type == MachineType::vm) {
+        w.field("firmware", s.firmware.empty() ? "bios" : s.firmware);
+    }
     w.key("disks").begin_array();
     if (m.type == MachineType::vm && !s.image.empty()) {
         // The root disk: an overlay on the image, in the machine's directory.
@@ -369,7 +372,7 @@ Status Machines::update(const Caller& caller, const std::string& name, MachineSp
         spec.template_name != m->spec.template_name || spec.disk_gib != m->spec.disk_gib) {
         return {Errc::bad_request, "name, type, image, disk_gib and template cannot be changed"};
     }
-    for (const char* field : {"cpus", "memory_mib", "boot"}) {
+    for (const char* field : {"cpus", "memory_mib", "boot", "firmware"}) {
         if (changed.count(field) && (m->live || m->op != Op::none)) {
             return {Errc::invalid_state, std::string(field) + " can be changed only while " +
                                              m->spec.name + " is stopped (it is " +

@@ -17,6 +17,7 @@ const std::vector<SpecField> kTop = {
     {"boot", "boot", SpecFieldKind::object},
     {"image", "image", SpecFieldKind::string},
     {"disk_gib", "disk_gib", SpecFieldKind::u32},
+    {"firmware", "firmware", SpecFieldKind::string},
     {"autostart", "autostart", SpecFieldKind::boolean},
     {"description", "description", SpecFieldKind::string},
     {"template", "template", SpecFieldKind::string},
@@ -38,6 +39,7 @@ auto string_member(Spec& s, std::string_view path) -> decltype(&s.name) {
            : path == "image"        ? &s.image
            : path == "description"  ? &s.description
            : path == "template"     ? &s.template_name
+           : path == "firmware"     ? &s.firmware
            : path == "boot.kernel"  ? &s.boot.kernel
            : path == "boot.initrd"  ? &s.boot.initrd
            : path == "boot.cmdline" ? &s.boot.cmdline
@@ -270,8 +272,9 @@ void encode_boot(json::Writer& w, const BootSpec& boot) {
     w.end_object();
 }
 
-const std::set<std::string> kStoredSpecFields = {
-    "cpus", "memory_mib", "boot", "image", "disk_gib", "autostart", "description", "template"};
+const std::set<std::string> kStoredSpecFields = {"cpus",        "memory_mib", "boot",
+                                                 "image",       "disk_gib",   "autostart",
+                                                 "description", "template",   "firmware"};
 
 std::string encode_stored_spec(const MachineSpec& spec) {
     return encode_spec(spec, kStoredSpecFields);

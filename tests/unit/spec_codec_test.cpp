@@ -162,7 +162,7 @@ TEST(SpecCodec, StoredCopyRoundTripsAndIgnoresUnknownKeys) {
     MachineSpec newer;
     newer.name = "x";
     ASSERT_TRUE(
-        core::decode_stored_spec(R"({"cpus":4,"firmware":"uefi","name":"y","type":"container",)"
+        core::decode_stored_spec(R"({"cpus":4,"tpm":"v2","name":"y","type":"container",)"
                                  R"("boot":{"shim":1,"disk":"/d"}})",
                                  newer)
             .ok());

@@ -11,6 +11,7 @@
 
 #include "core/images.hpp"
 #include "drivers/qemu/argv.hpp"
+#include "drivers/qemu/firmware.hpp"
 
 using namespace hangar;
 
@@ -128,4 +129,42 @@ TEST(QemuArgv, RootDiskChainNodeByNode) {
     // Without a root disk, no -blockdev at all.
     argv = qemu::build_argv({}, spec, paths, 3);
     EXPECT_EQ(std::count(argv.begin(), argv.end(), "-blockdev"), 0);
+}
+
+TEST(UefiFirmware, DescriptorsAreReadNotNamesGuessed) {
+    auto descriptor = [](const std::string& features, const std::string& machines,
+                         const std::string& code = "/usr/share/OVMF/OVMF_CODE_4M.fd") {
+        return R"({"interface-types": ["uefi"], "mapping": {"device": "flash",
+            "executable": {"filename": ")" +
+               code + R"(", "format": "raw"},
+            "nvram-template": {"filename": "/usr/share/OVMF/OVMF_VARS_4M.fd", "format": "raw"}},
+            "targets": [{"architecture": "x86_64", "machines": [)" +
+               machines + R"(]}], "features": [)" + features + "]}";
+    };
+    if (access("/usr/share/OVMF/OVMF_CODE_4M.fd", R_OK) != 0) {
+        GTEST_SKIP() << "Debian's ovmf is not installed";
+    }
+    qemu::Firmware fw;
+    std::string why;
+    EXPECT_TRUE(qemu::uefi_descriptor_fits(descriptor(R"("acpi-s3")", R"("pc-q35-*")"), fw, why))
+        << why;
+    EXPECT_EQ(fw.code, "/usr/share/OVMF/OVMF_CODE_4M.fd");
+    EXPECT_EQ(fw.vars_template, "/usr/share/OVMF/OVMF_VARS_4M.fd");
+    EXPECT_FALSE(qemu::uefi_descriptor_fits(
+        descriptor(R"("requires-smm", "secure-boot")", R"("pc-q35-*")"), fw, why));
+    EXPECT_EQ(why, "needs requires-smm");
+    EXPECT_FALSE(qemu::uefi_descriptor_fits(descriptor("", R"("pc-i440fx-*")"), fw, why));
+    EXPECT_EQ(why, "not for x86_64 q35");
+    EXPECT_FALSE(
+        qemu::uefi_descriptor_fits(descriptor("", R"("pc-q35-*")", "/nonexistent"), fw, why));
+    EXPECT_EQ(why, "its files are missing");
+    EXPECT_FALSE(qemu::uefi_descriptor_fits(R"({"interface-types": ["bios"]})", fw, why));
+    EXPECT_FALSE(qemu::uefi_descriptor_fits("{", fw, why));
+    // Nothing in a directory without descriptors: a clear "unavailable".
+    Status st = qemu::find_uefi_firmware({"/nonexistent"}, fw);
+    EXPECT_EQ(st.code(), Errc::unavailable);
+    EXPECT_NE(st.message().find("install Debian's ovmf"), std::string::npos);
+    // Debian's own descriptors pick the plain (no Secure Boot) 4M pair.
+    ASSERT_TRUE(qemu::find_uefi_firmware(qemu::kFirmwareDirs, fw));
+    EXPECT_EQ(fw.code, "/usr/share/OVMF/OVMF_CODE_4M.fd");
 }

@@ -230,7 +230,7 @@ Status read_qcow2_refs(int fd, Qcow2Refs& out) {
 
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
                                     const MachinePaths& paths, int qmp_fd, const BootFds& fds,
-                                    const RootDisk& root) {
+                                    const RootDisk& root, const UefiFlash& uefi) {
     std::vector<std::string> a = {
         settings.binary,
         "-name",
@@ -309,11 +309,23 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
         a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=disk0,format=" + format,
                            "-device", "virtio-blk-pci,drive=disk0,bootindex=1"});
     }
+    auto file_node = [](const std::string& node, const std::string& path, bool ro) {
+        return "{\"driver\":\"file\",\"node-name\":" + json::quote(node) +
+               ",\"filename\":" + json::quote(path) + (ro ? ",\"read-only\":true}" : "}");
+    };
+    auto format_node = [](const std::string& node, const std::string& format,
+                          const std::string& file, bool ro) {
+        return "{\"driver\":" + json::quote(format) + ",\"node-name\":" + json::quote(node) +
+               ",\"file\":" + json::quote(file) + (ro ? ",\"read-only\":true}" : "}");
+    };
+    if (!uefi.code.empty()) {
+        a.insert(a.end(), {"-blockdev", file_node("fw-code-file", uefi.code, true), "-blockdev",
+                           format_node("fw-code", uefi.code_format, "fw-code-file", true),
+                           "-blockdev", file_node("fw-vars-file", uefi.vars, false), "-blockdev",
+                           format_node("fw-vars", uefi.vars_format, "fw-vars-file", false),
+                           "-machine", "pflash0=fw-code,pflash1=fw-vars"});
+    }
     if (!root.overlay.empty()) {
-        auto file_node = [](const std::string& node, const std::string& path, bool ro) {
-            return "{\"driver\":\"file\",\"node-name\":" + json::quote(node) +
-                   ",\"filename\":" + json::quote(path) + (ro ? ",\"read-only\":true}" : "}");
-        };
         a.insert(a.end(),
                  {"-blockdev", file_node("base0-file", root.base, true), "-blockdev",
                   "{\"driver\":" + json::quote(root.base_format) +

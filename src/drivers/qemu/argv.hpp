@@ -52,10 +52,17 @@ struct RootDisk {
     std::string base, base_format;
 };
 
+// A UEFI VM's firmware on two flash devices: the code (read-only, shared) and the VM's own
+// variables store.
+struct UefiFlash {
+    std::string code, code_format;  // "" when the VM boots with the BIOS
+    std::string vars, vars_format;
+};
+
 // The QEMU command line for `spec`; QMP is the listening socket passed as `qmp_fd`.
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
                                     const MachinePaths& paths, int qmp_fd, const BootFds& fds = {},
-                                    const RootDisk& root = {});
+                                    const RootDisk& root = {}, const UefiFlash& uefi = {});
 
 // The format a boot disk is used as: qcow2 when its name ends in .qcow2, else raw. The
 // format comes from the name, never from the content, which a guest can write.

@@ -42,6 +42,7 @@ class QemuProcess : public std::enable_shared_from_this<QemuProcess> {
         int kernel = -1, initrd = -1, disk = -1;
         std::string disk_format = "raw";
         RootDisk root;
+        UefiFlash uefi;
     };
     static void launch(boost::asio::io_context& io, const Settings& settings,
                        const MachineSpec& spec, const MachinePaths& paths, const BootFiles& files,

@@ -57,7 +57,14 @@ AdoptPlan plan_adoption(const std::string& status, MachineState stored) {
 }
 
 QemuRuntime::QemuRuntime(boost::asio::io_context& io, RuntimeConfig cfg)
-    : io_(io), cfg_(std::move(cfg)) {}
+    : io_(io), cfg_(std::move(cfg)) {
+    uefi_status_ = find_uefi_firmware(cfg_.firmware_dirs, uefi_);
+    if (uefi_status_) {
+        spdlog::info("UEFI firmware: {} ({})", uefi_.code, uefi_.descriptor);
+    } else {
+        spdlog::info("UEFI VMs unavailable: {}", uefi_status_.message());
+    }
+}
 
 QemuRuntime::~QemuRuntime() = default;
 
@@ -85,6 +92,19 @@ Status QemuRuntime::lookup_image(const MachineSpec& spec, DiskImage& out) const 
 Status QemuRuntime::validate(MachineSpec& spec, const core::Privilege& who) const {
     if (!spec.boot.command.empty()) {
         return {Errc::invalid_spec, "boot.command is for containers"};
+    }
+    if (!spec.firmware.empty() && spec.firmware != "bios" && spec.firmware != "uefi") {
+        return {Errc::invalid_spec, "firmware must be \"bios\" or \"uefi\""};
+    }
+    if (spec.firmware == "uefi") {
+        if (!uefi_status_) {
+            return uefi_status_;
+        }
+        if (spec.memory_mib < kMinUefiMemoryMib) {
+            return {Errc::invalid_spec, "a UEFI VM needs memory_mib " +
+                                            std::to_string(kMinUefiMemoryMib) +
+                                            " or more (OVMF fails in less)"};
+        }
     }
     if (!spec.image.empty()) {
         if (Status st = check_name("image", spec.image); !st) {
@@ -206,6 +226,34 @@ Status QemuRuntime::admit(const MachineSpec& spec) const {
     return {};
 }
 
+void QemuRuntime::prepare_uefi_vars(const MachineSpec& spec,
+                                    std::function<void(const Status&, const UefiFlash&)> done) {
+    UefiFlash flash;
+    if (spec.firmware != "uefi") {
+        return boost::asio::post(io_, [done, flash] { done({}, flash); });
+    }
+    if (!uefi_status_) {
+        return boost::asio::post(io_, [done, flash, st = uefi_status_] { done(st, flash); });
+    }
+    flash = {uefi_.code, uefi_.code_format,
+             MachineFiles(cfg_.machines_dir / spec.name).uefi_vars().string(), uefi_.vars_format};
+    if (::access(flash.vars.c_str(), F_OK) == 0) {
+        return boost::asio::post(io_, [done, flash] { done({}, flash); });
+    }
+    std::string tmp = flash.vars + ".new";
+    run_command(io_, {"cp", "--", uefi_.vars_template, tmp}, 64 * 1024,
+                [tmp, flash, done](const Status& st, const ExitInfo& exit, std::string out) {
+                    if (!st || exit.code != 0 || exit.signal != 0 ||
+                        ::rename(tmp.c_str(), flash.vars.c_str()) != 0) {
+                        ::unlink(tmp.c_str());
+                        return done({Errc::internal, "copying the UEFI variables template: " +
+                                                         (st ? tail_of(out) : st.message())},
+                                    flash);
+                    }
+                    done({}, flash);
+                });
+}
+
 void QemuRuntime::prepare_root_disk(const MachineSpec& spec,
                                     std::function<void(const Status&, const RootDisk&)> done) {
     RootDisk root;
@@ -310,26 +358,39 @@ Status QemuRuntime::start(const MachineSpec& spec, const core::InstanceRef& ref,
     Vm& vm = vms_[ref.machine];
     vm = Vm{};
     vm.generation = ref.generation;
-    prepare_root_disk(spec, [this, spec, ref, files, failed = std::move(failed)](
-                                const Status& st, const RootDisk& root) mutable {
-        Vm* vm = find(ref);
-        if (!vm) {
-            return;  // killed or forgotten meanwhile
-        }
-        if (!st) {
+    // The VM's own files first (its UEFI variables, its root disk), then QEMU.
+    auto fail = [this, ref, failed](const Status& st) {
+        if (find(ref)) {
             vms_.erase(ref.machine);
-            return failed(st);
+            failed(st);
         }
-        // A kill meanwhile (kill_pending) ends QEMU as soon as it is launched.
-        launch(spec, ref, *files, root, std::move(failed));
-    });
+    };
+    prepare_uefi_vars(
+        spec, [this, spec, ref, files, fail, failed](const Status& st, const UefiFlash& uefi) {
+            if (!find(ref) || !st) {
+                return fail(st);
+            }
+            prepare_root_disk(spec, [this, spec, ref, files, uefi, fail, failed](
+                                        const Status& st, const RootDisk& root) {
+                if (!find(ref) || !st) {
+                    return fail(st);  // not found: killed or forgotten meanwhile
+                }
+                // A kill meanwhile (kill_pending) ends QEMU as soon as it is launched.
+                launch(spec, ref, *files, root, uefi, failed);
+            });
+        });
     return {};
 }
 
 void QemuRuntime::launch(const MachineSpec& spec, const core::InstanceRef& ref,
-                         const BootFiles& files, const RootDisk& root, Done failed) {
-    QemuProcess::BootFiles fds{files.kernel.fd.get(), files.initrd.fd.get(), files.disk.fd.get(),
-                               files.disk_format, root};
+                         const BootFiles& files, const RootDisk& root, const UefiFlash& uefi,
+                         Done failed) {
+    QemuProcess::BootFiles fds{files.kernel.fd.get(),
+                               files.initrd.fd.get(),
+                               files.disk.fd.get(),
+                               files.disk_format,
+                               root,
+                               uefi};
     QemuProcess::launch(
         io_, cfg_.qemu, spec, MachinePaths(cfg_.machines_dir / spec.name), fds, callbacks(ref),
         [this, ref, failed = std::move(failed)](const Status& st,

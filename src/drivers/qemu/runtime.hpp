@@ -16,6 +16,7 @@
 #include "core/runtime.hpp"
 #include "drivers/qemu/argv.hpp"
 #include "drivers/qemu/console_link.hpp"
+#include "drivers/qemu/firmware.hpp"
 #include "drivers/qemu/qemu_process.hpp"
 
 namespace hangar::qemu {
@@ -24,6 +25,7 @@ struct RuntimeConfig {
     std::filesystem::path machines_dir;  // <state dir>/machines
     Settings qemu;
     BootSpec default_boot;  // the built-in guest; empty kernel when none was found
+    std::vector<std::string> firmware_dirs = kFirmwareDirs;  // QEMU's firmware descriptors
 };
 
 // A local disk image (core::Images, kind disk), as a VM's root disk uses it.
@@ -95,7 +97,10 @@ class QemuRuntime final : public core::Runtime {
     // Makes the root disk of a VM from an image (qemu-img create, a child process) unless it
     // exists; `done` with the chain to boot from.
     void launch(const MachineSpec& spec, const core::InstanceRef& ref, const BootFiles& files,
-                const RootDisk& root, Done failed);
+                const RootDisk& root, const UefiFlash& uefi, Done failed);
+    // A UEFI VM's own variables store, copied from the firmware's template unless it exists.
+    void prepare_uefi_vars(const MachineSpec& spec,
+                           std::function<void(const Status&, const UefiFlash&)> done);
     void prepare_root_disk(const MachineSpec& spec,
                            std::function<void(const Status&, const RootDisk&)> done);
     QemuProcess::Callbacks callbacks(const core::InstanceRef& ref);
@@ -108,6 +113,8 @@ class QemuRuntime final : public core::Runtime {
     boost::asio::io_context& io_;
     RuntimeConfig cfg_;
     DiskImageLookup image_lookup_;
+    Firmware uefi_;
+    Status uefi_status_;  // why there is no UEFI firmware
     std::map<std::string, Vm> vms_;
 };
 
