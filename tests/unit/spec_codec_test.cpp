@@ -161,11 +161,10 @@ TEST(SpecCodec, StoredCopyRoundTripsAndIgnoresUnknownKeys) {
     // A newer hangard's key is skipped, and the copy cannot rename or retype the machine.
     MachineSpec newer;
     newer.name = "x";
-    ASSERT_TRUE(
-        core::decode_stored_spec(R"({"cpus":4,"tpm":"v2","name":"y","type":"container",)"
-                                 R"("boot":{"shim":1,"disk":"/d"}})",
-                                 newer)
-            .ok());
+    ASSERT_TRUE(core::decode_stored_spec(R"({"cpus":4,"tpm":"v2","name":"y","type":"container",)"
+                                         R"("boot":{"shim":1,"disk":"/d"}})",
+                                         newer)
+                    .ok());
     EXPECT_EQ(newer.cpus, 4u);
     EXPECT_EQ(newer.name, "x");
     EXPECT_EQ(newer.type, "vm");
