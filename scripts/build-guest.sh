@@ -29,11 +29,14 @@ if [ ! -s "$cache/vmlinuz" ] || [ ! -s "$cache/initrd.img" ]; then
     root="$work/root"
     mkdir -p "$root"/{bin,sbin,etc/acpi,proc,sys,dev,tmp,run,var/log,lib/modules}
     cp /bin/busybox "$root/bin/busybox"
-    # virtio_blk and what it needs, in load order: a boot disk shows up as /dev/vda.
+    # virtio_blk and what it needs, in load order: a boot disk shows up as /dev/vda. Then
+    # virtio-scsi and SCSI disks: hot-plugged disks (scsi-hd) show up as /dev/sdX.
     for m in drivers/acpi/button.ko drivers/input/evdev.ko drivers/virtio/virtio_ring.ko \
         drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko \
         drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko \
-        drivers/block/virtio_blk.ko; do
+        drivers/block/virtio_blk.ko drivers/scsi/scsi_common.ko drivers/scsi/scsi_mod.ko \
+        drivers/scsi/virtio_scsi.ko crypto/crct10dif_common.ko lib/crc-t10dif.ko lib/crc64.ko \
+        lib/crc64-rocksoft.ko block/t10-pi.ko drivers/scsi/sd_mod.ko; do
         cp "$work/k/lib/modules/$kdir/kernel/$m" "$root/lib/modules/"
     done
     # busybox init: PID 1 that handles poweroff (SIGUSR2) by running ::shutdown and powering off.
@@ -51,7 +54,11 @@ INITTAB
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in button evdev virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+# Block devices as they come and go (hot-plugged disks): mdev, listening to the kernel's
+# uevents, runs /etc/block-event.
+mdev -d
+for m in button evdev virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+    scsi_common scsi_mod virtio_scsi crct10dif_common crc-t10dif crc64 crc64-rocksoft t10-pi sd_mod; do
     insmod /lib/modules/\$m.ko
 done
 hostname hangar-guest
@@ -64,6 +71,17 @@ fi
 if [ -d /sys/firmware/efi ]; then echo "HANGAR-FIRMWARE: uefi"; else echo "HANGAR-FIRMWARE: bios"; fi
 echo "$marker"
 RC
+    # A line on the serial console for every SCSI disk that appears (with its size in 512-byte
+    # sectors) or goes.
+    echo 'sd[a-z]+ 0:0 660 */etc/block-event' > "$root/etc/mdev.conf"
+    cat > "$root/etc/block-event" <<'EVENT'
+#!/bin/sh
+case "$ACTION" in
+add) echo "HANGAR-BLOCK: add $MDEV $(cat /sys/class/block/$MDEV/size)" ;;
+remove) echo "HANGAR-BLOCK: remove $MDEV" ;;
+esac > /dev/ttyS0
+EVENT
+    chmod +x "$root/etc/block-event"
     # acpid runs /etc/acpi/<action> for an event whose text contains <key>.
     printf 'PWRF power\nPWRB power\n' > "$root/etc/acpid.conf"
     printf '#!/bin/sh\nexec /bin/poweroff\n' > "$root/etc/acpi/power"

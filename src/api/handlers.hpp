@@ -7,6 +7,7 @@
 
 #include "api/router.hpp"
 #include "core/credentials.hpp"
+#include "core/disks.hpp"
 #include "core/health.hpp"
 #include "core/images.hpp"
 #include "core/machines.hpp"
@@ -54,6 +55,8 @@ void register_template_routes(Router& router, core::Templates& templates);
 void template_metrics(const core::Templates& templates, std::string& out);
 // /v1/pools (pool_routes.cpp).
 void register_pool_routes(Router& router, core::Pools& pools);
+// /v1/disks and /v1/machines/{name}/disks (disk_routes.cpp).
+void register_disk_routes(Router& router, core::Disks& disks, core::Machines& machines);
 
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,

@@ -8,8 +8,9 @@ namespace {
 constexpr std::string_view kNames[] = {
     "machine.created",   "machine.updated",    "machine.deleted",  "machine.state",
     "operation.created", "operation.progress", "operation.done",   "image.created",
-    "image.deleted",     "template.created",   "template.deleted", "console.attached",
-    "console.detached",  "events.gap",
+    "image.deleted",     "template.created",   "template.deleted", "disk.created",
+    "disk.updated",      "disk.deleted",       "console.attached", "console.detached",
+    "events.gap",
 };
 constexpr size_t kCount = sizeof(kNames) / sizeof(kNames[0]);
 static_assert(kCount == static_cast<size_t>(EventType::events_gap) + 1);
@@ -64,6 +65,11 @@ struct Data {
     void operator()(const TemplateDeleted& p) {
         w.begin_object().field("template", p.name).end_object();
     }
+    void operator()(const DiskCreated& p) { w.raw(p.disk); }
+    void operator()(const DiskUpdated& p) {
+        w.begin_object().field("reason", p.reason).key("disk").raw(p.disk).end_object();
+    }
+    void operator()(const DiskDeleted& p) { w.begin_object().field("disk", p.name).end_object(); }
     void operator()(const ConsoleAttached& p) {
         w.begin_object()
             .field("viewer", p.viewer)

@@ -26,6 +26,9 @@ enum class EventType {
     image_deleted,
     template_created,
     template_deleted,
+    disk_created,
+    disk_updated,
+    disk_deleted,
     console_attached,
     console_detached,
     events_gap,
@@ -90,6 +93,20 @@ struct TemplateCreated {
 struct TemplateDeleted {
     std::string name;
 };
+// data: the disk's JSON (created, and updated: grown, attached, detached).
+struct DiskCreated {
+    std::string name;
+    std::string disk;
+};
+struct DiskUpdated {
+    std::string name;
+    std::string disk;
+    std::string reason;  // "api:resize", "api:attach", "api:detach", "qmp:DEVICE_DELETED"
+};
+// data: {"disk"}.
+struct DiskDeleted {
+    std::string name;
+};
 // data: {"viewer", "uid", "readonly"}: a console viewer of the event's machine came.
 struct ConsoleAttached {
     std::string viewer;
@@ -113,7 +130,8 @@ struct EventsGap {
 using EventPayload =
     std::variant<MachineCreated, MachineUpdated, MachineDeleted, MachineStateChanged,
                  OperationCreated, OperationProgress, OperationDone, ImageCreated, ImageDeleted,
-                 TemplateCreated, TemplateDeleted, ConsoleAttached, ConsoleDetached, EventsGap>;
+                 TemplateCreated, TemplateDeleted, DiskCreated, DiskUpdated, DiskDeleted,
+                 ConsoleAttached, ConsoleDetached, EventsGap>;
 
 inline EventType type_of(const EventPayload& p) {
     return static_cast<EventType>(p.index());

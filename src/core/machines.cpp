@@ -205,6 +205,11 @@ const std::string& Machines::to_json(const Machine& m) const {
             .field("size_gib", s.disk_gib)
             .end_object();
     }
+    if (disks_json_) {
+        for (const auto& d : disks_json_(s.name)) {
+            w.raw(d);
+        }
+    }
     w.end_array()
         .key("ports")
         .begin_array()
@@ -445,6 +450,24 @@ void Machines::remove(const Caller& caller, const std::string& name, bool force,
     }
     erase(*m);
     boost::asio::post(io_, [done = std::move(done)] { done({}); });
+}
+
+void Machines::disks_changed(const std::string& name, const std::string& reason) {
+    auto it = machines_.find(name);
+    if (it == machines_.end()) {
+        return;
+    }
+    Machine& m = *it->second;
+    ++m.spec_rev;
+    events_.publish(MachineUpdated{{"disks"}, reason, to_json(m)}, name, m.spec.owner);
+}
+
+void Machines::on_disk_released(const InstanceRef& ref, const std::string& disk) {
+    with_instance(ref, [&](Machine& m) {
+        if (disk_released_) {
+            disk_released_(m.spec.name, disk);
+        }
+    });
 }
 
 void Machines::erase(Machine& m) {

@@ -169,6 +169,16 @@ class Machines final : private RuntimeSink {
     using ResetListener = std::function<void(const std::string& machine, const std::string& why)>;
     void set_reset_listener(ResetListener l) { reset_listener_ = std::move(l); }
 
+    // The disks attached to a machine, each as an item of its JSON's "disks" array
+    // (core::Disks), after a VM's root disk.
+    using DisksJson = std::function<std::vector<std::string>(const std::string& machine)>;
+    void set_disks_json(DisksJson f) { disks_json_ = std::move(f); }
+    // What is attached to `name` changed: its JSON is made again, machine.updated published.
+    void disks_changed(const std::string& name, const std::string& reason);
+    // Told when a guest releases a disk after its detach's deadline passed.
+    using DiskReleased = std::function<void(const std::string& machine, const std::string& disk)>;
+    void set_disk_released(DiskReleased f) { disk_released_ = std::move(f); }
+
     const std::string& to_json(const Machine& m) const;
     uint64_t revision() const { return events_.revision(); }
     const std::map<std::string, std::unique_ptr<Machine>>& all() const { return machines_; }
@@ -219,6 +229,7 @@ class Machines final : private RuntimeSink {
     void on_exited(const InstanceRef& ref, const ExitFact& fact) override;
     void on_responsive(const InstanceRef& ref, bool responsive, const std::string& why) override;
     void on_reset(const InstanceRef& ref, const std::string& reason) override;
+    void on_disk_released(const InstanceRef& ref, const std::string& disk) override;
     void set_responsive(Machine& m, bool responsive, const std::string& why);
 
     boost::asio::io_context& io_;
@@ -229,6 +240,8 @@ class Machines final : private RuntimeSink {
     std::map<std::string, std::unique_ptr<Machine>> machines_;
     ExitExplainer explainer_;
     ResetListener reset_listener_;
+    DisksJson disks_json_;
+    DiskReleased disk_released_;
 };
 
 }  // namespace hangar::core

@@ -92,6 +92,13 @@ enum class Capability {
     display,  // a screen: screenshot(), and a VNC server on MachineFiles::vnc_socket()
 };
 
+// A disk (core::Disks) as a VM uses it: its file, and for an overlay on a disk image the
+// image's file, which is opened read-only. The runtime names its nodes and device from `name`.
+struct DiskAttachment {
+    std::string name, path, format;
+    std::string base, base_format;  // "" unless an overlay
+};
+
 // Where a runtime's reports go (core::Machines).
 class RuntimeSink {
   public:
@@ -101,6 +108,11 @@ class RuntimeSink {
     virtual void on_stopping(const InstanceRef& ref, const StoppingFact& fact) = 0;
     virtual void on_exited(const InstanceRef& ref, const ExitFact& fact) = 0;
     virtual void on_responsive(const InstanceRef& ref, bool responsive, const std::string& why) = 0;
+    // A disk whose detach passed its deadline has been released by the guest since.
+    virtual void on_disk_released(const InstanceRef& ref, const std::string& disk) {
+        (void)ref;
+        (void)disk;
+    }
     // The guest was reset in place (a reboot that keeps the instance).
     virtual void on_reset(const InstanceRef& ref, const std::string& reason) {
         (void)ref;
@@ -169,6 +181,24 @@ class Runtime {
         (void)ref;
         (void)cols;
         (void)rows;
+    }
+    // Disks of a running instance: hot-plugged (`done` once the guest has the device), removed
+    // (`done` once the device is gone and its nodes deleted: the guest released it; an error
+    // when it did not within `deadline`, and the disk stays attached), grown (`bytes`, the new
+    // size, the file already grown where the runtime does not grow it).
+    virtual void attach_disk(const InstanceRef& ref, const DiskAttachment& disk, Done done) {
+        (void)ref, (void)disk;
+        done({Errc::invalid_spec, "this machine takes no disks"});
+    }
+    virtual void detach_disk(const InstanceRef& ref, const std::string& disk,
+                             std::chrono::seconds deadline, Done done) {
+        (void)ref, (void)disk, (void)deadline;
+        done({Errc::invalid_spec, "this machine takes no disks"});
+    }
+    virtual void resize_disk(const InstanceRef& ref, const std::string& disk, uint64_t bytes,
+                             Done done) {
+        (void)ref, (void)disk, (void)bytes;
+        done({Errc::invalid_spec, "this machine takes no disks"});
     }
     // The instance's record is dropped (the machine is deleted, or ended).
     virtual void forget(const std::string& machine) = 0;

@@ -341,15 +341,17 @@ int main(int argc, char** argv) {
         }
         return st;
     });
-    // A disk image stays while VMs are overlays on it.
-    image_store.set_users([&machines](const std::string& image) {
+    std::unique_ptr<core::Disks> disks;  // made once the pools are loaded
+    // A disk image stays while VMs and disks are overlays on it.
+    image_store.set_users([&machines, &disks](const std::string& image) {
         std::string who;
         for (const auto& [name, m] : machines.all()) {
             if (m->type == core::MachineType::vm && m->spec.image == image) {
                 who += (who.empty() ? "machine " : ", ") + name;
             }
         }
-        return who;
+        std::string of_disks = disks ? disks->users_of_image(image) : "";
+        return who.empty() || of_disks.empty() ? who + of_disks : who + "; " + of_disks;
     });
     api::register_routes(router, machines, credentials, operations, image_store, info, probes);
     api::register_template_routes(router, templates);
@@ -358,6 +360,14 @@ int main(int argc, char** argv) {
         fatal("pools: " + st.message());
     }
     api::register_pool_routes(router, pools);
+    disks = std::make_unique<core::Disks>(io, db, events, pools, image_store, machines);
+    disks->load();
+    api::register_disk_routes(router, *disks, machines);
+    vms.set_attached_disks([&disks](const std::string& m) { return disks->attached(m); });
+    machines.set_disks_json([&disks](const std::string& m) { return disks->machine_items(m); });
+    machines.set_disk_released(
+        [&disks](const std::string& m, const std::string& d) { disks->released(m, d); });
+    probes.more.push_back([&disks](std::string& out) { disks->render_metrics(out); });
     probes.more.push_back([&pools](std::string& out) { pools.render_metrics(out); });
     probes.more.push_back(
         [&templates](std::string& out) { api::template_metrics(templates, out); });

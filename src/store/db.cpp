@@ -86,6 +86,10 @@ CREATE TABLE operations(
 CREATE TABLE templates(name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE pools(name TEXT PRIMARY KEY, data TEXT NOT NULL);
 )sql",
+    // 8: disks in pools (their JSON as stored by core::Disks).
+    R"sql(
+CREATE TABLE disks(name TEXT PRIMARY KEY, data TEXT NOT NULL);
+)sql",
 };
 
 struct Stmt {

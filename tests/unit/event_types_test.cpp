@@ -17,6 +17,7 @@ TEST(EventTypes, NamesRoundTrip) {
                                             "machine.state", "operation.created",
                                             "operation.progress", "operation.done", "image.created",
                                             "image.deleted", "template.created", "template.deleted",
+                                            "disk.created", "disk.updated", "disk.deleted",
                                             "console.attached", "console.detached", "events.gap"}));
     EXPECT_EQ(parse_event_type("machine.bogus"), std::nullopt);
     EXPECT_EQ(parse_event_type(""), std::nullopt);
@@ -35,6 +36,9 @@ TEST(EventTypes, PayloadKnowsItsType) {
     EXPECT_EQ(type_of(ImageDeleted{}), EventType::image_deleted);
     EXPECT_EQ(type_of(TemplateCreated{}), EventType::template_created);
     EXPECT_EQ(type_of(TemplateDeleted{}), EventType::template_deleted);
+    EXPECT_EQ(type_of(DiskCreated{}), EventType::disk_created);
+    EXPECT_EQ(type_of(DiskUpdated{}), EventType::disk_updated);
+    EXPECT_EQ(type_of(DiskDeleted{}), EventType::disk_deleted);
     EXPECT_EQ(type_of(EventsGap{}), EventType::events_gap);
 }
 
@@ -62,6 +66,10 @@ TEST(EventTypes, DataShapes) {
     EXPECT_EQ(event_data(TemplateCreated{"s", R"({"name":"s"})"}), R"({"name":"s"})");
     EXPECT_EQ(event_data(TemplateDeleted{"s"}), R"({"template":"s"})");
     EXPECT_EQ(event_data(ImageDeleted{"deb"}), R"({"image":"deb"})");
+    EXPECT_EQ(event_data(DiskCreated{"d", R"({"name":"d"})"}), R"({"name":"d"})");
+    EXPECT_EQ(event_data(DiskUpdated{"d", R"({"name":"d"})", "api:attach"}),
+              R"({"reason":"api:attach","disk":{"name":"d"}})");
+    EXPECT_EQ(event_data(DiskDeleted{"d"}), R"({"disk":"d"})");
     EXPECT_EQ(event_data(EventsGap{1, 5, 9, "m"}),
               R"({"since":1,"oldest":5,"revision":9,"message":"m"})");
 }

@@ -228,9 +228,53 @@ Status read_qcow2_refs(int fd, Qcow2Refs& out) {
     return {};
 }
 
+namespace {
+std::string name_hash(const std::string& s) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (unsigned char c : s) {
+        h = (h ^ c) * 1099511628211ull;
+    }
+    char buf[17];
+    snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+    return std::string(buf, 10);
+}
+
+std::string file_node(const std::string& node, const std::string& path, bool ro) {
+    return "{\"driver\":\"file\",\"node-name\":" + json::quote(node) +
+           ",\"filename\":" + json::quote(path) + (ro ? ",\"read-only\":true}" : "}");
+}
+std::string format_node(const std::string& node, const std::string& format, const std::string& file,
+                        bool ro, const std::string& backing = "") {
+    return "{\"driver\":" + json::quote(format) + ",\"node-name\":" + json::quote(node) +
+           ",\"file\":" + json::quote(file) +
+           (backing.empty() ? "" : ",\"backing\":" + json::quote(backing)) +
+           (ro ? ",\"read-only\":true}" : "}");
+}
+}  // namespace
+
+std::string disk_node(const std::string& disk) {
+    return "d" + name_hash(disk);
+}
+std::string disk_device(const std::string& disk) {
+    return "v" + name_hash(disk);
+}
+
+std::vector<std::string> disk_blockdevs(const core::DiskAttachment& d) {
+    std::string n = disk_node(d.name);
+    std::vector<std::string> out;
+    if (!d.base.empty()) {
+        out.push_back(file_node(n + "-bf", d.base, true));
+        out.push_back(format_node(n + "-b", d.base_format, n + "-bf", true));
+    }
+    out.push_back(file_node(n + "-f", d.path, false));
+    out.push_back(format_node(n, d.format, n + "-f", false, d.base.empty() ? "" : n + "-b"));
+    return out;
+}
+
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
                                     const MachinePaths& paths, int qmp_fd, const BootFds& fds,
-                                    const RootDisk& root, const UefiFlash& uefi) {
+                                    const RootDisk& root, const UefiFlash& uefi,
+                                    const std::vector<core::DiskAttachment>& disks) {
     std::vector<std::string> a = {
         settings.binary,
         "-name",
@@ -267,6 +311,9 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
         // A PCIe root port kept free for hot-plugged devices.
         "-device",
         "pcie-root-port,id=hotplug0,chassis=1,bus=pcie.0",
+        // The SCSI controller of attached disks (scsi-hd), hot-plugged ones too.
+        "-device",
+        "virtio-scsi-pci,id=scsi0",
         "-device",
         "pvpanic",
         // The display: a VGA card (text mode for the built-in guest, a framebuffer for others),
@@ -309,15 +356,6 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
         a.insert(a.end(), {"-drive", "file=" + file + ",if=none,id=disk0,format=" + format,
                            "-device", "virtio-blk-pci,drive=disk0,bootindex=1"});
     }
-    auto file_node = [](const std::string& node, const std::string& path, bool ro) {
-        return "{\"driver\":\"file\",\"node-name\":" + json::quote(node) +
-               ",\"filename\":" + json::quote(path) + (ro ? ",\"read-only\":true}" : "}");
-    };
-    auto format_node = [](const std::string& node, const std::string& format,
-                          const std::string& file, bool ro) {
-        return "{\"driver\":" + json::quote(format) + ",\"node-name\":" + json::quote(node) +
-               ",\"file\":" + json::quote(file) + (ro ? ",\"read-only\":true}" : "}");
-    };
     if (!uefi.code.empty()) {
         a.insert(a.end(), {"-blockdev", file_node("fw-code-file", uefi.code, true), "-blockdev",
                            format_node("fw-code", uefi.code_format, "fw-code-file", true),
@@ -334,6 +372,13 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
                   "{\"driver\":\"qcow2\",\"node-name\":\"root\",\"file\":\"root-file\","
                   "\"backing\":\"base0\"}",
                   "-device", "virtio-blk-pci,drive=root,id=root,bootindex=1"});
+    }
+    for (const auto& d : disks) {
+        for (auto& node : disk_blockdevs(d)) {
+            a.insert(a.end(), {"-blockdev", std::move(node)});
+        }
+        a.insert(a.end(), {"-device", "scsi-hd,drive=" + disk_node(d.name) +
+                                          ",id=" + disk_device(d.name) + ",bus=scsi0.0"});
     }
     return a;
 }

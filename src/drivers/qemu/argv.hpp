@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "core/runtime.hpp"
 #include "hangar/error.hpp"
 #include "hangar/machine.hpp"
 #include "hangar/machine_files.hpp"
@@ -60,9 +61,19 @@ struct UefiFlash {
 };
 
 // The QEMU command line for `spec`; QMP is the listening socket passed as `qmp_fd`.
+// What QEMU calls an attached disk (core::Disks): its format node ("d" and 10 hex digits of a
+// hash of the disk's name: node names are at most 31 characters), with "-f" its file node,
+// "-b"/"-bf" its base image's; and its scsi-hd device ("v" and the same digits). Derived from
+// the name alone, so an adopted QEMU's disks are known without a record.
+std::string disk_node(const std::string& disk);
+std::string disk_device(const std::string& disk);
+// The -blockdev arguments (JSON) of an attached disk, in the order they are added.
+std::vector<std::string> disk_blockdevs(const core::DiskAttachment& d);
+
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
                                     const MachinePaths& paths, int qmp_fd, const BootFds& fds = {},
-                                    const RootDisk& root = {}, const UefiFlash& uefi = {});
+                                    const RootDisk& root = {}, const UefiFlash& uefi = {},
+                                    const std::vector<core::DiskAttachment>& disks = {});
 
 // The format a boot disk is used as: qcow2 when its name ends in .qcow2, else raw. The
 // format comes from the name, never from the content, which a guest can write.

@@ -43,6 +43,7 @@ class QemuProcess : public std::enable_shared_from_this<QemuProcess> {
         std::string disk_format = "raw";
         RootDisk root;
         UefiFlash uefi;
+        std::vector<core::DiskAttachment> disks;
     };
     static void launch(boost::asio::io_context& io, const Settings& settings,
                        const MachineSpec& spec, const MachinePaths& paths, const BootFiles& files,

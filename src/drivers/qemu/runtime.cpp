@@ -312,7 +312,11 @@ QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
     QemuProcess::Callbacks cb;
     cb.on_event = [this, ref](std::string_view event, simdjson::dom::element msg) {
         std::string detail;
-        if (event == "SHUTDOWN" || event == "RESET") {
+        if (event == "DEVICE_DELETED") {
+            std::string_view device;
+            json::try_get(msg.at_pointer("/data/device"), device);
+            detail = device;  // "" for objects without an id (their path only)
+        } else if (event == "SHUTDOWN" || event == "RESET") {
             bool guest = false;
             std::string_view why;
             json::try_get(msg.at_pointer("/data/guest"), guest);
@@ -385,12 +389,14 @@ Status QemuRuntime::start(const MachineSpec& spec, const core::InstanceRef& ref,
 void QemuRuntime::launch(const MachineSpec& spec, const core::InstanceRef& ref,
                          const BootFiles& files, const RootDisk& root, const UefiFlash& uefi,
                          Done failed) {
-    QemuProcess::BootFiles fds{files.kernel.fd.get(),
-                               files.initrd.fd.get(),
-                               files.disk.fd.get(),
-                               files.disk_format,
-                               root,
-                               uefi};
+    QemuProcess::BootFiles fds{
+        files.kernel.fd.get(),
+        files.initrd.fd.get(),
+        files.disk.fd.get(),
+        files.disk_format,
+        root,
+        uefi,
+        attached_disks_ ? attached_disks_(spec.name) : std::vector<core::DiskAttachment>{}};
     QemuProcess::launch(
         io_, cfg_.qemu, spec, MachinePaths(cfg_.machines_dir / spec.name), fds, callbacks(ref),
         [this, ref, failed = std::move(failed)](const Status& st,
@@ -491,6 +497,149 @@ void QemuRuntime::kill(const core::InstanceRef& ref, Done done) {
     post(std::move(done), {});
 }
 
+void QemuRuntime::run_steps(const core::InstanceRef& ref,
+                            std::vector<std::pair<std::string, std::string>> steps,
+                            std::function<void(const Status&, size_t)> done) {
+    auto left = std::make_shared<decltype(steps)>(std::move(steps));
+    auto next = std::make_shared<std::function<void(size_t)>>();
+    *next = [this, ref, left, next, done](size_t i) {
+        auto end = [next, done](const Status& st, size_t at) {
+            auto keep = *next;  // this lambda lives in *next: clear it only from a copy
+            *next = nullptr;    // the cycle through the captures ends
+            done(st, at);
+        };
+        if (i == left->size()) {
+            return end({}, i);
+        }
+        Vm* vm = find(ref);
+        if (!vm || !vm->proc) {
+            return end({Errc::invalid_state, "QEMU is not running"}, i);
+        }
+        const auto& [cmd, args] = (*left)[i];
+        vm->proc->execute(cmd, args, [next, end, i](const Status& st, std::string_view) {
+            if (!st) {
+                return end(st, i);
+            }
+            auto keep = *next;
+            keep(i + 1);
+        });
+    };
+    auto first = *next;
+    first(0);
+}
+
+namespace {
+// blockdev-del of `nodes`, last first (a format node before its file node).
+std::vector<std::pair<std::string, std::string>> deletions(const std::vector<std::string>& nodes) {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
+        out.emplace_back("blockdev-del", "{\"node-name\":" + json::quote(*it) + "}");
+    }
+    return out;
+}
+// An attached disk's nodes in the order they are added.
+std::vector<std::string> node_names(const std::string& disk, bool base) {
+    std::string n = disk_node(disk);
+    if (base) {
+        return {n + "-bf", n + "-b", n + "-f", n};
+    }
+    return {n + "-f", n};
+}
+}  // namespace
+
+void QemuRuntime::attach_disk(const core::InstanceRef& ref, const core::DiskAttachment& disk,
+                              Done done) {
+    std::vector<std::pair<std::string, std::string>> steps;
+    for (auto& node : disk_blockdevs(disk)) {
+        steps.emplace_back("blockdev-add", std::move(node));
+    }
+    steps.emplace_back("device_add",
+                       "{\"driver\":\"scsi-hd\",\"drive\":" + json::quote(disk_node(disk.name)) +
+                           ",\"id\":" + json::quote(disk_device(disk.name)) +
+                           ",\"bus\":\"scsi0.0\"}");
+    auto nodes = node_names(disk.name, !disk.base.empty());
+    run_steps(ref, std::move(steps), [this, ref, nodes, done](const Status& st, size_t at) {
+        if (st) {
+            return done({});
+        }
+        // Undo the nodes added before the failed step.
+        std::vector<std::string> added(nodes.begin(), nodes.begin() + std::min(at, nodes.size()));
+        run_steps(ref, deletions(added), [done, st](const Status&, size_t) {
+            done({st.code() == Errc::internal ? Errc::invalid_state : st.code(),
+                  "hot-plugging the disk: " + st.message()});
+        });
+    });
+}
+
+void QemuRuntime::detach_disk(const core::InstanceRef& ref, const std::string& disk,
+                              std::chrono::seconds deadline, Done done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return post(std::move(done), {Errc::invalid_state, "QEMU is not running"});
+    }
+    std::string device = disk_device(disk);
+    auto finished = std::make_shared<bool>(false);
+    auto timer = std::make_shared<boost::asio::steady_timer>(io_);
+    // Once the device is gone: its nodes, then its base image's if it has them (deleting
+    // nodes that do not exist fails harmlessly).
+    vm->unplugging[device] = [this, ref, disk, done, finished, timer] {
+        timer->cancel();
+        run_steps(ref, deletions(node_names(disk, false)),
+                  [this, ref, disk, done, finished](const Status& st, size_t) {
+                      auto base = node_names(disk, true);
+                      run_steps(
+                          ref, deletions({base[0], base[1]}),
+                          [this, ref, disk, done, finished, st](const Status&, size_t) {
+                              if (*finished) {
+                                  // Released after the detach's deadline: told now.
+                                  if (sink_ && find(ref)) {
+                                      sink_->on_disk_released(ref, disk);
+                                  }
+                                  return;
+                              }
+                              *finished = true;
+                              done(st ? Status{}
+                                      : Status{Errc::internal, "blockdev-del: " + st.message()});
+                          });
+                  });
+    };
+    timer->expires_after(deadline);
+    timer->async_wait([done, finished, deadline](boost::system::error_code ec) {
+        if (ec || *finished) {
+            return;
+        }
+        // device_del stays asked: when the guest releases the disk later, DEVICE_DELETED
+        // still completes the detach (on_disk_released).
+        *finished = true;
+        done({Errc::timeout, "the guest did not release the disk within " +
+                                 std::to_string(deadline.count()) +
+                                 " s; the detach stays pending until it does"});
+    });
+    vm->proc->execute(
+        "device_del", "{\"id\":" + json::quote(device) + "}",
+        [this, ref, device, done, finished, timer](const Status& st, std::string_view) {
+            if (st || *finished) {
+                return;  // DEVICE_DELETED follows
+            }
+            *finished = true;
+            timer->cancel();
+            if (Vm* vm = find(ref)) {
+                vm->unplugging.erase(device);
+            }
+            done({Errc::invalid_state, "device_del: " + st.message()});
+        });
+}
+
+void QemuRuntime::resize_disk(const core::InstanceRef& ref, const std::string& disk, uint64_t bytes,
+                              Done done) {
+    run_steps(ref,
+              {{"block_resize", "{\"node-name\":" + json::quote(disk_node(disk)) +
+                                    ",\"size\":" + std::to_string(bytes) + "}"}},
+              [done](const Status& st, size_t) {
+                  done(st ? st : Status{Errc::invalid_state, "block_resize: " + st.message()});
+              });
+}
+
 void QemuRuntime::command(const core::InstanceRef& ref, const char* command, Done done) {
     Vm* vm = find(ref);
     if (!vm || !vm->proc) {
@@ -538,7 +687,14 @@ void QemuRuntime::on_event(const core::InstanceRef& ref, std::string_view event,
     if (!vm || !sink_) {
         return;
     }
-    if (event == "STOP") {
+    if (event == "DEVICE_DELETED") {
+        auto it = vm->unplugging.find(detail);
+        if (it != vm->unplugging.end()) {
+            auto then = std::move(it->second);
+            vm->unplugging.erase(it);
+            then();
+        }
+    } else if (event == "STOP") {
         sink_->on_paused(ref, "qmp:STOP");
     } else if (event == "RESUME") {
         sink_->on_running(ref, "qmp:RESUME");

@@ -34,6 +34,8 @@ struct DiskImage {
     uint64_t virtual_size = 0;
 };
 using DiskImageLookup = std::function<Status(const std::string& image, DiskImage& out)>;
+// The disks attached to a machine (core::Disks), which it boots with.
+using AttachedDisks = std::function<std::vector<core::DiskAttachment>(const std::string& machine)>;
 
 // What query-status of an adopted QEMU means, given the state hangard stored for it.
 struct AdoptPlan {
@@ -53,6 +55,7 @@ class QemuRuntime final : public core::Runtime {
     core::MachineType type() const override { return core::MachineType::vm; }
     // Where "image" finds disk images; none: a VM cannot name one.
     void set_image_lookup(DiskImageLookup lookup) { image_lookup_ = std::move(lookup); }
+    void set_attached_disks(AttachedDisks disks) { attached_disks_ = std::move(disks); }
     // A VM with "image" gets disk_gib filled in (the image's size, rounded up to GiB).
     Status validate(MachineSpec& spec, const core::Privilege& who) const override;
     // The image exists, and the machine's file system has room for its root disk.
@@ -71,6 +74,16 @@ class QemuRuntime final : public core::Runtime {
     void exec(const MachineSpec& spec, const core::InstanceRef& ref, bool running,
               core::ExecRequest req, ExecDone done) override;
     void console_input(const core::InstanceRef& ref, std::string_view bytes) override;
+    // blockdev-add (the base image's nodes, read-only, then the disk's) and device_add scsi-hd;
+    // what was added is deleted again when a step fails.
+    void attach_disk(const core::InstanceRef& ref, const core::DiskAttachment& disk,
+                     Done done) override;
+    // device_del, then on DEVICE_DELETED (no polling) blockdev-del of its nodes.
+    void detach_disk(const core::InstanceRef& ref, const std::string& disk,
+                     std::chrono::seconds deadline, Done done) override;
+    // block_resize of the disk's format node (QEMU grows the file).
+    void resize_disk(const core::InstanceRef& ref, const std::string& disk, uint64_t bytes,
+                     Done done) override;
     // QMP screendump (format png).
     void screenshot(const core::InstanceRef& ref, const std::string& path, Done done) override;
     void forget(const std::string& machine) override;
@@ -87,7 +100,13 @@ class QemuRuntime final : public core::Runtime {
         bool quit_sent = false;
         std::unique_ptr<boost::asio::steady_timer> timer;  // stop timeout, quit deadline
         ConsoleLink console;                               // input to the serial port
+        // Detaches waiting for DEVICE_DELETED, by device id: what to do then.
+        std::map<std::string, std::function<void()>> unplugging;
     };
+    // Runs QMP commands one after another; `done` with the first failure (and its index).
+    void run_steps(const core::InstanceRef& ref,
+                   std::vector<std::pair<std::string, std::string>> steps,
+                   std::function<void(const Status&, size_t failed_at)> done);
     // Kernel, initrd and disk, opened with `who`'s rights.
     struct BootFiles;
     Status open_boot_files(const MachineSpec& spec, const core::Privilege& who,
@@ -113,6 +132,7 @@ class QemuRuntime final : public core::Runtime {
     boost::asio::io_context& io_;
     RuntimeConfig cfg_;
     DiskImageLookup image_lookup_;
+    AttachedDisks attached_disks_;
     Firmware uefi_;
     Status uefi_status_;  // why there is no UEFI firmware
     std::map<std::string, Vm> vms_;

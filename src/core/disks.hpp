@@ -1,0 +1,116 @@
+#pragma once
+// Disks (/v1/disks): volumes in storage pools, each one file of its owner's, qcow2 or raw, made
+// empty, as a copy-on-write overlay on a disk image (its backing file named relative to the
+// disk, so a moved state dir still works), or as a copy of another disk or of a file the caller
+// names (opened as the caller, inspected like an imported image). A disk grows (never shrinks),
+// live when attached to a running VM; it is deleted only when no machine uses it. A disk is
+// attached to at most one VM: cold while the VM is stopped (it boots with it), hot-plugged
+// while it runs (the runtime's attach_disk / detach_disk). Every file step is a child process
+// (qemu-img, cp) on hangard's own copy, in a temporary name in the pool; a disk is registered
+// only whole, and a failed create leaves nothing. Users see their own disks; admins all.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+
+#include "core/event_bus.hpp"
+#include "core/images.hpp"
+#include "core/machines.hpp"
+#include "core/pools.hpp"
+#include "core/runtime.hpp"
+#include "hangar/error.hpp"
+#include "store/db.hpp"
+
+namespace hangar::core {
+
+struct Disk {
+    std::string name, pool, format, path, created_at;
+    uint32_t owner = 0;
+    uint64_t size_bytes = 0;
+    std::string source_type;        // "empty", "image", "disk", "file"
+    std::string source;             // the image's or disk's name, or the file's path
+    std::string base, base_format;  // an overlay on a disk image: the image's file
+    std::string attached_to;        // a VM's name, or ""
+};
+
+// POST /v1/disks: {"name", "pool", "size_gib", "source": {"image"|"disk"|"file": ...}}.
+struct DiskRequest {
+    std::string name, pool = "default";
+    uint32_t size_gib = 0;  // 0: the source's size (required without a source)
+    std::string source_type = "empty", source;
+};
+Status decode_disk_request(std::string_view body, DiskRequest& out);
+
+inline constexpr size_t kMaxDisks = 4096;
+inline constexpr auto kDetachDeadline = std::chrono::seconds(10);
+
+class Disks {
+  public:
+    using Done = std::function<void(const Status&, const Disk*)>;
+    Disks(boost::asio::io_context& io, store::Db& db, EventBus& events, Pools& pools,
+          Images& images, Machines& machines);
+    ~Disks();
+
+    // Reads the store; drops records whose file is gone; removes what interrupted creates
+    // left in the pools.
+    void load();
+
+    std::vector<const Disk*> list(const Caller& caller) const;
+    // invalid_name, or not_found (also for another user's disk).
+    Status get(const Caller& caller, const std::string& name, const Disk** out) const;
+    // `done` once the disk exists, never from inside the call.
+    void create(const Caller& caller, DiskRequest req, Done done);
+    // Grows the disk to `size_gib` (offline with qemu-img resize, or live with block_resize).
+    void resize(const Caller& caller, const std::string& name, uint32_t size_gib, Done done);
+    Status remove(const Caller& caller, const std::string& name);
+    // Attaches to / detaches from VM `machine`, hot-plugged while it runs.
+    void attach(const Caller& caller, const std::string& machine, const std::string& disk,
+                Done done);
+    void detach(const Caller& caller, const std::string& machine, const std::string& disk,
+                Done done);
+
+    // The guest of `machine` released `disk` after its detach's deadline.
+    void released(const std::string& machine, const std::string& disk);
+    // What the QEMU runtime boots `machine` with.
+    std::vector<DiskAttachment> attached(const std::string& machine) const;
+    // The machine JSON's "disks" items of `machine`.
+    std::vector<std::string> machine_items(const std::string& machine) const;
+    // Disks that are overlays on image `image`: "" when none.
+    std::string users_of_image(const std::string& image) const;
+
+    std::string to_json(const Disk& d) const;
+    // hangar_disks, hangar_disk_bytes{disk} (virtual size).
+    void render_metrics(std::string& out) const;
+
+  private:
+    Status visible(const Caller& caller, const std::string& name, Disk** out) const;
+    void store(const Disk& d);
+    void finish_create(const std::shared_ptr<struct DiskMake>& mk, const Status& st);
+    // A machine of `caller`'s that disks may be attached to, and whether it runs (holds an
+    // instance the runtime can hot-plug into).
+    Status machine_for(const Caller& caller, const std::string& name, const Machine** out) const;
+    // The disk is no longer attached (`reason` for the events).
+    void detached(const std::string& name, const std::string& reason);
+
+    boost::asio::io_context& io_;
+    store::Db& db_;
+    EventBus& events_;
+    Pools& pools_;
+    Images& images_;
+    Machines& machines_;
+    std::map<std::string, Disk> disks_;
+    std::set<std::string> busy_;  // disks being made, grown, attached or detached
+    // Detaches whose guest has not released the disk within the deadline: complete when it
+    // does (released()) or when the VM ends.
+    std::set<std::string> pending_detach_;
+    uint64_t subscription_ = 0;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace hangar::core
