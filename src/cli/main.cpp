@@ -91,6 +91,11 @@ const char* kUsage =
     "                               size templates (create and delete: admins)\n"
     "  pool list | pool show NAME | pool create NAME PATH | pool delete NAME\n"
     "                               storage pools (create and delete: admins)\n"
+    "  disk list | disk show NAME | disk delete NAME | disk grow NAME GIB\n"
+    "  disk create NAME [--size GIB] [--pool P] [--image IMAGE | --from DISK | --file FILE]\n"
+    "                               disks: empty, an overlay on a disk image, a copy\n"
+    "  attach MACHINE DISK | detach MACHINE DISK\n"
+    "                               hot-plugged while the VM runs\n"
     "  operation show ID | operation cancel ID\n"
     "                               an operation; cancel a running image pull or import\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
@@ -1109,6 +1114,120 @@ int run(int argc, char** argv) {
             return 0;
         }
         throw UsageError{"pool list | pool show NAME | pool create NAME PATH | pool delete NAME"};
+    }
+    if (cmd == "disk") {
+        auto a = parse_args(args, {"--size", "--pool", "--image", "--from", "--file"}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        if (sub == "list" && a.pos.size() == 1) {
+            if (int rc = request(http::verb::get, "/v1/disks", "", &doc)) {
+                return rc;
+            }
+            simdjson::dom::array list;
+            if (as_json || doc["disks"].get(list) != simdjson::SUCCESS) {
+                std::cout << out << "\n";
+                return 0;
+            }
+            std::vector<std::vector<std::string>> rows;
+            for (auto d : list) {
+                std::string used, from;
+                simdjson::dom::array users;
+                if (d["used_by"].get(users) == simdjson::SUCCESS) {
+                    for (auto u : users) {
+                        std::string_view n;
+                        if (u.get(n) == simdjson::SUCCESS) {
+                            used += (used.empty() ? "" : ",") + std::string(n);
+                        }
+                    }
+                }
+                simdjson::dom::object src;
+                if (d["source"].get(src) == simdjson::SUCCESS) {
+                    for (auto [k, v] : src) {
+                        std::string_view n;
+                        if (v.get(n) == simdjson::SUCCESS) {
+                            from = std::string(k) + " " + std::string(n);
+                        }
+                    }
+                }
+                rows.push_back({str(d, "name"), str(d, "pool"), str(d, "format"),
+                                str(d, "size_gib") + " GiB", used.empty() ? "-" : used,
+                                from.empty() ? "empty" : from});
+            }
+            print_table({"NAME", "POOL", "FORMAT", "SIZE", "USED BY", "SOURCE"}, rows);
+            return 0;
+        }
+        if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
+            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
+            if (int rc = request(verb, "/v1/disks/" + url_encode(a.pos[1]), "", &doc)) {
+                return rc;
+            }
+            if (sub == "show") {
+                std::cout << out << "\n";
+            }
+            return 0;
+        }
+        if (sub == "create" && a.pos.size() == 2) {
+            hangar::json::Writer w;
+            w.begin_object().field("name", a.pos[1]);
+            if (a.opt.count("--pool")) {
+                w.field("pool", a.opt["--pool"]);
+            }
+            if (a.opt.count("--size")) {
+                w.field("size_gib", to_number("--size", a.opt["--size"]));
+            }
+            for (auto [opt, key] :
+                 {std::pair{"--image", "image"}, {"--from", "disk"}, {"--file", "file"}}) {
+                if (a.opt.count(opt)) {
+                    std::string v = a.opt[opt];
+                    if (std::string(key) == "file") {
+                        std::error_code ec;
+                        v = std::filesystem::absolute(v, ec).string();
+                    }
+                    w.key("source").begin_object().field(key, v).end_object();
+                }
+            }
+            w.end_object();
+            if (int rc = request(http::verb::post, "/v1/disks", w.str(), &doc)) {
+                return rc;
+            }
+            std::cout << (as_json ? out
+                                  : str(doc, "name") + ": " + str(doc, "size_gib") + " GiB " +
+                                        str(doc, "format") + " in " + str(doc, "path"))
+                      << "\n";
+            return 0;
+        }
+        if (sub == "grow" && a.pos.size() == 3) {
+            hangar::json::Writer w;
+            w.begin_object().field("size_gib", to_number("GIB", a.pos[2])).end_object();
+            if (int rc = request(http::verb::patch, "/v1/disks/" + url_encode(a.pos[1]), w.str(),
+                                 &doc)) {
+                return rc;
+            }
+            std::cout << (as_json ? out : str(doc, "name") + ": " + str(doc, "size_gib") + " GiB")
+                      << "\n";
+            return 0;
+        }
+        throw UsageError{
+            "disk list | disk show NAME | disk delete NAME | disk create NAME [--size GIB] "
+            "[--pool P] [--image IMAGE | --from DISK | --file FILE] | disk grow NAME GIB"};
+    }
+    if (cmd == "attach" || cmd == "detach") {
+        auto a = parse_args(args, {}, {});
+        if (a.pos.size() != 2) {
+            throw UsageError{cmd + " MACHINE DISK"};
+        }
+        std::string path = "/v1/machines/" + url_encode(a.pos[0]) + "/disks";
+        int rc = 0;
+        if (cmd == "attach") {
+            hangar::json::Writer w;
+            w.begin_object().field("disk", a.pos[1]).end_object();
+            rc = request(http::verb::post, path, w.str(), &doc);
+        } else {
+            rc = request(http::verb::delete_, path + "/" + url_encode(a.pos[1]), "", &doc);
+        }
+        if (rc) {
+            return rc;
+        }
+        return show_machine();
     }
     if (cmd == "operation") {
         auto a = parse_args(args, {}, {});

@@ -222,6 +222,28 @@ class Disks(DaemonTest):
         self.refused(self.daemon.request("PATCH", "/v1/disks/ov", {"size": 2}), 400,
                      "bad_request")
 
+        # hangarctl: a table, create, grow, attach and detach.
+        ctl = lambda *a: subprocess.run([HANGARCTL, "--socket", self.daemon.socket, *a],
+                                        capture_output=True, text=True, timeout=60)
+        out = ctl("disk", "create", "cli1", "--size", "1", "--pool", "p2")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(f"cli1: 1 GiB qcow2 in {other}/cli1.qcow2", out.stdout)
+        self.assertIn("cli1: 4 GiB", ctl("disk", "grow", "cli1", "4").stdout)
+        out = ctl("attach", "rootvm", "cli1")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = ctl("disk", "list")
+        self.assertEqual(out.stdout.splitlines()[0].split(),
+                         ["NAME", "POOL", "FORMAT", "SIZE", "USED", "BY", "SOURCE"])
+        self.assertRegex(out.stdout, r"cli1 +p2 +qcow2 +4 GiB +rootvm +empty")
+        self.assertRegex(out.stdout, r"ov +default +qcow2 +3 GiB +- +image base")
+        out = ctl("detach", "rootvm", "cli1")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = ctl("disk", "delete", "cli1")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = ctl("disk", "create", "cli1")
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("an empty disk needs size_gib", out.stderr)
+
         # Containers take no disks.
         s, ct = self.daemon.request("POST", "/v1/machines",
                                     {"name": "ct", "type": "container", "image": "base"})

@@ -34,6 +34,7 @@ struct RouteTable {
     std::unique_ptr<core::Credentials> credentials;
     std::unique_ptr<core::Operations> operations;
     std::unique_ptr<core::Images> images;
+    std::unique_ptr<core::Disks> disks;
     std::unique_ptr<core::Consoles> consoles;
     std::unique_ptr<core::Health> health;
     api::Router router;
@@ -68,12 +69,15 @@ struct RouteTable {
             abort();
         }
         api::register_pool_routes(router, *pools);
+        disks = std::make_unique<core::Disks>(io, db, *events, *pools, *images, *machines);
+        api::register_disk_routes(router, *disks, *machines);
         consoles = std::make_unique<core::Consoles>(io, *machines, *events);
         api::register_console_routes(router, *consoles, *machines);
         api::register_display_routes(router, *machines, io, tickets);
     }
     ~RouteTable() {
         consoles.reset();
+        disks.reset();
         images.reset();
         operations.reset();
         credentials.reset();
