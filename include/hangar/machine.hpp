@@ -39,6 +39,7 @@ struct MachineSpec {
     std::string image;
     uint32_t disk_gib = 0;  // VMs from an image: the root disk's size; 0: the image's size
     std::string firmware;   // VMs: "bios" (also when empty) or "uefi"
+    std::string cdrom;      // VMs: an ISO image in the CD-ROM drive, or empty
     bool autostart = false;
     std::string description;
     std::string template_name;  // the size template a create named ("template"), or empty

@@ -558,12 +558,11 @@ void register_routes(Router& router, core::Machines& machines, core::Credentials
             if (Status st = core::decode_spec_fields(req.body, spec, changed); !st) {
                 return respond(error_response(st));
             }
-            if (Status st =
-                    machines.update(req.caller, req.params["name"], std::move(spec), changed, &m);
-                !st) {
-                return respond(error_response(st));
-            }
-            respond(json_response(200, machines.to_json(*m)));
+            machines.update_live(
+                req.caller, req.params["name"], std::move(spec), std::move(changed),
+                [&machines, respond](const Status& st, const core::Machine* m) {
+                    respond(st ? json_response(200, machines.to_json(*m)) : error_response(st));
+                });
         });
 
     router.add("DELETE", "/v1/machines/{name}", Access::user,

@@ -194,6 +194,9 @@ const std::string& Machines::to_json(const Machine& m) const {
     }
     if (m.type == MachineType::vm) {
         w.field("firmware", s.firmware.empty() ? "bios" : s.firmware);
+        if (!s.cdrom.empty()) {
+            w.field("cdrom", s.cdrom);
+        }
     }
     w.key("disks").begin_array();
     if (m.type == MachineType::vm && !s.image.empty()) {
@@ -368,10 +371,54 @@ Status Machines::create(const Caller& caller, MachineSpec spec, const Machine** 
 
 Status Machines::update(const Caller& caller, const std::string& name, MachineSpec spec,
                         const std::set<std::string>& changed, const Machine** out) {
+    return update_checked(caller, name, std::move(spec), changed, false, out);
+}
+
+void Machines::update_live(const Caller& caller, const std::string& name, MachineSpec spec,
+                           std::set<std::string> changed, Done done) {
+    HANGAR_ASSERT_REACTOR();
+    Machine* m = nullptr;
+    Status st = lookup(caller, name, &m);
+    if (!st || !changed.count("cdrom") || !m->live) {
+        const Machine* out = nullptr;
+        if (st) {
+            st = update_checked(caller, name, std::move(spec), changed, false, &out);
+        }
+        return boost::asio::post(io_, [done = std::move(done), st, out] { done(st, out); });
+    }
+    if (m->op != Op::none) {
+        return boost::asio::post(io_, [done = std::move(done), name, op = m->op] {
+            done({Errc::busy, name + " is busy (" + std::string(to_string(op)) + ")"}, nullptr);
+        });
+    }
+    // The whole spec is checked before the drive changes.
+    MachineSpec probe = spec;
+    Runtime* rt = nullptr;
+    if (Status vst = validate(probe, m->spec.owner, &rt); !vst) {
+        return boost::asio::post(io_, [done = std::move(done), vst] { done(vst, nullptr); });
+    }
+    m->runtime->change_cdrom(
+        m->instance(), spec, [this, caller, name, spec, changed, done](const Status& st) {
+            const Machine* out = nullptr;
+            Status result = st;
+            if (result) {
+                result = update_checked(caller, name, spec, changed, true, &out);
+            }
+            done(result, out);
+        });
+}
+
+Status Machines::update_checked(const Caller& caller, const std::string& name, MachineSpec spec,
+                                const std::set<std::string>& changed, bool applied,
+                                const Machine** out) {
     HANGAR_ASSERT_REACTOR();
     Machine* m = nullptr;
     if (Status st = lookup(caller, name, &m); !st) {
         return st;
+    }
+    if (changed.count("cdrom") && m->live && !applied) {
+        return {Errc::invalid_state, "the CD-ROM of the running " + name +
+                                         " changes through PATCH /v1/machines/" + name};
     }
     if (spec.name != m->spec.name || spec.type != m->spec.type || spec.image != m->spec.image ||
         spec.template_name != m->spec.template_name || spec.disk_gib != m->spec.disk_gib) {

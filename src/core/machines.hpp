@@ -131,6 +131,10 @@ class Machines final : private RuntimeSink {
     // the request's view. cpus, memory_mib and boot change only while nothing runs.
     Status update(const Caller& caller, const std::string& name, MachineSpec spec,
                   const std::set<std::string>& changed, const Machine** out);
+    // The same, and what a running instance can take at once (its CD-ROM) goes to it first;
+    // `done` after that, never from inside the call. The HTTP face's PATCH.
+    void update_live(const Caller& caller, const std::string& name, MachineSpec spec,
+                     std::set<std::string> changed, Done done);
     Status get(const Caller& caller, const std::string& name, const Machine** out) const;
     std::vector<const Machine*> list(const Caller& caller, std::optional<MachineState> state,
                                      const std::string& type) const;
@@ -190,6 +194,9 @@ class Machines final : private RuntimeSink {
     Runtime* runtime_for(MachineType t) const;
     // Checks limits and the runtime's part of the spec (files opened as `owner`).
     Status validate(MachineSpec& spec, uid_t owner, Runtime** rt) const;
+    // update(); `applied`: what the running instance takes at once has been given to it.
+    Status update_checked(const Caller& caller, const std::string& name, MachineSpec spec,
+                          const std::set<std::string>& changed, bool applied, const Machine** out);
     Privilege privilege(uid_t owner) const;
     Machine* find_visible(const Caller& caller, const std::string& name) const;
     // invalid_name, not_found (also for others' machines), or the machine in `out`.

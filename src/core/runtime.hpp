@@ -200,6 +200,11 @@ class Runtime {
         (void)ref, (void)disk, (void)bytes;
         done({Errc::invalid_spec, "this machine takes no disks"});
     }
+    // Puts `spec`'s CD-ROM (an ISO image, or none: ejected) into the running instance's drive.
+    virtual void change_cdrom(const InstanceRef& ref, const MachineSpec& spec, Done done) {
+        (void)ref, (void)spec;
+        done({Errc::invalid_spec, "this machine has no CD-ROM drive"});
+    }
     // The instance's record is dropped (the machine is deleted, or ended).
     virtual void forget(const std::string& machine) = 0;
     // Lets every instance run on without hangard (daemon shutdown).

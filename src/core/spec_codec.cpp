@@ -18,6 +18,7 @@ const std::vector<SpecField> kTop = {
     {"image", "image", SpecFieldKind::string},
     {"disk_gib", "disk_gib", SpecFieldKind::u32},
     {"firmware", "firmware", SpecFieldKind::string},
+    {"cdrom", "cdrom", SpecFieldKind::string},
     {"autostart", "autostart", SpecFieldKind::boolean},
     {"description", "description", SpecFieldKind::string},
     {"template", "template", SpecFieldKind::string},
@@ -40,6 +41,7 @@ auto string_member(Spec& s, std::string_view path) -> decltype(&s.name) {
            : path == "description"  ? &s.description
            : path == "template"     ? &s.template_name
            : path == "firmware"     ? &s.firmware
+           : path == "cdrom"        ? &s.cdrom
            : path == "boot.kernel"  ? &s.boot.kernel
            : path == "boot.initrd"  ? &s.boot.initrd
            : path == "boot.cmdline" ? &s.boot.cmdline
@@ -272,9 +274,9 @@ void encode_boot(json::Writer& w, const BootSpec& boot) {
     w.end_object();
 }
 
-const std::set<std::string> kStoredSpecFields = {"cpus",        "memory_mib", "boot",
-                                                 "image",       "disk_gib",   "autostart",
-                                                 "description", "template",   "firmware"};
+const std::set<std::string> kStoredSpecFields = {
+    "cpus",      "memory_mib",  "boot",     "image",    "disk_gib",
+    "autostart", "description", "template", "firmware", "cdrom"};
 
 std::string encode_stored_spec(const MachineSpec& spec) {
     return encode_spec(spec, kStoredSpecFields);

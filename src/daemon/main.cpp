@@ -332,21 +332,23 @@ int main(int argc, char** argv) {
     containers.set_image_lookup([&image_store](const std::string& name, std::string& rootfs) {
         return image_store.rootfs(name, rootfs);
     });
-    vms.set_image_lookup([&image_store](const std::string& name, qemu::DiskImage& out) {
-        const core::Image* img = nullptr;
-        Status st = image_store.file_of(name, "disk", &img, out.path);
-        if (st) {
-            out.format = img->format;
-            out.virtual_size = img->virtual_size;
-        }
-        return st;
-    });
+    vms.set_image_lookup(
+        [&image_store](const std::string& name, const std::string& kind, qemu::DiskImage& out) {
+            const core::Image* img = nullptr;
+            Status st = image_store.file_of(name, kind, &img, out.path);
+            if (st) {
+                out.format = img->format;
+                out.virtual_size = img->virtual_size;
+            }
+            return st;
+        });
     std::unique_ptr<core::Disks> disks;  // made once the pools are loaded
     // A disk image stays while VMs and disks are overlays on it.
     image_store.set_users([&machines, &disks](const std::string& image) {
         std::string who;
         for (const auto& [name, m] : machines.all()) {
-            if (m->type == core::MachineType::vm && m->spec.image == image) {
+            if (m->type == core::MachineType::vm &&
+                (m->spec.image == image || m->spec.cdrom == image)) {
                 who += (who.empty() ? "machine " : ", ") + name;
             }
         }

@@ -233,6 +233,70 @@ class VmImages(DaemonTest):
         self.assertEqual((s, img["kind"], img["format"]), (200, "disk", "qcow2"))
         self.assertEqual(self.daemon.machine("v2")["disks"][0]["size_gib"], 3)
 
+    def test_cdrom_goes_in_and_out_of_a_running_vm(self):
+        def iso(name):
+            path = os.path.join(self.files, name + ".iso")
+            with open(path, "wb") as f:
+                f.write(b"\0" * 32769 + b"CD001" + name.encode())
+            os.truncate(path, 1 << 20)
+            s, img = self.import_image(name, path)
+            self.assertEqual((s, img.get("kind")), (201, "iso"), img)
+            return os.path.join(self.state_dir, "images", name, "image.iso")
+
+        def open_files(pid):
+            d = f"/proc/{pid}/fd"
+            out = set()
+            for fd in os.listdir(d):
+                try:
+                    out.add(os.readlink(os.path.join(d, fd)))
+                except OSError:
+                    pass
+            return out
+
+        cd1, cd2 = iso("cd1"), iso("cd2")
+        m = self.create("web", cdrom="cd1", boot=guest_boot())
+        self.assertEqual(m["cdrom"], "cd1")
+        m = self.daemon.action("web", "start")
+        pid = m["pid"]
+        self.assertIn(cd1, open_files(pid))
+        wait_for(lambda: "HANGAR-GUEST-READY" in self.console("web"), 90, "the guest's boot")
+        # Changed while it runs: QEMU holds the new ISO (read-only), not the old one.
+        s, m = self.daemon.request("PATCH", "/v1/machines/web", {"cdrom": "cd2"})
+        self.assertEqual((s, m.get("cdrom")), (200, "cd2"), m)
+        self.assertIn(cd2, open_files(pid))
+        self.assertNotIn(cd1, open_files(pid))
+        self.refused(self.daemon.request("DELETE", "/v1/images/cd2"), 409, "conflict",
+                     "machine web")
+        s, m = self.daemon.request("PATCH", "/v1/machines/web", {"cdrom": ""})
+        self.assertEqual(s, 200, m)
+        self.assertNotIn("cdrom", m)
+        self.assertFalse({cd1, cd2} & open_files(pid))
+        s, m = self.daemon.request("PATCH", "/v1/machines/web", {"cdrom": "cd1"})
+        self.assertEqual(s, 200, m)
+        self.assertIn(cd1, open_files(pid))
+        # What does not fit changes nothing.
+        good = self.disk_image("good", "GOOD")
+        s, _ = self.import_image("good", good)
+        self.refused(self.daemon.request("PATCH", "/v1/machines/web", {"cdrom": "good"}), 422,
+                     "invalid_spec", 'of kind "disk", not "iso"')
+        self.refused(self.daemon.request("PATCH", "/v1/machines/web", {"cdrom": "nope"}), 422,
+                     "invalid_spec")
+        self.refused(self.daemon.request("PATCH", "/v1/machines/web", {"cdrom": "../x"}), 400,
+                     "invalid_name")
+        self.assertEqual(self.daemon.machine("web")["cdrom"], "cd1")
+        self.assertIn(cd1, open_files(pid))
+        self.refused(self.daemon.request("POST", "/v1/machines",
+                                         {"name": "c1", "type": "container", "image": "x",
+                                          "cdrom": "cd1"}), 422, "invalid_spec", "for VMs")
+        # Kept across a restart of hangard; while stopped it just changes.
+        self.daemon.kill()
+        self.daemon.start()
+        self.assertEqual(self.daemon.machine("web")["cdrom"], "cd1")
+        self.daemon.action("web", "kill")
+        self.daemon.wait_state("web", "stopped")
+        s, m = self.daemon.request("PATCH", "/v1/machines/web", {"cdrom": "cd2"})
+        self.assertEqual((s, m.get("cdrom")), (200, "cd2"), m)
+
     def test_users_import_their_files_and_download_needs_a_checksum(self):
         # A user imports a file of theirs, and not one they cannot read.
         mine = self.disk_image("mine", "MINE")

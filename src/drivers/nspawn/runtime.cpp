@@ -88,8 +88,8 @@ Status NspawnRuntime::validate(MachineSpec& spec, const core::Privilege&) const 
                 "boot.kernel, boot.initrd, boot.disk and boot.cmdline are for VMs; a container "
                 "boots its image's init, or boot.command"};
     }
-    if (!spec.firmware.empty() || spec.disk_gib != 0) {
-        return {Errc::invalid_spec, "firmware and disk_gib are for VMs"};
+    if (!spec.firmware.empty() || spec.disk_gib != 0 || !spec.cdrom.empty()) {
+        return {Errc::invalid_spec, "firmware, disk_gib and cdrom are for VMs"};
     }
     if (spec.image.empty()) {
         return {

@@ -274,7 +274,8 @@ std::vector<std::string> disk_blockdevs(const core::DiskAttachment& d) {
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
                                     const MachinePaths& paths, int qmp_fd, const BootFds& fds,
                                     const RootDisk& root, const UefiFlash& uefi,
-                                    const std::vector<core::DiskAttachment>& disks) {
+                                    const std::vector<core::DiskAttachment>& disks,
+                                    const std::string& cdrom) {
     std::vector<std::string> a = {
         settings.binary,
         "-name",
@@ -372,6 +373,15 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
                   "{\"driver\":\"qcow2\",\"node-name\":\"root\",\"file\":\"root-file\","
                   "\"backing\":\"base0\"}",
                   "-device", "virtio-blk-pci,drive=root,id=root,bootindex=1"});
+    }
+    // The CD-ROM drive is always there (a medium can go in while the VM runs); an ISO in it
+    // boots after the disks.
+    if (!cdrom.empty()) {
+        a.insert(a.end(), {"-blockdev", file_node("cd0-file", cdrom, true), "-blockdev",
+                           format_node("cd0", "raw", "cd0-file", true), "-device",
+                           "ide-cd,id=cdrom0,bus=ide.0,drive=cd0,bootindex=2"});
+    } else {
+        a.insert(a.end(), {"-device", "ide-cd,id=cdrom0,bus=ide.0"});
     }
     for (const auto& d : disks) {
         for (auto& node : disk_blockdevs(d)) {

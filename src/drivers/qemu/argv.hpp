@@ -73,7 +73,8 @@ std::vector<std::string> disk_blockdevs(const core::DiskAttachment& d);
 std::vector<std::string> build_argv(const Settings& settings, const MachineSpec& spec,
                                     const MachinePaths& paths, int qmp_fd, const BootFds& fds = {},
                                     const RootDisk& root = {}, const UefiFlash& uefi = {},
-                                    const std::vector<core::DiskAttachment>& disks = {});
+                                    const std::vector<core::DiskAttachment>& disks = {},
+                                    const std::string& cdrom = "");
 
 // The format a boot disk is used as: qcow2 when its name ends in .qcow2, else raw. The
 // format comes from the name, never from the content, which a guest can write.

@@ -193,7 +193,8 @@ void QemuProcess::launch(boost::asio::io_context& io, const Settings& settings,
             so.fds.push_back({disk_ro, fds.disk_ro});
         }
     }
-    so.argv = build_argv(settings, spec, paths, 3, fds, files.root, files.uefi, files.disks);
+    so.argv =
+        build_argv(settings, spec, paths, 3, fds, files.root, files.uefi, files.disks, files.cdrom);
     so.output_fd = logfd;
     so.new_session = true;
     pid_t pid = -1;

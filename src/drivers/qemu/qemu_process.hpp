@@ -44,6 +44,7 @@ class QemuProcess : public std::enable_shared_from_this<QemuProcess> {
         RootDisk root;
         UefiFlash uefi;
         std::vector<core::DiskAttachment> disks;
+        std::string cdrom;  // an ISO's path, or "": the drive is empty
     };
     static void launch(boost::asio::io_context& io, const Settings& settings,
                        const MachineSpec& spec, const MachinePaths& paths, const BootFiles& files,

@@ -79,12 +79,14 @@ QemuRuntime::Vm* QemuRuntime::find(const core::InstanceRef& ref) {
 
 // ---- specs -----------------------------------------------------------------------------
 
-Status QemuRuntime::lookup_image(const MachineSpec& spec, DiskImage& out) const {
-    Status st = image_lookup_ ? image_lookup_(spec.image, out)
+Status QemuRuntime::lookup_image(const std::string& name, const std::string& kind,
+                                 DiskImage& out) const {
+    Status st = image_lookup_ ? image_lookup_(name, kind, out)
                               : Status{Errc::unavailable, "this hangard has no image store"};
     if (!st) {
         return {st.code() == Errc::not_found ? Errc::invalid_spec : st.code(),
-                "image: " + st.message() + " (GET /v1/images lists the local images)"};
+                std::string(kind == "iso" ? "cdrom: " : "image: ") + st.message() +
+                    " (GET /v1/images lists the local images)"};
     }
     return {};
 }
@@ -116,7 +118,7 @@ Status QemuRuntime::validate(MachineSpec& spec, const core::Privilege& who) cons
                     "not both"};
         }
         DiskImage img;
-        if (Status st = lookup_image(spec, img); !st) {
+        if (Status st = lookup_image(spec.image, "disk", img); !st) {
             return st;
         }
         uint64_t need = (img.virtual_size + kGiB - 1) / kGiB;
@@ -135,7 +137,18 @@ Status QemuRuntime::validate(MachineSpec& spec, const core::Privilege& who) cons
         return {Errc::invalid_spec,
                 "boot.cmdline is longer than " + std::to_string(kMaxCmdline) + " bytes"};
     }
-    if (spec.boot.kernel.empty() && spec.boot.disk.empty() && spec.image.empty()) {
+    if (!spec.cdrom.empty()) {
+        if (Status st = check_name("cdrom", spec.cdrom); !st) {
+            return st;
+        }
+        DiskImage iso;
+        if (Status st = lookup_image(spec.cdrom, "iso", iso); !st) {
+            return st;
+        }
+    }
+    // No boot source at all: the built-in guest (a CD-ROM alone boots from the CD).
+    if (spec.boot.kernel.empty() && spec.boot.disk.empty() && spec.image.empty() &&
+        spec.cdrom.empty()) {
         if (!spec.boot.initrd.empty()) {
             return {Errc::invalid_spec, "boot.initrd needs boot.kernel"};
         }
@@ -208,7 +221,7 @@ Status QemuRuntime::admit(const MachineSpec& spec) const {
         return {};
     }
     DiskImage img;
-    if (Status st = lookup_image(spec, img); !st) {
+    if (Status st = lookup_image(spec.image, "disk", img); !st) {
         return st;
     }
     // The root disk grows to disk_gib: there must be room for all of it.
@@ -261,7 +274,7 @@ void QemuRuntime::prepare_root_disk(const MachineSpec& spec,
         return boost::asio::post(io_, [done, root] { done({}, root); });
     }
     DiskImage img;
-    if (Status st = lookup_image(spec, img); !st) {
+    if (Status st = lookup_image(spec.image, "disk", img); !st) {
         return boost::asio::post(io_, [done, st, root] { done(st, root); });
     }
     MachineFiles files(cfg_.machines_dir / spec.name);
@@ -389,6 +402,10 @@ Status QemuRuntime::start(const MachineSpec& spec, const core::InstanceRef& ref,
 void QemuRuntime::launch(const MachineSpec& spec, const core::InstanceRef& ref,
                          const BootFiles& files, const RootDisk& root, const UefiFlash& uefi,
                          Done failed) {
+    std::string cdrom;
+    if (DiskImage iso; !spec.cdrom.empty() && lookup_image(spec.cdrom, "iso", iso)) {
+        cdrom = iso.path;
+    }
     QemuProcess::BootFiles fds{
         files.kernel.fd.get(),
         files.initrd.fd.get(),
@@ -396,7 +413,8 @@ void QemuRuntime::launch(const MachineSpec& spec, const core::InstanceRef& ref,
         files.disk_format,
         root,
         uefi,
-        attached_disks_ ? attached_disks_(spec.name) : std::vector<core::DiskAttachment>{}};
+        attached_disks_ ? attached_disks_(spec.name) : std::vector<core::DiskAttachment>{},
+        cdrom};
     QemuProcess::launch(
         io_, cfg_.qemu, spec, MachinePaths(cfg_.machines_dir / spec.name), fds, callbacks(ref),
         [this, ref, failed = std::move(failed)](const Status& st,
@@ -637,6 +655,53 @@ void QemuRuntime::resize_disk(const core::InstanceRef& ref, const std::string& d
                                     ",\"size\":" + std::to_string(bytes) + "}"}},
               [done](const Status& st, size_t) {
                   done(st ? st : Status{Errc::invalid_state, "block_resize: " + st.message()});
+              });
+}
+
+void QemuRuntime::change_cdrom(const core::InstanceRef& ref, const MachineSpec& spec, Done done) {
+    DiskImage iso;
+    if (!spec.cdrom.empty()) {
+        if (Status st = lookup_image(spec.cdrom, "iso", iso); !st) {
+            return post(std::move(done), st);
+        }
+    }
+    // The medium's nodes are hangard's (cd0-file, cd0): out of the drive and deleted, so QEMU
+    // lets go of the old file; then the new ones in.
+    auto fail = [done](const char* what) {
+        return [done, what](const Status& st, size_t) {
+            done(st ? st : Status{Errc::invalid_state, std::string(what) + st.message()});
+        };
+    };
+    auto insert = [this, ref, iso, done, fail] {
+        if (iso.path.empty()) {
+            return run_steps(ref, {{"blockdev-close-tray", "{\"id\":\"cdrom0\"}"}},
+                             fail("closing the CD-ROM tray: "));
+        }
+        run_steps(ref,
+                  {{"blockdev-add",
+                    "{\"driver\":\"file\",\"node-name\":\"cd0-file\","
+                    "\"filename\":" +
+                        json::quote(iso.path) + ",\"read-only\":true}"},
+                   {"blockdev-add",
+                    "{\"driver\":\"raw\",\"node-name\":\"cd0\",\"file\":"
+                    "\"cd0-file\",\"read-only\":true}"},
+                   {"blockdev-insert-medium", "{\"id\":\"cdrom0\",\"node-name\":\"cd0\"}"},
+                   {"blockdev-close-tray", "{\"id\":\"cdrom0\"}"}},
+                  fail("changing the CD-ROM: "));
+    };
+    run_steps(ref,
+              {{"blockdev-open-tray", "{\"id\":\"cdrom0\",\"force\":true}"},
+               {"blockdev-remove-medium", "{\"id\":\"cdrom0\"}"}},
+              [this, ref, insert, fail](const Status& st, size_t at) {
+                  if (!st) {
+                      return fail("ejecting the CD-ROM: ")(st, at);
+                  }
+                  // Deleting a node that is not there (an empty drive) fails harmlessly.
+                  run_steps(ref, {{"blockdev-del", "{\"node-name\":\"cd0\"}"}},
+                            [this, ref, insert](const Status&, size_t) {
+                                run_steps(ref, {{"blockdev-del", "{\"node-name\":\"cd0-file\"}"}},
+                                          [insert](const Status&, size_t) { insert(); });
+                            });
               });
 }
 

@@ -33,7 +33,9 @@ struct DiskImage {
     std::string path, format;
     uint64_t virtual_size = 0;
 };
-using DiskImageLookup = std::function<Status(const std::string& image, DiskImage& out)>;
+// `kind`: "disk" (a root disk's base) or "iso" (a CD-ROM).
+using DiskImageLookup =
+    std::function<Status(const std::string& image, const std::string& kind, DiskImage& out)>;
 // The disks attached to a machine (core::Disks), which it boots with.
 using AttachedDisks = std::function<std::vector<core::DiskAttachment>(const std::string& machine)>;
 
@@ -84,6 +86,8 @@ class QemuRuntime final : public core::Runtime {
     // block_resize of the disk's format node (QEMU grows the file).
     void resize_disk(const core::InstanceRef& ref, const std::string& disk, uint64_t bytes,
                      Done done) override;
+    // blockdev-change-medium of the ISO (read-only), or eject.
+    void change_cdrom(const core::InstanceRef& ref, const MachineSpec& spec, Done done) override;
     // QMP screendump (format png).
     void screenshot(const core::InstanceRef& ref, const std::string& path, Done done) override;
     void forget(const std::string& machine) override;
@@ -112,7 +116,7 @@ class QemuRuntime final : public core::Runtime {
     Status open_boot_files(const MachineSpec& spec, const core::Privilege& who,
                            BootFiles& out) const;
     Vm* find(const core::InstanceRef& ref);
-    Status lookup_image(const MachineSpec& spec, DiskImage& out) const;
+    Status lookup_image(const std::string& name, const std::string& kind, DiskImage& out) const;
     // Makes the root disk of a VM from an image (qemu-img create, a child process) unless it
     // exists; `done` with the chain to boot from.
     void launch(const MachineSpec& spec, const core::InstanceRef& ref, const BootFiles& files,
