@@ -474,6 +474,18 @@ int run(int argc, char** argv) {
         }
         return 0;
     };
+    // `show NAME` prints one object of `collection` ("/v1/pools"); `delete NAME` deletes it.
+    auto show_or_delete = [&](const std::string& collection, const std::string& sub,
+                              const std::string& name) {
+        auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
+        if (int rc = request(verb, collection + "/" + url_encode(name), "", &doc)) {
+            return rc;
+        }
+        if (sub == "show") {
+            std::cout << out << "\n";
+        }
+        return 0;
+    };
     if (cmd == "info") {
         parse_args(args, {}, {});
         if (int rc = request(http::verb::get, "/v1", "", &doc)) {
@@ -927,14 +939,7 @@ int run(int argc, char** argv) {
             return 0;
         }
         if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
-            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
-            if (int rc = request(verb, "/v1/images/" + url_encode(a.pos[1]), "", &doc)) {
-                return rc;
-            }
-            if (sub == "show") {
-                std::cout << out << "\n";
-            }
-            return 0;
+            return show_or_delete("/v1/images", sub, a.pos[1]);
         }
         if (sub == "pull" && a.pos.size() == 3) {
             // The alias names the image unless --name does: "debian/12" -> "debian-12".
@@ -1029,14 +1034,7 @@ int run(int argc, char** argv) {
             return 0;
         }
         if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
-            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
-            if (int rc = request(verb, "/v1/templates/" + url_encode(a.pos[1]), "", &doc)) {
-                return rc;
-            }
-            if (sub == "show") {
-                std::cout << out << "\n";
-            }
-            return 0;
+            return show_or_delete("/v1/templates", sub, a.pos[1]);
         }
         if (sub == "create" && a.pos.size() == 2) {
             hangar::json::Writer w;
@@ -1092,14 +1090,7 @@ int run(int argc, char** argv) {
             return 0;
         }
         if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
-            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
-            if (int rc = request(verb, "/v1/pools/" + url_encode(a.pos[1]), "", &doc)) {
-                return rc;
-            }
-            if (sub == "show") {
-                std::cout << out << "\n";
-            }
-            return 0;
+            return show_or_delete("/v1/pools", sub, a.pos[1]);
         }
         if (sub == "create" && a.pos.size() == 3) {
             std::error_code ec;
@@ -1156,14 +1147,7 @@ int run(int argc, char** argv) {
             return 0;
         }
         if ((sub == "show" || sub == "delete") && a.pos.size() == 2) {
-            auto verb = sub == "show" ? http::verb::get : http::verb::delete_;
-            if (int rc = request(verb, "/v1/disks/" + url_encode(a.pos[1]), "", &doc)) {
-                return rc;
-            }
-            if (sub == "show") {
-                std::cout << out << "\n";
-            }
-            return 0;
+            return show_or_delete("/v1/disks", sub, a.pos[1]);
         }
         if (sub == "create" && a.pos.size() == 2) {
             hangar::json::Writer w;

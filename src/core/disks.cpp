@@ -332,13 +332,25 @@ void Disks::render_metrics(std::string& out) const {
     }
 }
 
+Disk* Disks::settled(const std::string& name, const Status& st, const Done& done) {
+    busy_.erase(name);
+    auto it = disks_.find(name);
+    if (!st || it == disks_.end()) {
+        done(st ? Status{Errc::not_found, "disk " + name + " is gone"} : st, nullptr);
+        return nullptr;
+    }
+    return &it->second;
+}
+
+void Disks::answer_later(Done done, Status st) {
+    boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st, nullptr); });
+}
+
 // ---- create ----------------------------------------------------------------------------
 
 void Disks::create(const Caller& caller, DiskRequest req, Done done) {
     HANGAR_ASSERT_REACTOR();
-    auto fail = [this, &done](Status st) {
-        boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st, nullptr); });
-    };
+    auto fail = [this, &done](Status st) { answer_later(std::move(done), std::move(st)); };
     if (disks_.count(req.name) || busy_.count(req.name)) {
         return fail({Errc::conflict, "disk " + json::quote(req.name) + " already exists"});
     }
@@ -565,9 +577,7 @@ void Disks::finish_create(const std::shared_ptr<DiskMake>& mk, const Status& st)
 
 void Disks::resize(const Caller& caller, const std::string& name, uint32_t size_gib, Done done) {
     HANGAR_ASSERT_REACTOR();
-    auto fail = [this, &done](Status st) {
-        boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st, nullptr); });
-    };
+    auto fail = [this, &done](Status st) { answer_later(std::move(done), std::move(st)); };
     Disk* d = nullptr;
     if (Status st = visible(caller, name, &d); !st) {
         return fail(st);
@@ -610,12 +620,11 @@ void Disks::resize(const Caller& caller, const std::string& name, uint32_t size_
         if (!*alive) {
             return;
         }
-        busy_.erase(name);
-        auto it = disks_.find(name);
-        if (!st || it == disks_.end()) {
-            return done(st ? Status{Errc::not_found, "disk " + name + " is gone"} : st, nullptr);
+        Disk* changed = settled(name, st, done);
+        if (!changed) {
+            return;
         }
-        Disk& d = it->second;
+        Disk& d = *changed;
         d.size_bytes = bytes;
         store(d);
         events_.publish(DiskUpdated{name, to_json(d), "api:resize"}, "", d.owner);
@@ -686,9 +695,7 @@ Status Disks::machine_for(const Caller& caller, const std::string& name,
 void Disks::attach(const Caller& caller, const std::string& machine, const std::string& disk,
                    Done done) {
     HANGAR_ASSERT_REACTOR();
-    auto fail = [this, &done](Status st) {
-        boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st, nullptr); });
-    };
+    auto fail = [this, &done](Status st) { answer_later(std::move(done), std::move(st)); };
     const Machine* m = nullptr;
     Disk* d = nullptr;
     if (Status st = machine_for(caller, machine, &m); !st) {
@@ -713,17 +720,16 @@ void Disks::attach(const Caller& caller, const std::string& machine, const std::
         if (!*alive) {
             return;
         }
-        busy_.erase(disk);
-        auto it = disks_.find(disk);
-        if (!st || it == disks_.end()) {
-            return done(st ? Status{Errc::not_found, "disk " + disk + " is gone"} : st, nullptr);
+        Disk* d = settled(disk, st, done);
+        if (!d) {
+            return;
         }
-        it->second.attached_to = machine;
-        store(it->second);
-        events_.publish(DiskUpdated{disk, to_json(it->second), "api:attach"}, "", it->second.owner);
+        d->attached_to = machine;
+        store(*d);
+        events_.publish(DiskUpdated{disk, to_json(*d), "api:attach"}, "", d->owner);
         machines_.disks_changed(machine, "api:attach disk " + disk);
         db_.flush();
-        done({}, &it->second);
+        done({}, d);
     };
     busy_.insert(disk);
     if (m->live) {
@@ -736,9 +742,7 @@ void Disks::attach(const Caller& caller, const std::string& machine, const std::
 void Disks::detach(const Caller& caller, const std::string& machine, const std::string& disk,
                    Done done) {
     HANGAR_ASSERT_REACTOR();
-    auto fail = [this, &done](Status st) {
-        boost::asio::post(io_, [done = std::move(done), st = std::move(st)] { done(st, nullptr); });
-    };
+    auto fail = [this, &done](Status st) { answer_later(std::move(done), std::move(st)); };
     const Machine* m = nullptr;
     Disk* d = nullptr;
     if (Status st = machines_.get(caller, machine, &m); !st) {

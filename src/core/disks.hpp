@@ -90,6 +90,11 @@ class Disks {
 
   private:
     Status visible(const Caller& caller, const std::string& name, Disk** out) const;
+    // The end of a change to `name` that was in flight: the name is not busy any more; the
+    // disk, or nullptr once `done` has the error (or the disk went meanwhile).
+    Disk* settled(const std::string& name, const Status& st, const Done& done);
+    // `done(st, nullptr)` after this call returns.
+    void answer_later(Done done, Status st);
     void store(const Disk& d);
     void finish_create(const std::shared_ptr<struct DiskMake>& mk, const Status& st);
     // A machine of `caller`'s that disks may be attached to, and whether it runs (holds an

@@ -197,6 +197,17 @@ class DaemonTest(unittest.TestCase):
         result = getattr(self._outcome, "result", None)
         return bool(result and (result.failures or result.errors))
 
+    def refused(self, answer, status, code, message=None):
+        """`answer` (status, body) is the error `status` with `code` (and `message` in it)."""
+        s, body = answer
+        self.assertEqual((s, (body or {}).get("error", {}).get("code")), (status, code), body)
+        if message:
+            self.assertIn(message, body["error"]["message"])
+
+    def console(self, name):
+        """What machine `name`'s console has printed so far."""
+        return self.daemon.request("GET", f"/v1/machines/{name}/console/log")[1] or ""
+
     def create(self, name, **spec):
         status, m = self.daemon.request("POST", "/v1/machines", {"name": name, **spec})
         self.assertEqual(status, 201, m)

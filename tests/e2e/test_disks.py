@@ -30,15 +30,6 @@ class Disks(DaemonTest):
         os.chmod(self.files, 0o755)
         self.addCleanup(shutil.rmtree, self.files, True)
 
-    def refused(self, answer, status, code, message=None):
-        s, body = answer
-        self.assertEqual((s, (body or {}).get("error", {}).get("code")), (status, code), body)
-        if message:
-            self.assertIn(message, body["error"]["message"])
-
-    def console(self, name):
-        return self.daemon.request("GET", f"/v1/machines/{name}/console/log")[1] or ""
-
     def type_in(self, name, line):
         subprocess.run([HANGARCTL, "--socket", self.daemon.socket, "console", name],
                        input=line.encode() + b"\n", capture_output=True, timeout=60)

@@ -23,12 +23,6 @@ class Pools(DaemonTest):
         self.outside = tempfile.mkdtemp(prefix="hangar-e2e-pool-")
         self.addCleanup(shutil.rmtree, self.outside, True)
 
-    def refused(self, answer, status, code, message=None):
-        s, body = answer
-        self.assertEqual((s, (body or {}).get("error", {}).get("code")), (status, code), body)
-        if message:
-            self.assertIn(message, body["error"]["message"])
-
     def test_default_and_added_pools(self):
         s, lst = self.daemon.request_as(USER, "GET", "/v1/pools")
         self.assertEqual(s, 200, lst)

@@ -24,12 +24,6 @@ class Templates(DaemonTest):
         self.assertEqual(s, expect, t)
         return t
 
-    def refused(self, answer, status, code, message=None):
-        s, body = answer
-        self.assertEqual((s, (body or {}).get("error", {}).get("code")), (status, code), body)
-        if message:
-            self.assertIn(message, body["error"]["message"])
-
     def test_admins_make_them_everyone_uses_them(self):
         t = self.post({"name": "small", "cpus": 2, "memory_mib": 512, "disk_gib": 10,
                        "description": "two CPUs"})

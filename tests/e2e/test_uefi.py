@@ -9,15 +9,6 @@ from harness import DaemonTest, wait_for
 
 
 class Uefi(DaemonTest):
-    def console(self, name):
-        return self.daemon.request("GET", f"/v1/machines/{name}/console/log")[1] or ""
-
-    def refused(self, answer, status, code, message=None):
-        s, body = answer
-        self.assertEqual((s, (body or {}).get("error", {}).get("code")), (status, code), body)
-        if message:
-            self.assertIn(message, body["error"]["message"])
-
     def test_uefi_guest_with_its_own_variables(self):
         descriptor = "/usr/share/qemu/firmware/60-edk2-x86_64.json"
         with open(descriptor) as f:

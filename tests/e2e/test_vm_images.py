@@ -38,12 +38,6 @@ class VmImages(DaemonTest):
         os.chmod(self.files, 0o755)
         self.addCleanup(shutil.rmtree, self.files, True)
 
-    def refused(self, answer, status, code, message=None):
-        s, body = answer
-        self.assertEqual((s, (body or {}).get("error", {}).get("code")), (status, code), body)
-        if message:
-            self.assertIn(message, body["error"]["message"])
-
     def disk_image(self, name, marker, fmt="qcow2", size="64M"):
         raw = os.path.join(self.files, name + ".raw")
         with open(raw, "wb") as f:
@@ -66,9 +60,6 @@ class VmImages(DaemonTest):
         if uid is None:
             return self.daemon.request("POST", "/v1/images?wait=true", body)
         return self.daemon.request_as(uid, "POST", "/v1/images?wait=true", body)
-
-    def console(self, name):
-        return self.daemon.request("GET", f"/v1/machines/{name}/console/log")[1] or ""
 
     def leftovers(self):
         d = os.path.join(self.state_dir, "images")
