@@ -13,6 +13,7 @@
 #include "core/machines.hpp"
 #include "core/operations.hpp"
 #include "core/pools.hpp"
+#include "core/snapshots.hpp"
 
 namespace boost::asio {
 class io_context;
@@ -57,6 +58,9 @@ void template_metrics(const core::Templates& templates, std::string& out);
 void register_pool_routes(Router& router, core::Pools& pools);
 // /v1/disks and /v1/machines/{name}/disks (disk_routes.cpp).
 void register_disk_routes(Router& router, core::Disks& disks, core::Machines& machines);
+// /v1/machines/{name}/snapshots (snapshot_routes.cpp).
+void register_snapshot_routes(Router& router, core::Snapshots& snapshots,
+                              core::Machines& machines);
 
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,

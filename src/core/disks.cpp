@@ -66,6 +66,15 @@ bool disk_from_json(const std::string& text, Disk& d) {
     if (o["size_bytes"].get(u) == simdjson::SUCCESS) {
         d.size_bytes = u;
     }
+    simdjson::dom::array layers;
+    if (o["layers"].get(layers) == simdjson::SUCCESS) {
+        for (auto l : layers) {
+            std::string_view f;
+            if (l.get(f) == simdjson::SUCCESS) {
+                d.layers.emplace_back(f);
+            }
+        }
+    }
     return !d.name.empty() && !d.path.empty() && (d.format == "qcow2" || d.format == "raw");
 }
 }  // namespace
@@ -221,8 +230,12 @@ void Disks::store(const Disk& d) {
         .field("source", d.source)
         .field("base", d.base)
         .field("base_format", d.base_format)
-        .field("attached_to", d.attached_to)
-        .end_object();
+        .field("attached_to", d.attached_to);
+    w.key("layers").begin_array();
+    for (const auto& f : d.layers) {
+        w.value(f);
+    }
+    w.end_array().end_object();
     db_.put_document(kTable, d.name, w.take());
 }
 
@@ -306,7 +319,10 @@ std::vector<DiskAttachment> Disks::attached(const std::string& machine) const {
     std::vector<DiskAttachment> out;
     for (const auto& [name, d] : disks_) {
         if (d.attached_to == machine) {
-            out.push_back({name, d.path, d.format, d.base, d.base_format});
+            // A top on snapshot layers: QEMU opens the chain its headers name (hangard's own
+            // files, every backing named with its format).
+            out.push_back({name, d.path, d.format, d.layers.empty() ? d.base : "",
+                           d.layers.empty() ? d.base_format : ""});
         }
     }
     return out;
@@ -405,6 +421,11 @@ void Disks::create(const Caller& caller, DiskRequest req, Done done) {
             return fail({Errc::invalid_state, "disk " + src->name + " is in use by the running " +
                                                   src->attached_to +
                                                   ": stop it or detach the disk to copy it"});
+        }
+        if (!src->layers.empty()) {
+            return fail({Errc::invalid_state, "disk " + src->name +
+                                                  " has snapshot layers: copying such a disk is "
+                                                  "not available yet"});
         }
         from = src;
         d.format = src->format;
@@ -610,7 +631,7 @@ void Disks::resize(const Caller& caller, const std::string& name, uint32_t size_
     }
     const Machine* m = nullptr;
     bool live = !d->attached_to.empty() && machines_.get({0, true}, d->attached_to, &m) && m->live;
-    if (live && m->op != Op::none) {
+    if (!d->attached_to.empty() && m && m->op != Op::none) {
         return fail({Errc::busy, d->attached_to + " is busy (" + std::string(to_string(m->op)) +
                                      "); try again"});
     }
@@ -668,11 +689,56 @@ Status Disks::remove(const Caller& caller, const std::string& name) {
     if (::unlink(d->path.c_str()) != 0 && errno != ENOENT) {
         return {Errc::internal, "cannot remove " + d->path + ": " + strerror(errno)};
     }
+    for (const auto& f : d->layers) {
+        if (::unlink(f.c_str()) != 0 && errno != ENOENT) {
+            spdlog::warn("disks: cannot remove {}'s layer {}: {}", name, f, strerror(errno));
+        }
+    }
     uint32_t owner = d->owner;
     db_.delete_document(kTable, name);
     events_.publish(DiskDeleted{name}, "", owner);
     disks_.erase(name);
     return {};
+}
+
+Status Disks::usable(const std::string& name) const {
+    if (busy_.count(name) || pending_detach_.count(name)) {
+        return {Errc::busy, "disk " + name + " is being changed; try again"};
+    }
+    return {};
+}
+
+void Disks::set_top(const std::string& name, const std::string& path) {
+    auto it = disks_.find(name);
+    if (it == disks_.end()) {
+        return;
+    }
+    it->second.path = path;
+    it->second.format = "qcow2";
+    store(it->second);
+}
+
+void Disks::add_layers(const std::string& name, const std::vector<std::string>& files) {
+    auto it = disks_.find(name);
+    if (it == disks_.end()) {
+        return;
+    }
+    for (const auto& f : files) {
+        if (std::find(it->second.layers.begin(), it->second.layers.end(), f) ==
+            it->second.layers.end()) {
+            it->second.layers.push_back(f);
+        }
+    }
+    store(it->second);
+}
+
+void Disks::drop_layer(const std::string& name, const std::string& file) {
+    auto it = disks_.find(name);
+    if (it == disks_.end()) {
+        return;
+    }
+    std::erase(it->second.layers, file);
+    store(it->second);
 }
 
 // ---- attach, detach --------------------------------------------------------------------
@@ -761,9 +827,13 @@ void Disks::detach(const Caller& caller, const std::string& machine, const std::
     if (busy_.count(disk)) {
         return fail({Errc::busy, "disk " + disk + " is being changed; try again"});
     }
-    if (m->live && m->op != Op::none) {
+    if (m->op != Op::none) {
         return fail({Errc::busy, machine + " is busy (" + std::string(to_string(m->op)) +
                                      "); try again when it is done"});
+    }
+    if (std::string who = snapshot_users_ ? snapshot_users_(disk) : ""; !who.empty()) {
+        return fail({Errc::invalid_state,
+                     "disk " + disk + " is in " + who + ": delete those snapshots first"});
     }
     if (!m->live) {
         detached(disk, "api:detach");

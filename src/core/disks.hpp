@@ -37,6 +37,9 @@ struct Disk {
     std::string source;             // the image's or disk's name, or the file's path
     std::string base, base_format;  // an overlay on a disk image: the image's file
     std::string attached_to;        // a VM's name, or ""
+    // Snapshot layers (core::Snapshots) under `path`, which is then the top a VM writes: the
+    // files of the disk's chain besides the top, removed with the disk.
+    std::vector<std::string> layers;
 };
 
 // POST /v1/disks: {"name", "pool", "size_gib", "source": {"image"|"disk"|"file": ...}}.
@@ -84,6 +87,18 @@ class Disks {
     // Disks that are overlays on image `image`: "" when none.
     std::string users_of_image(const std::string& image) const;
 
+    // core::Snapshots: busy while the disk is being changed or its detach is pending.
+    Status usable(const std::string& name) const;
+    // The disk's top is now `path` (a qcow2 made on its former top or on a snapshot's layer).
+    void set_top(const std::string& name, const std::string& path);
+    // `files` are snapshot layers of the disk (added once), or one is merged away.
+    void add_layers(const std::string& name, const std::vector<std::string>& files);
+    void drop_layer(const std::string& name, const std::string& file);
+    // Who holds layers of a disk: detaching it is refused while the answer is not "".
+    void set_snapshot_users(std::function<std::string(const std::string& disk)> f) {
+        snapshot_users_ = std::move(f);
+    }
+
     std::string to_json(const Disk& d) const;
     // hangar_disks, hangar_disk_bytes{disk} (virtual size).
     void render_metrics(std::string& out) const;
@@ -114,6 +129,7 @@ class Disks {
     // Detaches whose guest has not released the disk within the deadline: complete when it
     // does (released()) or when the VM ends.
     std::set<std::string> pending_detach_;
+    std::function<std::string(const std::string&)> snapshot_users_;
     uint64_t subscription_ = 0;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -9,7 +9,7 @@ constexpr std::string_view kNames[] = {
     "machine.created",   "machine.updated",    "machine.deleted",  "machine.state",
     "operation.created", "operation.progress", "operation.done",   "image.created",
     "image.deleted",     "template.created",   "template.deleted", "disk.created",
-    "disk.updated",      "disk.deleted",       "console.attached", "console.detached",
+    "disk.updated",      "disk.deleted", "snapshot.created", "snapshot.restored", "snapshot.deleted",       "console.attached", "console.detached",
     "events.gap",
 };
 constexpr size_t kCount = sizeof(kNames) / sizeof(kNames[0]);
@@ -70,6 +70,11 @@ struct Data {
         w.begin_object().field("reason", p.reason).key("disk").raw(p.disk).end_object();
     }
     void operator()(const DiskDeleted& p) { w.begin_object().field("disk", p.name).end_object(); }
+    void operator()(const SnapshotCreated& p) { w.raw(p.snapshot); }
+    void operator()(const SnapshotRestored& p) { w.raw(p.snapshot); }
+    void operator()(const SnapshotDeleted& p) {
+        w.begin_object().field("snapshot", p.name).end_object();
+    }
     void operator()(const ConsoleAttached& p) {
         w.begin_object()
             .field("viewer", p.viewer)

@@ -29,6 +29,9 @@ enum class EventType {
     disk_created,
     disk_updated,
     disk_deleted,
+    snapshot_created,
+    snapshot_restored,
+    snapshot_deleted,
     console_attached,
     console_detached,
     events_gap,
@@ -107,6 +110,19 @@ struct DiskUpdated {
 struct DiskDeleted {
     std::string name;
 };
+// data: the snapshot's JSON (taken; restored: the machine's disks are back at it).
+struct SnapshotCreated {
+    std::string name;
+    std::string snapshot;
+};
+struct SnapshotRestored {
+    std::string name;
+    std::string snapshot;
+};
+// data: {"snapshot"}.
+struct SnapshotDeleted {
+    std::string name;
+};
 // data: {"viewer", "uid", "readonly"}: a console viewer of the event's machine came.
 struct ConsoleAttached {
     std::string viewer;
@@ -131,6 +147,7 @@ using EventPayload =
     std::variant<MachineCreated, MachineUpdated, MachineDeleted, MachineStateChanged,
                  OperationCreated, OperationProgress, OperationDone, ImageCreated, ImageDeleted,
                  TemplateCreated, TemplateDeleted, DiskCreated, DiskUpdated, DiskDeleted,
+                 SnapshotCreated, SnapshotRestored, SnapshotDeleted,
                  ConsoleAttached, ConsoleDetached, EventsGap>;
 
 inline EventType type_of(const EventPayload& p) {

@@ -82,6 +82,8 @@ std::string_view to_string(Op op) {
             return "exec";
         case Op::adopt:
             return "adopt";
+        case Op::snapshot:
+            return "snapshot";
     }
     return "";
 }
@@ -983,6 +985,27 @@ Status Machines::exec(const Caller& caller, const std::string& name, ExecRequest
             done(st, r);
         });
     return {};
+}
+
+Status Machines::hold(const std::string& name, Op op) {
+    auto it = machines_.find(name);
+    if (it == machines_.end()) {
+        return {Errc::not_found, "no machine named " + name};
+    }
+    Machine& m = *it->second;
+    if (m.op != Op::none) {
+        return {Errc::busy,
+                "machine " + name + " is busy: " + std::string(to_string(m.op)) + " in progress"};
+    }
+    m.op = op;
+    return {};
+}
+
+void Machines::release(const std::string& name, Op op) {
+    auto it = machines_.find(name);
+    if (it != machines_.end() && it->second->op == op) {
+        finish_op(*it->second, {});
+    }
 }
 
 // ---- adoption --------------------------------------------------------------------------

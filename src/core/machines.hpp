@@ -55,7 +55,7 @@ struct ActionArgs {
 };
 
 // The operation holding a machine's lock.
-enum class Op { none, start, stop, kill, restart, pause, resume, remove, exec, adopt };
+enum class Op { none, start, stop, kill, restart, pause, resume, remove, exec, adopt, snapshot };
 // "start" ... "delete", "exec", "adopt"; "" for none.
 std::string_view to_string(Op op);
 
@@ -155,6 +155,11 @@ class Machines final : private RuntimeSink {
     using ExecDone = std::function<void(const Status&, const ExecResult&)>;
     Status exec(const Caller& caller, const std::string& name, ExecRequest req, ExecDone done);
     boost::asio::io_context& io() { return io_; }
+
+    // Holds `name`'s operation lock for a change another part of the core makes to its files
+    // (a snapshot): busy while another operation holds it. release() lets it go.
+    Status hold(const std::string& name, Op op);
+    void release(const std::string& name, Op op);
 
     // Asked when a machine ends from outside (QEMU signalled by someone, a container's unit
     // stopped by someone): calls `answer` once, soon, with the reason to report for the end

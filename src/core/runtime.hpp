@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/exec.hpp"
 #include "hangar/error.hpp"
@@ -97,6 +98,13 @@ enum class Capability {
 struct DiskAttachment {
     std::string name, path, format;
     std::string base, base_format;  // "" unless an overlay
+};
+
+// A new top for a disk of a running VM (a snapshot): an empty qcow2 made on the disk's current
+// top, which becomes its backing file.
+struct DiskOverlay {
+    std::string disk;  // a disk's name; "" for the root disk
+    std::string file;
 };
 
 // Where a runtime's reports go (core::Machines).
@@ -199,6 +207,13 @@ class Runtime {
                              Done done) {
         (void)ref, (void)disk, (void)bytes;
         done({Errc::invalid_spec, "this machine takes no disks"});
+    }
+    // Puts each overlay on its disk's current top, all at one point in time (a snapshot of a
+    // running instance); nothing changes when it fails.
+    virtual void snapshot_disks(const InstanceRef& ref, const std::vector<DiskOverlay>& overlays,
+                                Done done) {
+        (void)ref, (void)overlays;
+        done({Errc::invalid_spec, "this machine takes no disk snapshots"});
     }
     // Puts `spec`'s CD-ROM (an ISO image, or none: ejected) into the running instance's drive.
     virtual void change_cdrom(const InstanceRef& ref, const MachineSpec& spec, Done done) {

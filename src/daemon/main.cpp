@@ -369,6 +369,13 @@ int main(int argc, char** argv) {
     machines.set_disks_json([&disks](const std::string& m) { return disks->machine_items(m); });
     machines.set_disk_released(
         [&disks](const std::string& m, const std::string& d) { disks->released(m, d); });
+    core::Snapshots snapshots(io, db, events, machines, *disks, image_store);
+    snapshots.load();
+    api::register_snapshot_routes(router, snapshots, machines);
+    vms.set_root_disk([&snapshots](const std::string& m) { return snapshots.root_disk(m); });
+    disks->set_snapshot_users(
+        [&snapshots](const std::string& d) { return snapshots.users_of_disk(d); });
+    probes.more.push_back([&snapshots](std::string& out) { snapshots.render_metrics(out); });
     probes.more.push_back([&disks](std::string& out) { disks->render_metrics(out); });
     probes.more.push_back([&pools](std::string& out) { pools.render_metrics(out); });
     probes.more.push_back(
@@ -512,6 +519,7 @@ int main(int argc, char** argv) {
             }
         }
         operations.adoption_settled();
+        snapshots.recover([] {});
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                         .count();
         spdlog::info(

@@ -90,6 +90,11 @@ CREATE TABLE pools(name TEXT PRIMARY KEY, data TEXT NOT NULL);
     R"sql(
 CREATE TABLE disks(name TEXT PRIMARY KEY, data TEXT NOT NULL);
 )sql",
+    // 9: snapshots ("machine/snapshot") and each machine's snapshot head (core::Snapshots).
+    R"sql(
+CREATE TABLE snapshots(name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE snapshot_heads(name TEXT PRIMARY KEY, data TEXT NOT NULL);
+)sql",
 };
 
 struct Stmt {

@@ -85,8 +85,8 @@ class Db {
     std::string get_meta(const std::string& key);
     void set_meta(const std::string& key, const std::string& value);
 
-    // Named JSON documents: the tables "images", "templates", "pools" and "disks", (name, the
-    // object's JSON).
+    // Named JSON documents: the tables "images", "templates", "pools", "disks", "snapshots" and
+    // "snapshot_heads", (name, the object's JSON).
     std::vector<std::pair<std::string, std::string>> load_documents(const char* table);
     void put_document(const char* table, const std::string& name, const std::string& data);
     void delete_document(const char* table, const std::string& name);

@@ -18,6 +18,8 @@ TEST(EventTypes, NamesRoundTrip) {
                                             "operation.progress", "operation.done", "image.created",
                                             "image.deleted", "template.created", "template.deleted",
                                             "disk.created", "disk.updated", "disk.deleted",
+                                            "snapshot.created", "snapshot.restored",
+                                            "snapshot.deleted",
                                             "console.attached", "console.detached", "events.gap"}));
     EXPECT_EQ(parse_event_type("machine.bogus"), std::nullopt);
     EXPECT_EQ(parse_event_type(""), std::nullopt);
@@ -39,6 +41,9 @@ TEST(EventTypes, PayloadKnowsItsType) {
     EXPECT_EQ(type_of(DiskCreated{}), EventType::disk_created);
     EXPECT_EQ(type_of(DiskUpdated{}), EventType::disk_updated);
     EXPECT_EQ(type_of(DiskDeleted{}), EventType::disk_deleted);
+    EXPECT_EQ(type_of(SnapshotCreated{}), EventType::snapshot_created);
+    EXPECT_EQ(type_of(SnapshotRestored{}), EventType::snapshot_restored);
+    EXPECT_EQ(type_of(SnapshotDeleted{}), EventType::snapshot_deleted);
     EXPECT_EQ(type_of(EventsGap{}), EventType::events_gap);
 }
 

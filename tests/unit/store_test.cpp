@@ -27,7 +27,7 @@ TEST(Store, MachinesAndSequenceSurviveReopen) {
     {
         store::Db db;
         ASSERT_TRUE(db.open(db_path, nullptr).ok());
-        EXPECT_EQ(db.schema_version(), 8);
+        EXPECT_EQ(db.schema_version(), 9);
         EXPECT_EQ(db.last_seq(), 0u);
         store::MachineRow row;
         row.spec.name = "web1";

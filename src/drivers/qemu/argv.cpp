@@ -365,14 +365,16 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
                            "-machine", "pflash0=fw-code,pflash1=fw-vars"});
     }
     if (!root.overlay.empty()) {
-        a.insert(a.end(),
-                 {"-blockdev", file_node("base0-file", root.base, true), "-blockdev",
-                  "{\"driver\":" + json::quote(root.base_format) +
-                      ",\"node-name\":\"base0\",\"file\":\"base0-file\",\"read-only\":true}",
-                  "-blockdev", file_node("root-file", root.overlay, false), "-blockdev",
-                  "{\"driver\":\"qcow2\",\"node-name\":\"root\",\"file\":\"root-file\","
-                  "\"backing\":\"base0\"}",
-                  "-device", "virtio-blk-pci,drive=root,id=root,bootindex=1"});
+        // The base image as a node of hangard's; a top on snapshot layers (no base given)
+        // opens the chain its headers name.
+        if (!root.base.empty()) {
+            a.insert(a.end(), {"-blockdev", file_node("base0-file", root.base, true), "-blockdev",
+                               format_node("base0", root.base_format, "base0-file", true)});
+        }
+        a.insert(a.end(), {"-blockdev", file_node("root-file", root.overlay, false), "-blockdev",
+                           format_node("root", "qcow2", "root-file", false,
+                                       root.base.empty() ? "" : "base0"),
+                           "-device", "virtio-blk-pci,drive=root,id=root,bootindex=1"});
     }
     // The CD-ROM drive is always there (a medium can go in while the VM runs); an ISO in it
     // boots after the disks.

@@ -7,12 +7,14 @@
 #include <cerrno>
 #include <cstring>
 
+#include <simdjson.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 
 #include "hangar/names.hpp"
 #include "util/json.hpp"
 #include "util/process.hpp"
+#include "util/sha256.hpp"
 #include "util/user_files.hpp"
 
 namespace hangar::qemu {
@@ -278,6 +280,15 @@ void QemuRuntime::prepare_root_disk(const MachineSpec& spec,
         return boost::asio::post(io_, [done, st, root] { done(st, root); });
     }
     MachineFiles files(cfg_.machines_dir / spec.name);
+    if (std::string top = root_disk_ ? root_disk_(spec.name) : ""; !top.empty()) {
+        // A top that snapshots made: QEMU opens the chain its headers name (hangard's files).
+        root.overlay = top;
+        if (::access(top.c_str(), F_OK) != 0) {
+            Status st{Errc::internal, "the root disk " + top + " is missing"};
+            return boost::asio::post(io_, [done, st, root] { done(st, root); });
+        }
+        return boost::asio::post(io_, [done, root] { done({}, root); });
+    }
     root.overlay = files.root_disk().string();
     root.base = img.path;
     root.base_format = img.format;
@@ -648,14 +659,103 @@ void QemuRuntime::detach_disk(const core::InstanceRef& ref, const std::string& d
         });
 }
 
+void QemuRuntime::top_nodes(
+    const core::InstanceRef& ref,
+    std::function<void(const Status&, std::map<std::string, std::string>)> done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return boost::asio::post(
+            io_, [done] { done({Errc::invalid_state, "QEMU is not running"}, {}); });
+    }
+    vm->proc->execute("query-block", "", [done](const Status& st, std::string_view result) {
+        std::map<std::string, std::string> out;
+        if (!st) {
+            return done({Errc::invalid_state, "query-block: " + st.message()}, out);
+        }
+        simdjson::dom::parser parser;
+        simdjson::dom::array devices;
+        if (parser.parse(result.data(), result.size()).get(devices) != simdjson::SUCCESS) {
+            return done({Errc::internal, "query-block: an answer that is not an array"}, out);
+        }
+        constexpr std::string_view kPeripheral = "/machine/peripheral/";
+        for (auto d : devices) {
+            std::string_view qdev, node;
+            if (d["qdev"].get(qdev) != simdjson::SUCCESS ||
+                d["inserted"]["node-name"].get(node) != simdjson::SUCCESS) {
+                continue;
+            }
+            // A device's id, or the QOM path of its backend ("/machine/peripheral/ID/...").
+            if (qdev.substr(0, kPeripheral.size()) == kPeripheral) {
+                qdev.remove_prefix(kPeripheral.size());
+                qdev = qdev.substr(0, qdev.find('/'));
+            }
+            out[std::string(qdev)] = node;
+        }
+        done({}, std::move(out));
+    });
+}
+
 void QemuRuntime::resize_disk(const core::InstanceRef& ref, const std::string& disk, uint64_t bytes,
                               Done done) {
-    run_steps(ref,
-              {{"block_resize", "{\"node-name\":" + json::quote(disk_node(disk)) +
-                                    ",\"size\":" + std::to_string(bytes) + "}"}},
-              [done](const Status& st, size_t) {
-                  done(st ? st : Status{Errc::invalid_state, "block_resize: " + st.message()});
-              });
+    // The node the device writes: the disk's own, or the top a snapshot put on it.
+    top_nodes(ref, [this, ref, disk, bytes, done](const Status& st,
+                                                   std::map<std::string, std::string> tops) {
+        if (!st) {
+            return done(st);
+        }
+        auto it = tops.find(disk_device(disk));
+        std::string node = it == tops.end() ? disk_node(disk) : it->second;
+        run_steps(ref,
+                  {{"block_resize", "{\"node-name\":" + json::quote(node) +
+                                        ",\"size\":" + std::to_string(bytes) + "}"}},
+                  [done](const Status& st, size_t) {
+                      done(st ? st : Status{Errc::invalid_state, "block_resize: " + st.message()});
+                  });
+    });
+}
+
+void QemuRuntime::snapshot_disks(const core::InstanceRef& ref,
+                                 const std::vector<core::DiskOverlay>& overlays, Done done) {
+    top_nodes(ref, [this, ref, overlays, done](const Status& st,
+                                               std::map<std::string, std::string> tops) {
+        if (!st) {
+            return done(st);
+        }
+        std::vector<std::pair<std::string, std::string>> steps;
+        std::vector<std::string> added;
+        std::string actions;
+        for (const auto& o : overlays) {
+            std::string dev = o.disk.empty() ? "root" : disk_device(o.disk);
+            auto it = tops.find(dev);
+            if (it == tops.end()) {
+                return done({Errc::invalid_state, "QEMU has no block device " + dev + " for " +
+                                                      (o.disk.empty() ? "the root disk"
+                                                                      : "disk " + o.disk)});
+            }
+            std::string node = "s" + random_hex(5);
+            steps.emplace_back(
+                "blockdev-add", "{\"driver\":\"qcow2\",\"node-name\":" + json::quote(node) +
+                                    ",\"file\":{\"driver\":\"file\",\"filename\":" +
+                                    json::quote(o.file) + "},\"backing\":null}");
+            added.push_back(node);
+            actions += std::string(actions.empty() ? "" : ",") +
+                       "{\"type\":\"blockdev-snapshot\",\"data\":{\"node\":" +
+                       json::quote(it->second) + ",\"overlay\":" + json::quote(node) + "}}";
+        }
+        steps.emplace_back("transaction", "{\"actions\":[" + actions + "]}");
+        size_t adds = added.size();
+        run_steps(ref, std::move(steps),
+                  [this, ref, added, adds, done](const Status& st, size_t at) {
+                      if (st) {
+                          return done({});
+                      }
+                      // What was added goes again; the old tops are untouched.
+                      std::vector<std::string> undo(added.begin(),
+                                                    added.begin() + std::min(at, adds));
+                      run_steps(ref, deletions(undo), [](const Status&, size_t) {});
+                      done({Errc::invalid_state, "snapshot (QMP): " + st.message()});
+                  });
+    });
 }
 
 void QemuRuntime::change_cdrom(const core::InstanceRef& ref, const MachineSpec& spec, Done done) {

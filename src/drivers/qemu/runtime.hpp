@@ -58,6 +58,10 @@ class QemuRuntime final : public core::Runtime {
     // Where "image" finds disk images; none: a VM cannot name one.
     void set_image_lookup(DiskImageLookup lookup) { image_lookup_ = std::move(lookup); }
     void set_attached_disks(AttachedDisks disks) { attached_disks_ = std::move(disks); }
+    // Where a VM's root disk's top is when snapshots moved it ("": the default).
+    void set_root_disk(std::function<std::string(const std::string& machine)> f) {
+        root_disk_ = std::move(f);
+    }
     // A VM with "image" gets disk_gib filled in (the image's size, rounded up to GiB).
     Status validate(MachineSpec& spec, const core::Privilege& who) const override;
     // The image exists, and the machine's file system has room for its root disk.
@@ -83,7 +87,12 @@ class QemuRuntime final : public core::Runtime {
     // device_del, then on DEVICE_DELETED (no polling) blockdev-del of its nodes.
     void detach_disk(const core::InstanceRef& ref, const std::string& disk,
                      std::chrono::seconds deadline, Done done) override;
-    // block_resize of the disk's format node (QEMU grows the file).
+    // One QMP transaction of blockdev-snapshot, each overlay added first (blockdev-add with no
+    // backing: its header names the old top, relative to itself); the added nodes are deleted
+    // again when the transaction fails.
+    void snapshot_disks(const core::InstanceRef& ref,
+                        const std::vector<core::DiskOverlay>& overlays, Done done) override;
+    // block_resize of the disk's top node (QEMU grows the file).
     void resize_disk(const core::InstanceRef& ref, const std::string& disk, uint64_t bytes,
                      Done done) override;
     // blockdev-change-medium of the ISO (read-only), or eject.
@@ -116,6 +125,9 @@ class QemuRuntime final : public core::Runtime {
     Status open_boot_files(const MachineSpec& spec, const core::Privilege& who,
                            BootFiles& out) const;
     Vm* find(const core::InstanceRef& ref);
+    // The node each block device writes (query-block), by device id ("root", a disk's device).
+    void top_nodes(const core::InstanceRef& ref,
+                   std::function<void(const Status&, std::map<std::string, std::string>)> done);
     Status lookup_image(const std::string& name, const std::string& kind, DiskImage& out) const;
     // Makes the root disk of a VM from an image (qemu-img create, a child process) unless it
     // exists; `done` with the chain to boot from.
@@ -137,6 +149,7 @@ class QemuRuntime final : public core::Runtime {
     RuntimeConfig cfg_;
     DiskImageLookup image_lookup_;
     AttachedDisks attached_disks_;
+    std::function<std::string(const std::string&)> root_disk_;
     Firmware uefi_;
     Status uefi_status_;  // why there is no UEFI firmware
     std::map<std::string, Vm> vms_;
