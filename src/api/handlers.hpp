@@ -59,8 +59,7 @@ void register_pool_routes(Router& router, core::Pools& pools);
 // /v1/disks and /v1/machines/{name}/disks (disk_routes.cpp).
 void register_disk_routes(Router& router, core::Disks& disks, core::Machines& machines);
 // /v1/machines/{name}/snapshots (snapshot_routes.cpp).
-void register_snapshot_routes(Router& router, core::Snapshots& snapshots,
-                              core::Machines& machines);
+void register_snapshot_routes(Router& router, core::Snapshots& snapshots, core::Machines& machines);
 
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,

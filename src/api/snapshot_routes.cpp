@@ -26,29 +26,28 @@ void register_snapshot_routes(Router& router, core::Snapshots& snapshots,
                        return respond(error_response(st));
                    }
                    std::string machine = req.params["name"];
-                   snapshots.create(req.caller, machine, std::move(sr),
-                                    [&snapshots, machine, respond](const Status& st,
-                                                                   const core::Snapshot* s) {
-                                        if (!st) {
-                                            return respond(error_response(st));
-                                        }
-                                        auto res = json_response(201, snapshots.to_json(*s));
-                                        res.headers.emplace_back(
-                                            "Location",
-                                            "/v1/machines/" + machine + "/snapshots/" + s->name);
-                                        respond(std::move(res));
-                                    });
+                   snapshots.create(
+                       req.caller, machine, std::move(sr),
+                       [&snapshots, machine, respond](const Status& st, const core::Snapshot* s) {
+                           if (!st) {
+                               return respond(error_response(st));
+                           }
+                           auto res = json_response(201, snapshots.to_json(*s));
+                           res.headers.emplace_back(
+                               "Location", "/v1/machines/" + machine + "/snapshots/" + s->name);
+                           respond(std::move(res));
+                       });
                });
-    router.add("GET", "/v1/machines/{name}/snapshots/{snap}", Access::user,
-               [&snapshots](Request& req, Respond respond) {
-                   const core::Snapshot* s = nullptr;
-                   if (Status st =
-                           snapshots.get(req.caller, req.params["name"], req.params["snap"], &s);
-                       !st) {
-                       return respond(error_response(st));
-                   }
-                   respond(json_response(200, snapshots.to_json(*s)));
-               });
+    router.add(
+        "GET", "/v1/machines/{name}/snapshots/{snap}", Access::user,
+        [&snapshots](Request& req, Respond respond) {
+            const core::Snapshot* s = nullptr;
+            if (Status st = snapshots.get(req.caller, req.params["name"], req.params["snap"], &s);
+                !st) {
+                return respond(error_response(st));
+            }
+            respond(json_response(200, snapshots.to_json(*s)));
+        });
     router.add("DELETE", "/v1/machines/{name}/snapshots/{snap}", Access::user,
                [&snapshots](Request& req, Respond respond) {
                    snapshots.remove(req.caller, req.params["name"], req.params["snap"],
@@ -60,24 +59,23 @@ void register_snapshot_routes(Router& router, core::Snapshots& snapshots,
     router.add("POST", "/v1/machines/{name}/snapshots/{snap}/restore", Access::user,
                [&snapshots, &machines](Request& req, Respond respond) {
                    if (!req.body.empty() && req.body != "{}") {
-                       return respond(error_response(
-                           {Errc::bad_request, "a restore takes no body (or {})"}));
+                       return respond(
+                           error_response({Errc::bad_request, "a restore takes no body (or {})"}));
                    }
                    std::string machine = req.params["name"];
                    core::Caller caller = req.caller;
-                   snapshots.restore(
-                       caller, machine, req.params["snap"],
-                       [&machines, caller, machine, respond](const Status& st,
-                                                             const core::Snapshot*) {
-                           const core::Machine* m = nullptr;
-                           if (!st) {
-                               return respond(error_response(st));
-                           }
-                           if (Status gst = machines.get(caller, machine, &m); !gst) {
-                               return respond(error_response(gst));
-                           }
-                           respond(json_response(200, machines.to_json(*m)));
-                       });
+                   snapshots.restore(caller, machine, req.params["snap"],
+                                     [&machines, caller, machine, respond](const Status& st,
+                                                                           const core::Snapshot*) {
+                                         const core::Machine* m = nullptr;
+                                         if (!st) {
+                                             return respond(error_response(st));
+                                         }
+                                         if (Status gst = machines.get(caller, machine, &m); !gst) {
+                                             return respond(error_response(gst));
+                                         }
+                                         respond(json_response(200, machines.to_json(*m)));
+                                     });
                });
 }
 

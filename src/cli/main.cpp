@@ -96,6 +96,10 @@ const char* kUsage =
     "                               disks: empty, an overlay on a disk image, a copy\n"
     "  attach MACHINE DISK | detach MACHINE DISK\n"
     "                               hot-plugged while the VM runs\n"
+    "  snapshot list VM | snapshot create VM NAME | snapshot show VM NAME\n"
+    "  snapshot restore VM NAME | snapshot delete VM NAME\n"
+    "                               snapshots of all of a VM's disks (taken while it runs or\n"
+    "                               not; restored and deleted while it is stopped)\n"
     "  operation show ID | operation cancel ID\n"
     "                               an operation; cancel a running image pull or import\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
@@ -1212,6 +1216,59 @@ int run(int argc, char** argv) {
             return rc;
         }
         return show_machine();
+    }
+    if (cmd == "snapshot") {
+        auto a = parse_args(args, {}, {});
+        std::string sub = a.pos.empty() ? "" : a.pos[0];
+        std::string base =
+            a.pos.size() >= 2 ? "/v1/machines/" + url_encode(a.pos[1]) + "/snapshots" : "";
+        if (sub == "list" && a.pos.size() == 2) {
+            if (int rc = request(http::verb::get, base, "", &doc)) {
+                return rc;
+            }
+            simdjson::dom::array list;
+            if (as_json || doc["snapshots"].get(list) != simdjson::SUCCESS) {
+                std::cout << out << "\n";
+                return 0;
+            }
+            std::vector<std::vector<std::string>> rows;
+            for (auto x : list) {
+                bool current = x["current"].get_bool().value_unsafe() == true;
+                bool running = x["running"].get_bool().value_unsafe() == true;
+                simdjson::dom::array disks;
+                size_t n = x["disks"].get(disks) == simdjson::SUCCESS ? disks.size() : 0;
+                std::string parent = str(x, "parent");
+                rows.push_back({std::string(current ? "* " : "  ") + str(x, "name"),
+                                str(x, "created_at"), parent.empty() ? "-" : parent,
+                                std::to_string(n), running ? "running" : "stopped"});
+            }
+            print_table({"NAME", "CREATED", "PARENT", "DISKS", "TAKEN"}, rows);
+            return 0;
+        }
+        if ((sub == "show" || sub == "delete") && a.pos.size() == 3) {
+            return show_or_delete(base, sub, a.pos[2]);
+        }
+        if (sub == "create" && a.pos.size() == 3) {
+            hangar::json::Writer w;
+            w.begin_object().field("name", a.pos[2]).end_object();
+            if (int rc = request(http::verb::post, base, w.str(), &doc)) {
+                return rc;
+            }
+            std::cout << (as_json ? out : a.pos[1] + ": snapshot " + str(doc, "name") + " taken")
+                      << "\n";
+            return 0;
+        }
+        if (sub == "restore" && a.pos.size() == 3) {
+            if (int rc = request(http::verb::post, base + "/" + url_encode(a.pos[2]) + "/restore",
+                                 "", &doc)) {
+                return rc;
+            }
+            std::cout << (as_json ? out : a.pos[1] + ": back at snapshot " + a.pos[2]) << "\n";
+            return 0;
+        }
+        throw UsageError{
+            "snapshot list VM | snapshot create VM NAME | snapshot show VM NAME | snapshot "
+            "restore VM NAME | snapshot delete VM NAME"};
     }
     if (cmd == "operation") {
         auto a = parse_args(args, {}, {});

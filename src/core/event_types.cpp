@@ -9,8 +9,8 @@ constexpr std::string_view kNames[] = {
     "machine.created",   "machine.updated",    "machine.deleted",  "machine.state",
     "operation.created", "operation.progress", "operation.done",   "image.created",
     "image.deleted",     "template.created",   "template.deleted", "disk.created",
-    "disk.updated",      "disk.deleted", "snapshot.created", "snapshot.restored", "snapshot.deleted",       "console.attached", "console.detached",
-    "events.gap",
+    "disk.updated",      "disk.deleted",       "snapshot.created", "snapshot.restored",
+    "snapshot.deleted",  "console.attached",   "console.detached", "events.gap",
 };
 constexpr size_t kCount = sizeof(kNames) / sizeof(kNames[0]);
 static_assert(kCount == static_cast<size_t>(EventType::events_gap) + 1);

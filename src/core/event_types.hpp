@@ -147,8 +147,8 @@ using EventPayload =
     std::variant<MachineCreated, MachineUpdated, MachineDeleted, MachineStateChanged,
                  OperationCreated, OperationProgress, OperationDone, ImageCreated, ImageDeleted,
                  TemplateCreated, TemplateDeleted, DiskCreated, DiskUpdated, DiskDeleted,
-                 SnapshotCreated, SnapshotRestored, SnapshotDeleted,
-                 ConsoleAttached, ConsoleDetached, EventsGap>;
+                 SnapshotCreated, SnapshotRestored, SnapshotDeleted, ConsoleAttached,
+                 ConsoleDetached, EventsGap>;
 
 inline EventType type_of(const EventPayload& p) {
     return static_cast<EventType>(p.index());

@@ -67,9 +67,9 @@ struct Snapshots::Head {
 
 // A disk as a snapshot covers it.
 struct Snapshots::Volume {
-    std::string disk;  // "" for the root disk
-    std::string top;   // the file the VM writes
-    std::string dir;   // where its layers live
+    std::string disk;               // "" for the root disk
+    std::string top;                // the file the VM writes
+    std::string dir;                // where its layers live
     std::string base, base_format;  // the disk image a root disk is an overlay on
     uint64_t size = 0;
     bool exists = true;  // false: a root disk not made yet
@@ -135,8 +135,8 @@ bool read_record(simdjson::dom::element o, Snapshot& s, uint64_t& seq) {
         return false;
     }
     for (auto l : layers) {
-        s.layers.push_back(
-            {str_of(l, "disk"), str_of(l, "file"), str_of(l, "backing"), str_of(l, "backing_format")});
+        s.layers.push_back({str_of(l, "disk"), str_of(l, "file"), str_of(l, "backing"),
+                            str_of(l, "backing_format")});
     }
     return !s.machine.empty() && !s.name.empty();
 }
@@ -251,16 +251,6 @@ void Snapshots::load() {
             head = std::make_unique<Head>();
         }
         snaps_[s.machine][s.name] = std::move(s);
-    }
-    // Records of machines that are gone (deleted while hangard was not looking).
-    std::vector<std::string> gone;
-    for (const auto& [m, h] : heads_) {
-        if (!machines_.all().count(m)) {
-            gone.push_back(m);
-        }
-    }
-    for (const auto& m : gone) {
-        machine_deleted(m);
     }
 }
 
@@ -418,7 +408,8 @@ Status Snapshots::volumes(const Machine& m, std::vector<Volume>& out) const {
         Volume v;
         v.dir = machines_.machine_dir(name).string();
         std::string root = root_disk(name);
-        v.top = root.empty() ? MachineFiles(machines_.machine_dir(name)).root_disk().string() : root;
+        v.top =
+            root.empty() ? MachineFiles(machines_.machine_dir(name)).root_disk().string() : root;
         v.exists = ::access(v.top.c_str(), F_OK) == 0;
         if (!root.empty() && !v.exists) {
             return {Errc::internal, "the root disk " + v.top + " of " + name + " is missing"};
@@ -471,7 +462,7 @@ void Snapshots::run_qemu_img(std::vector<std::string> argv,
                         return;
                     }
                     if (!st || r.timed_out || r.exit.code != 0 || r.exit.signal != 0) {
-                        std::string why = !st          ? st.message()
+                        std::string why = !st           ? st.message()
                                           : r.timed_out ? std::string("timed out")
                                                         : r.exit.describe() + ": " + tail_of(r.out);
                         return done({Errc::internal, what + ": " + why}, r.out);
@@ -501,20 +492,20 @@ bool parse_info(const std::string& text, Info& out) {
 void Snapshots::probe(const std::string& file,
                       std::function<void(const Status&, uint64_t, bool)> done) {
     // Without -U qemu-img takes the image's lock: it fails while a QEMU writes the file.
-    run_qemu_img({"qemu-img", "info", "--output=json", "-f", "qcow2", "--", file},
-                 [this, file, done](const Status& st, const std::string& out) {
-                     Info info;
-                     if (st && parse_info(out, info)) {
-                         return done({}, info.size, false);
-                     }
-                     if (out.find("lock") == std::string::npos) {
-                         return done(st ? Status{Errc::internal, "qemu-img info " + file +
-                                                                     ": unreadable answer"}
-                                        : st,
-                                     0, false);
-                     }
-                     run_qemu_img(
-                         {"qemu-img", "info", "-U", "--output=json", "-f", "qcow2", "--", file},
+    run_qemu_img(
+        {"qemu-img", "info", "--output=json", "-f", "qcow2", "--", file},
+        [this, file, done](const Status& st, const std::string& out) {
+            Info info;
+            if (st && parse_info(out, info)) {
+                return done({}, info.size, false);
+            }
+            if (out.find("lock") == std::string::npos) {
+                return done(
+                    st ? Status{Errc::internal, "qemu-img info " + file + ": unreadable answer"}
+                       : st,
+                    0, false);
+            }
+            run_qemu_img({"qemu-img", "info", "-U", "--output=json", "-f", "qcow2", "--", file},
                          [file, done](const Status& st, const std::string& out) {
                              Info info;
                              if (st && parse_info(out, info)) {
@@ -525,7 +516,7 @@ void Snapshots::probe(const std::string& file,
                                      : st,
                                   0, true);
                          });
-                 });
+        });
 }
 
 // Makes the journal's new tops, one after another: each an empty qcow2 on its backing.
@@ -558,9 +549,12 @@ void Snapshots::create_files(const std::shared_ptr<Step>& step, size_t i,
     }
     // Named relative to the new file, so a moved state dir or pool still works; -u: the
     // backing file may be held by the running QEMU, and the size is known.
-    std::vector<std::string> argv = {"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F",
-                                     format, "-b", rel_to(backing, vol->dir), file,
-                                     std::to_string(vol->size)};
+    std::vector<std::string> argv = {"qemu-img", "create",
+                                     "-q",       "-f",
+                                     "qcow2",    "-u",
+                                     "-F",       format,
+                                     "-b",       rel_to(backing, vol->dir),
+                                     file,       std::to_string(vol->size)};
     auto go = [this, step, i, next, argv](uint64_t size) mutable {
         argv.back() = std::to_string(size);
         run_qemu_img(std::move(argv), [this, step, i, next](const Status& st, const std::string&) {
@@ -698,8 +692,9 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
     }
     if (step->vols.empty()) {
         return fail({Errc::invalid_state,
-                     machine + " has no disks to snapshot (a VM made from an image has a root "
-                               "disk; attach disks with POST /v1/machines/" +
+                     machine +
+                         " has no disks to snapshot (a VM made from an image has a root "
+                         "disk; attach disks with POST /v1/machines/" +
                          machine + "/disks)"});
     }
     if (Status st = machines_.hold(machine, Op::snapshot); !st) {
@@ -818,8 +813,8 @@ void Snapshots::restore(const Caller& caller, const std::string& machine, const 
             found = found || v.disk == l.disk;
         }
         if (!found) {
-            return fail({Errc::invalid_state, "the snapshot's disk " + l.disk + " is not attached to " +
-                                                  machine + " any more"});
+            return fail({Errc::invalid_state, "the snapshot's disk " + l.disk +
+                                                  " is not attached to " + machine + " any more"});
         }
     }
     if (Status st = machines_.hold(machine, Op::snapshot); !st) {
@@ -1043,6 +1038,17 @@ void Snapshots::rebase_children(const std::shared_ptr<Step>& step, size_t i,
 // ---- recovery --------------------------------------------------------------------------
 
 void Snapshots::recover(std::function<void()> done) {
+    // Records of machines that are gone (deleted while the store was not written).
+    std::vector<std::string> gone;
+    for (const auto& [m, h] : heads_) {
+        if (!machines_.all().count(m)) {
+            gone.push_back(m);
+        }
+    }
+    for (const auto& m : gone) {
+        recovering_.erase(m);
+        machine_deleted(m);
+    }
     std::vector<std::string> todo;
     for (const auto& [m, h] : heads_) {
         if (h->journal) {
@@ -1099,16 +1105,17 @@ void Snapshots::recover_one(const std::string& machine, std::function<void()> do
             if (!*alive) {
                 return;
             }
-            remove({0, true}, machine, j.snap, [machine, j, done](const Status& st, const Snapshot*) {
-                if (st) {
-                    spdlog::warn("snapshots: {}: the interrupted delete of {} finished", machine,
-                                 j.snap);
-                } else {
-                    spdlog::error("snapshots: {}: the interrupted delete of {} failed: {}",
-                                  machine, j.snap, st.message());
-                }
-                done();
-            });
+            remove({0, true}, machine, j.snap,
+                   [machine, j, done](const Status& st, const Snapshot*) {
+                       if (st) {
+                           spdlog::warn("snapshots: {}: the interrupted delete of {} finished",
+                                        machine, j.snap);
+                       } else {
+                           spdlog::error("snapshots: {}: the interrupted delete of {} failed: {}",
+                                         machine, j.snap, st.message());
+                       }
+                       done();
+                   });
         });
         return;
     }

@@ -35,6 +35,7 @@ struct RouteTable {
     std::unique_ptr<core::Operations> operations;
     std::unique_ptr<core::Images> images;
     std::unique_ptr<core::Disks> disks;
+    std::unique_ptr<core::Snapshots> snapshots;
     std::unique_ptr<core::Consoles> consoles;
     std::unique_ptr<core::Health> health;
     api::Router router;
@@ -71,12 +72,15 @@ struct RouteTable {
         api::register_pool_routes(router, *pools);
         disks = std::make_unique<core::Disks>(io, db, *events, *pools, *images, *machines);
         api::register_disk_routes(router, *disks, *machines);
+        snapshots = std::make_unique<core::Snapshots>(io, db, *events, *machines, *disks, *images);
+        api::register_snapshot_routes(router, *snapshots, *machines);
         consoles = std::make_unique<core::Consoles>(io, *machines, *events);
         api::register_console_routes(router, *consoles, *machines);
         api::register_display_routes(router, *machines, io, tickets);
     }
     ~RouteTable() {
         consoles.reset();
+        snapshots.reset();
         disks.reset();
         images.reset();
         operations.reset();

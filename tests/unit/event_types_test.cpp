@@ -13,14 +13,14 @@ TEST(EventTypes, NamesRoundTrip) {
         EXPECT_EQ(parse_event_type(name), t) << name;
         names.insert(std::string(name));
     }
-    EXPECT_EQ(names, (std::set<std::string>{"machine.created", "machine.updated", "machine.deleted",
-                                            "machine.state", "operation.created",
-                                            "operation.progress", "operation.done", "image.created",
-                                            "image.deleted", "template.created", "template.deleted",
-                                            "disk.created", "disk.updated", "disk.deleted",
-                                            "snapshot.created", "snapshot.restored",
-                                            "snapshot.deleted",
-                                            "console.attached", "console.detached", "events.gap"}));
+    EXPECT_EQ(
+        names,
+        (std::set<std::string>{
+            "machine.created",   "machine.updated",    "machine.deleted",  "machine.state",
+            "operation.created", "operation.progress", "operation.done",   "image.created",
+            "image.deleted",     "template.created",   "template.deleted", "disk.created",
+            "disk.updated",      "disk.deleted",       "snapshot.created", "snapshot.restored",
+            "snapshot.deleted",  "console.attached",   "console.detached", "events.gap"}));
     EXPECT_EQ(parse_event_type("machine.bogus"), std::nullopt);
     EXPECT_EQ(parse_event_type(""), std::nullopt);
     EXPECT_EQ(parse_event_type("Machine.State"), std::nullopt);

@@ -664,8 +664,9 @@ void QemuRuntime::top_nodes(
     std::function<void(const Status&, std::map<std::string, std::string>)> done) {
     Vm* vm = find(ref);
     if (!vm || !vm->proc) {
-        return boost::asio::post(
-            io_, [done] { done({Errc::invalid_state, "QEMU is not running"}, {}); });
+        return boost::asio::post(io_, [done] {
+            done({Errc::invalid_state, "QEMU is not running"}, {});
+        });
     }
     vm->proc->execute("query-block", "", [done](const Status& st, std::string_view result) {
         std::map<std::string, std::string> out;
@@ -699,7 +700,7 @@ void QemuRuntime::resize_disk(const core::InstanceRef& ref, const std::string& d
                               Done done) {
     // The node the device writes: the disk's own, or the top a snapshot put on it.
     top_nodes(ref, [this, ref, disk, bytes, done](const Status& st,
-                                                   std::map<std::string, std::string> tops) {
+                                                  std::map<std::string, std::string> tops) {
         if (!st) {
             return done(st);
         }
@@ -728,33 +729,33 @@ void QemuRuntime::snapshot_disks(const core::InstanceRef& ref,
             std::string dev = o.disk.empty() ? "root" : disk_device(o.disk);
             auto it = tops.find(dev);
             if (it == tops.end()) {
-                return done({Errc::invalid_state, "QEMU has no block device " + dev + " for " +
-                                                      (o.disk.empty() ? "the root disk"
-                                                                      : "disk " + o.disk)});
+                return done({Errc::invalid_state,
+                             "QEMU has no block device " + dev + " for " +
+                                 (o.disk.empty() ? "the root disk" : "disk " + o.disk)});
             }
             std::string node = "s" + random_hex(5);
-            steps.emplace_back(
-                "blockdev-add", "{\"driver\":\"qcow2\",\"node-name\":" + json::quote(node) +
-                                    ",\"file\":{\"driver\":\"file\",\"filename\":" +
-                                    json::quote(o.file) + "},\"backing\":null}");
+            steps.emplace_back("blockdev-add",
+                               "{\"driver\":\"qcow2\",\"node-name\":" + json::quote(node) +
+                                   ",\"file\":{\"driver\":\"file\",\"filename\":" +
+                                   json::quote(o.file) + "},\"backing\":null}");
             added.push_back(node);
-            actions += std::string(actions.empty() ? "" : ",") +
-                       "{\"type\":\"blockdev-snapshot\",\"data\":{\"node\":" +
-                       json::quote(it->second) + ",\"overlay\":" + json::quote(node) + "}}";
+            actions +=
+                std::string(actions.empty() ? "" : ",") +
+                "{\"type\":\"blockdev-snapshot\",\"data\":{\"node\":" + json::quote(it->second) +
+                ",\"overlay\":" + json::quote(node) + "}}";
         }
         steps.emplace_back("transaction", "{\"actions\":[" + actions + "]}");
         size_t adds = added.size();
-        run_steps(ref, std::move(steps),
-                  [this, ref, added, adds, done](const Status& st, size_t at) {
-                      if (st) {
-                          return done({});
-                      }
-                      // What was added goes again; the old tops are untouched.
-                      std::vector<std::string> undo(added.begin(),
-                                                    added.begin() + std::min(at, adds));
-                      run_steps(ref, deletions(undo), [](const Status&, size_t) {});
-                      done({Errc::invalid_state, "snapshot (QMP): " + st.message()});
-                  });
+        run_steps(
+            ref, std::move(steps), [this, ref, added, adds, done](const Status& st, size_t at) {
+                if (st) {
+                    return done({});
+                }
+                // What was added goes again; the old tops are untouched.
+                std::vector<std::string> undo(added.begin(), added.begin() + std::min(at, adds));
+                run_steps(ref, deletions(undo), [](const Status&, size_t) {});
+                done({Errc::invalid_state, "snapshot (QMP): " + st.message()});
+            });
     });
 }
 

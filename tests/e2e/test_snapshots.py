@@ -1,0 +1,335 @@
+"""Snapshots of a VM's disks (/v1/machines/NAME/snapshots), external qcow2 overlays: taken while
+the built-in guest runs (one QMP transaction; the guest keeps running) and while it is stopped,
+of its root disk (a VM made from a disk image) and of attached disks together; restored (the
+guest boots with what its disk held at the snapshot) and deleted (merged into the files made on
+it, `qemu-img check` clean, the newest data intact); kept across a restart; a kill -9 of hangard
+at many points of a create, a restore and a delete leaves no half snapshot and no stray file;
+bad input refused with nothing changed."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import harness
+from harness import DaemonTest, wait_for
+
+HANGARCTL = os.environ.get("HANGARCTL", "build/hangarctl")
+
+
+def guest_boot():
+    return {"kernel": os.path.join(harness.GUEST_DIR, "vmlinuz"),
+            "initrd": os.path.join(harness.GUEST_DIR, "initrd.img"),
+            "cmdline": "console=ttyS0 panic=-1"}
+
+
+def info(path):
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def check(path):
+    out = subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", path], capture_output=True,
+                         text=True)
+    return out.returncode, out.stdout + out.stderr
+
+
+def write(path, pattern, offset=0):
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} 64k", path],
+                   check=True, capture_output=True)
+
+
+def reads(path, pattern, offset=0):
+    """Whether the disk whose top is `path` holds `pattern` at `offset` (all its chain)."""
+    out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c",
+                          f"read -P {pattern} {offset} 64k", path], capture_output=True, text=True)
+    return out.returncode == 0 and "Pattern verification failed" not in out.stdout
+
+
+class Snapshots(DaemonTest):
+    def setUp(self):
+        super().setUp()
+        self.files = tempfile.mkdtemp(prefix="hangar-e2e-snap-")
+        os.chmod(self.files, 0o755)
+        self.addCleanup(shutil.rmtree, self.files, True)
+
+    def snap(self, machine, name, expect=201):
+        s, body = self.daemon.request("POST", f"/v1/machines/{machine}/snapshots", {"name": name})
+        self.assertEqual(s, expect, body)
+        return body
+
+    def snaps(self, machine):
+        s, body = self.daemon.request("GET", f"/v1/machines/{machine}/snapshots")
+        self.assertEqual(s, 200, body)
+        return [x["name"] for x in body["snapshots"]]
+
+    def top(self, disk):
+        return self.daemon.request("GET", f"/v1/disks/{disk}")[1]["path"]
+
+    def pool_files(self):
+        d = os.path.join(self.state_dir, "pools", "default")
+        return sorted(os.path.join(d, n) for n in os.listdir(d))
+
+    def referenced(self, machine, disk):
+        """The files of `disk` the records name: its top and the snapshots' layers."""
+        s, body = self.daemon.request("GET", f"/v1/machines/{machine}/snapshots")
+        files = {self.top(disk)}
+        for x in body["snapshots"]:
+            files |= {d["file"] for d in x["disks"] if d.get("disk") == disk}
+        return sorted(files)
+
+    def type_in(self, name, line):
+        subprocess.run([HANGARCTL, "--socket", self.daemon.socket, "console", name],
+                       input=line.encode() + b"\n", capture_output=True, timeout=60)
+
+    def test_stopped_snapshots_restore_and_delete_of_an_attached_disk(self):
+        s, d = self.daemon.request("POST", "/v1/disks", {"name": "data1", "size_gib": 1})
+        self.assertEqual(s, 201, d)
+        original = d["path"]
+        self.create("web")
+        s, _ = self.daemon.request("POST", "/v1/machines/web/disks", {"disk": "data1"})
+        self.assertEqual(s, 200)
+        write(original, "0x41")
+
+        s1 = self.snap("web", "s1")
+        self.assertEqual((s1["name"], s1["machine"], s1["parent"], s1["current"], s1["memory"],
+                          s1["running"]), ("s1", "web", "", True, False, False))
+        self.assertEqual(s1["disks"], [{"disk": "data1", "file": original}])
+        top1 = self.top("data1")
+        self.assertNotEqual(top1, original)
+        self.assertEqual(info(top1)["backing-filename"], os.path.basename(original))
+        write(top1, "0x42")
+        s2 = self.snap("web", "s2")
+        self.assertEqual((s2["parent"], s2["disks"][0]["file"]), ("s1", top1))
+        top2 = self.top("data1")
+        write(top2, "0x43")
+        self.assertEqual(self.snaps("web"), ["s1", "s2"])
+        self.assertFalse(self.daemon.request("GET", "/v1/machines/web/snapshots/s1")[1]["current"])
+
+        # Restore s1: the disk reads what it held then; s2 stays and can be restored too.
+        s, m = self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore")
+        self.assertEqual((s, m.get("name")), (200, "web"), m)
+        self.assertTrue(reads(self.top("data1"), "0x41"))
+        self.assertFalse(os.path.exists(top2))  # what was written since went
+        self.assertTrue(self.daemon.request("GET", "/v1/machines/web/snapshots/s1")[1]["current"])
+        s, _ = self.daemon.request("POST", "/v1/machines/web/snapshots/s2/restore")
+        self.assertEqual(s, 200)
+        self.assertTrue(reads(self.top("data1"), "0x42"))
+        write(self.top("data1"), "0x44", 1 << 20)
+
+        # The records and the files agree; kept across a kill -9.
+        self.assertEqual(self.referenced("web", "data1"), self.pool_files())
+        self.daemon.kill()
+        self.daemon.start()
+        self.assertEqual(self.snaps("web"), ["s1", "s2"])
+
+        # Delete s1 (under s2): merged into s2's layer, its file gone, the newest data intact.
+        s, _ = self.daemon.request("DELETE", "/v1/machines/web/snapshots/s1")
+        self.assertEqual(s, 200)
+        self.assertEqual(self.snaps("web"), ["s2"])
+        self.assertFalse(os.path.exists(original))
+        self.assertEqual(self.daemon.request("GET", "/v1/machines/web/snapshots/s2")[1]["parent"],
+                         "")
+        top = self.top("data1")
+        self.assertTrue(reads(top, "0x42") and reads(top, "0x44", 1 << 20))
+        for f in self.pool_files():
+            self.assertEqual(check(f)[0], 0, check(f))
+        self.assertEqual(self.referenced("web", "data1"), self.pool_files())
+        # While a snapshot holds the disk's layers, detaching it is refused.
+        self.refused(self.daemon.request("DELETE", "/v1/machines/web/disks/data1"), 409,
+                     "invalid_state", "snapshots s2 of web")
+        s, _ = self.daemon.request("DELETE", "/v1/machines/web/snapshots/s2")
+        self.assertEqual(s, 200)
+        self.assertEqual(self.pool_files(), [self.top("data1")])
+        self.assertTrue(reads(self.top("data1"), "0x42"))
+        self.assertNotIn("backing-filename", info(self.top("data1")))
+
+        # The VM boots on its disk's top, and a deleted machine's disk goes with its layers.
+        self.snap("web", "s3")
+        m = self.daemon.action("web", "start")
+        with open(f"/proc/{m['pid']}/cmdline", "rb") as f:
+            self.assertIn(self.top("data1").encode(), f.read())
+        s, _ = self.daemon.request("DELETE", "/v1/machines/web?force=true")
+        self.assertEqual(s, 200)
+        s, _ = self.daemon.request("DELETE", "/v1/disks/data1")
+        self.assertEqual(s, 200)
+        self.assertEqual(self.pool_files(), [])
+
+    def test_running_guest_root_disk_snapshot_restores_what_it_wrote(self):
+        raw = os.path.join(self.files, "base.raw")
+        with open(raw, "wb") as f:
+            f.write(b"BASEIMG-1")
+        os.truncate(raw, 64 << 20)
+        base = os.path.join(self.files, "base.qcow2")
+        subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", raw, base], check=True)
+        s, img = self.daemon.request("POST", "/v1/images?wait=true",
+                                     {"name": "base", "source": {"type": "file", "path": base}})
+        self.assertEqual(s, 201, img)
+        self.create("web", image="base", boot=guest_boot())
+        s, _ = self.daemon.request("POST", "/v1/disks", {"name": "data2", "size_gib": 1})
+        self.assertEqual(s, 201)
+        s, _ = self.daemon.request("POST", "/v1/machines/web/disks", {"disk": "data2"})
+        self.assertEqual(s, 200)
+        self.daemon.action("web", "start")
+        wait_for(lambda: "HANGAR-DISK: BASEIMG-1" in self.console("web"), 90, "the guest's boot")
+        wait_for(lambda: "HANGAR-GUEST-READY" in self.console("web"), 90, "the guest's shell")
+
+        self.type_in("web", "echo SNAP-ONE | dd of=/dev/vda conv=fsync && echo WROTE-$((1+1))")
+        wait_for(lambda: "WROTE-2" in self.console("web"), 30, "the first write")
+        t0 = time.monotonic()
+        s1 = self.snap("web", "s1")
+        took = time.monotonic() - t0
+        self.assertTrue(s1["running"])
+        self.assertEqual([("root" if d.get("root") else d["disk"]) for d in s1["disks"]],
+                         ["root", "data2"])
+        self.assertEqual(self.daemon.machine("web")["state"], "running")
+        # The guest goes on, now writing the new tops.
+        self.type_in("web", "echo SNAP-TWO | dd of=/dev/vda conv=fsync && echo WROTE-$((2+1))")
+        wait_for(lambda: "WROTE-3" in self.console("web"), 30, "the second write")
+        root_top = [f for f in os.listdir(os.path.join(self.state_dir, "machines", "web"))
+                    if f.startswith("root@")]
+        self.assertEqual(len(root_top), 1, root_top)
+        # QEMU holds the new top's lock, and the old one is its backing file.
+        top_path = os.path.join(self.state_dir, "machines", "web", root_top[0])
+        held = subprocess.run(["qemu-img", "info", top_path], capture_output=True, text=True)
+        self.assertIn("lock", held.stderr)
+        self.assertEqual(info(top_path)["backing-filename"], "root.qcow2")
+        # Grown live after the snapshot: block_resize reaches the new top.
+        s, g = self.daemon.request("PATCH", "/v1/disks/data2", {"size_gib": 2})
+        self.assertEqual(s, 200, g)
+        self.assertEqual(info(self.top("data2"))["virtual-size"], 2 << 30)
+
+        # Restore needs the VM stopped; then the guest boots with what s1 held.
+        self.refused(self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore"), 409,
+                     "invalid_state", "stopped")
+        self.refused(self.daemon.request("DELETE", "/v1/machines/web/snapshots/s1"), 409,
+                     "invalid_state", "stopped")
+        self.daemon.action("web", "kill")
+        self.daemon.wait_state("web", "stopped")
+        s, _ = self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore")
+        self.assertEqual(s, 200)
+        self.assertFalse(os.path.exists(top_path))
+        self.daemon.action("web", "start")
+        wait_for(lambda: self.console("web").count("HANGAR-DISK:") >= 2, 90, "the second boot")
+        last = self.console("web").rsplit("HANGAR-DISK:", 1)[1].splitlines()[0]
+        self.assertIn("SNAP-ONE", last)
+        print(f"live snapshot of 2 disks: {took * 1000:.0f} ms through the API")
+
+    def test_bad_input_changes_nothing(self):
+        self.create("bare")
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots", {"name": "s1"}),
+                     409, "invalid_state", "no disks to snapshot")
+        s, _ = self.daemon.request("POST", "/v1/disks", {"name": "d1", "size_gib": 1})
+        self.assertEqual(s, 201)
+        s, _ = self.daemon.request("POST", "/v1/machines/bare/disks", {"disk": "d1"})
+        self.assertEqual(s, 200)
+        before = self.pool_files()
+        for bad in ["../x", "has space", "A", "x" * 300, ""]:
+            s, body = self.daemon.request("POST", "/v1/machines/bare/snapshots", {"name": bad})
+            self.assertIn(s, (400,), (bad, body))
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots",
+                                         raw='{"name": "s1"'), 400, "invalid_json")
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots",
+                                         {"name": "s1", "bogus": 1}), 400, "bad_request")
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots",
+                                         {"name": "s1", "memory": "yes"}), 400, "bad_request")
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots",
+                                         {"name": "s1", "memory": True}), 422, "invalid_spec",
+                     "not available yet")
+        self.refused(self.daemon.request("POST", "/v1/machines/nope/snapshots", {"name": "s1"}),
+                     404, "not_found")
+        self.refused(self.daemon.request("GET", "/v1/machines/bare/snapshots/nope"), 404,
+                     "not_found")
+        self.refused(self.daemon.request("GET", "/v1/machines/bare/snapshots/..%2Fx"), 400,
+                     "invalid_name")
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots/nope/restore"), 404,
+                     "not_found")
+        self.refused(self.daemon.request("DELETE", "/v1/machines/bare/snapshots/nope"), 404,
+                     "not_found")
+        self.assertEqual(self.pool_files(), before)
+        self.assertEqual(self.snaps("bare"), [])
+        self.snap("bare", "s1")
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots", {"name": "s1"}),
+                     409, "conflict", "already")
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots/s1/restore",
+                                         {"x": 1}), 400, "bad_request")
+        # Another user sees neither the machine nor its snapshots.
+        s, _ = self.daemon.request_as(1001, "GET", "/v1/machines/bare/snapshots")
+        self.assertEqual(s, 404)
+        # A raw disk cannot take a snapshot.
+        raw = os.path.join(self.files, "r.raw")
+        with open(raw, "wb") as f:
+            f.truncate(1 << 20)
+        os.chmod(raw, 0o644)
+        s, body = self.daemon.request("POST", "/v1/disks",
+                                      {"name": "r1", "source": {"file": raw}})
+        self.assertEqual((s, body.get("format")), (201, "raw"), body)
+        s, _ = self.daemon.request("POST", "/v1/machines/bare/disks", {"disk": "r1"})
+        self.assertEqual(s, 200)
+        self.refused(self.daemon.request("POST", "/v1/machines/bare/snapshots", {"name": "s2"}),
+                     422, "invalid_spec", "raw")
+        self.assertEqual(self.snaps("bare"), ["s1"])
+
+    def test_kill_9_at_any_step_converges(self):
+        s, d = self.daemon.request("POST", "/v1/disks", {"name": "k1", "size_gib": 1})
+        self.assertEqual(s, 201, d)
+        self.create("vm")
+        s, _ = self.daemon.request("POST", "/v1/machines/vm/disks", {"disk": "k1"})
+        self.assertEqual(s, 200)
+        write(d["path"], "0x51")
+        self.snap("vm", "base")
+        write(self.top("k1"), "0x52")
+
+        def consistent(what):
+            files = self.pool_files()
+            self.assertEqual(self.referenced("vm", "k1"), files, what)
+            for f in files:
+                self.assertEqual(check(f)[0], 0, (what, f, check(f)))
+            self.assertTrue(reads(self.top("k1"), "0x52") or reads(self.top("k1"), "0x51"), what)
+
+        def interrupted(method, path, body, delay):
+            t = threading.Thread(target=lambda: self.daemon.request(method, path, body,
+                                                                    timeout=20))
+            t.start()
+            time.sleep(delay)
+            self.daemon.kill()
+            t.join()
+            self.daemon.start()
+            # Once recovered, the machine's snapshots can be changed again.
+            wait_for(lambda: self.daemon.request("POST", "/v1/machines/vm/snapshots",
+                                                 {"name": "probe"})[0] == 201, 20, "recovery")
+            self.assertEqual(self.daemon.request("DELETE",
+                                                 "/v1/machines/vm/snapshots/probe")[0], 200)
+
+        outcomes = {"create": set(), "restore": set(), "delete": set()}
+        for i, delay in enumerate([0.0, 0.003, 0.006, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.12]):
+            name = f"k{i}"
+            interrupted("POST", "/v1/machines/vm/snapshots", {"name": name}, delay)
+            consistent(f"create {delay}")
+            made = name in self.snaps("vm")
+            outcomes["create"].add(made)
+            if not made:
+                self.snap("vm", name)
+            interrupted("POST", "/v1/machines/vm/snapshots/base/restore", None, delay)
+            consistent(f"restore {delay}")
+            outcomes["restore"].add(reads(self.top("k1"), "0x51"))
+            s, _ = self.daemon.request("POST", "/v1/machines/vm/snapshots/base/restore")
+            self.assertEqual(s, 200)
+            self.assertTrue(reads(self.top("k1"), "0x51"))
+            write(self.top("k1"), "0x52")
+            interrupted("DELETE", f"/v1/machines/vm/snapshots/{name}", None, delay)
+            consistent(f"delete {delay}")
+            outcomes["delete"].add(name in self.snaps("vm"))
+            if name in self.snaps("vm"):
+                self.assertEqual(
+                    self.daemon.request("DELETE", f"/v1/machines/vm/snapshots/{name}")[0], 200)
+            consistent(f"after {delay}")
+        self.assertEqual(self.snaps("vm"), ["base"])
+        print("outcomes across the kill points:", outcomes)
+
+
+if __name__ == "__main__":
+    harness.main()
