@@ -565,13 +565,23 @@ void Snapshots::create_files(const std::shared_ptr<Step>& step, size_t i,
         });
     };
     if (step->j.op == "create") {
-        // The top's own size (a root disk's may differ from the spec's disk_gib).
-        return probe(vol->top, [this, step, go](const Status& st, uint64_t size, bool) mutable {
-            if (!st) {
-                return finish(step, st);
-            }
-            go(size);
-        });
+        // The top's own size (a root disk's may differ from the spec's disk_gib), and what it
+        // is made on: the layer's backing.
+        return run_qemu_img(
+            {"qemu-img", "info", "-U", "--output=json", "-f", "qcow2", "--", vol->top},
+            [this, step, i, go](const Status& st, const std::string& out) mutable {
+                Info info;
+                if (!st || !parse_info(out, info)) {
+                    return finish(step, st ? Status{Errc::internal,
+                                                    "qemu-img info: unreadable "
+                                                    "answer"}
+                                           : st);
+                }
+                auto& l = step->j.record.layers[i];
+                l.backing = info.backing;
+                l.backing_format = info.backing_format;
+                go(info.size);
+            });
     }
     go(vol->size);
 }
@@ -728,36 +738,8 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
     db_.flush();
     create_files(step, 0, [this, step] {
         auto commit = [this, step] {
-            // The layers' backings as their headers say (for later deletes).
-            auto layers = std::make_shared<size_t>(0);
-            auto next = std::make_shared<std::function<void()>>();
-            *next = [this, step, layers, next] {
-                auto& ls = step->j.record.layers;
-                while (*layers < ls.size() && ls[*layers].file.empty()) {
-                    ++*layers;
-                }
-                if (*layers == ls.size()) {
-                    auto keep = *next;
-                    *next = nullptr;
-                    commit_create(step->machine, step->j);
-                    return finish(step, {});
-                }
-                std::string file = ls[*layers].file;
-                run_qemu_img({"qemu-img", "info", "-U", "--output=json", "-f", "qcow2", "--", file},
-                             [step, layers, next](const Status&, const std::string& out) {
-                                 Info info;
-                                 if (parse_info(out, info)) {
-                                     auto& l = step->j.record.layers[*layers];
-                                     l.backing = info.backing;
-                                     l.backing_format = info.backing_format;
-                                 }
-                                 ++*layers;
-                                 auto keep = *next;
-                                 keep();
-                             });
-            };
-            auto first = *next;
-            first();
+            commit_create(step->machine, step->j);
+            finish(step, {});
         };
         if (!step->live) {
             return commit();
