@@ -1,0 +1,81 @@
+#!/usr/bin/python3
+"""Disk snapshots of the built-in guest with D disks of 1 GiB attached (default 1 and 4), each
+holding 256 MiB of data: N snapshots taken while the guest runs (through the API, and the QMP
+part alone as hangard logs it: the overlays added and one transaction), then with the VM
+stopped N taken, N restored and N deleted (each delete merges one layer). The time of a
+snapshot does not grow with the data on the disks: nothing is copied."""
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from benchlib import GUEST_DIR, Api, Daemon, kill_pids, pct
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+DISKS = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 4]
+
+
+def timed(api, method, path, body=None, want=200):
+    t0 = time.monotonic()
+    s, out = api.call(method, path, body)
+    assert s == want, (method, path, s, out)
+    return time.monotonic() - t0
+
+
+def main():
+    d = Daemon(extra=("--log-level", "info"))  # the QMP part's figure is in the log
+    log = lambda: open(os.path.join(d.state_dir, "hangard.log")).read()
+    pids = []
+    try:
+        d.start()
+        api = Api(d.sock)
+        boot = {"kernel": os.path.join(GUEST_DIR, "vmlinuz"),
+                "initrd": os.path.join(GUEST_DIR, "initrd.img"), "cmdline": "console=ttyS0"}
+        ms = lambda v: (f"median {statistics.median(v) * 1000:7.1f} ms, "
+                        f"p90 {pct(v, 90) * 1000:7.1f} ms")
+        print(f"snapshots: {N} of each; disks of 1 GiB with 256 MiB written")
+        for nd in DISKS:
+            vm = f"vm{nd}"
+            s, m = api.call("POST", "/v1/machines", {"name": vm, "boot": boot})
+            assert s == 201, m
+            for i in range(nd):
+                s, disk = api.call("POST", "/v1/disks", {"name": f"{vm}-d{i}", "size_gib": 1})
+                assert s == 201, disk
+                subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 256M",
+                                disk["path"]], check=True, capture_output=True)
+                s, _ = api.call("POST", f"/v1/machines/{vm}/disks", {"disk": f"{vm}-d{i}"})
+                assert s == 200
+            s, m = api.call("POST", f"/v1/machines/{vm}/actions/start")
+            assert s == 200, m
+            pids.append(m["pid"])
+            before = len(re.findall(r"snapshotted in ([0-9.]+) ms", log()))
+            live = [timed(api, "POST", f"/v1/machines/{vm}/snapshots", {"name": f"l{i}"}, 201)
+                    for i in range(N)]
+            qmp = [float(x) / 1000 for x in
+                   re.findall(r"snapshotted in ([0-9.]+) ms", log())[before:]]
+            s, m = api.call("GET", f"/v1/machines/{vm}")
+            assert m["state"] == "running", m
+            s, _ = api.call("POST", f"/v1/machines/{vm}/actions/kill")
+            assert s == 200
+            stopped = [timed(api, "POST", f"/v1/machines/{vm}/snapshots", {"name": f"s{i}"}, 201)
+                       for i in range(N)]
+            restore = [timed(api, "POST", f"/v1/machines/{vm}/snapshots/l{i}/restore")
+                       for i in range(N)]
+            delete = [timed(api, "DELETE", f"/v1/machines/{vm}/snapshots/s{i}")
+                      for i in range(N)]
+            print(f"{nd} disk(s): running, through the API   {ms(live)}")
+            print(f"{nd} disk(s): running, QMP part          {ms(qmp)}")
+            print(f"{nd} disk(s): stopped, through the API   {ms(stopped)}")
+            print(f"{nd} disk(s): restore                    {ms(restore)}")
+            print(f"{nd} disk(s): delete (merge one layer)   {ms(delete)}")
+    finally:
+        kill_pids(pids)
+        d.kill()
+        shutil.rmtree(d.state_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
