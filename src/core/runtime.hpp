@@ -107,6 +107,13 @@ struct DiskOverlay {
     std::string file;
 };
 
+// A file made on a snapshot layer that goes (a snapshot deleted while the VM runs): `child`
+// gets the layer's data and reads from `base` (its header naming it `base_name`; "" when the
+// layer had no backing file) from then on.
+struct LayerMerge {
+    std::string child, layer, base, base_name;
+};
+
 // Where a runtime's reports go (core::Machines).
 class RuntimeSink {
   public:
@@ -214,6 +221,15 @@ class Runtime {
                                 Done done) {
         (void)ref, (void)overlays;
         done({Errc::invalid_spec, "this machine takes no disk snapshots"});
+    }
+    // Merges, one after another, each layer into its child where the running instance has the
+    // child open (QMP block-stream, driven by its events); `done` with the merges it left to the
+    // caller (files the instance does not use), by index.
+    using MergeDone = std::function<void(const Status&, std::vector<size_t> not_open)>;
+    virtual void merge_layers(const InstanceRef& ref, const std::vector<LayerMerge>& merges,
+                              MergeDone done) {
+        (void)ref, (void)merges;
+        done({Errc::invalid_spec, "this machine takes no disk snapshots"}, {});
     }
     // Puts `spec`'s CD-ROM (an ISO image, or none: ejected) into the running instance's drive.
     virtual void change_cdrom(const InstanceRef& ref, const MachineSpec& spec, Done done) {

@@ -86,9 +86,10 @@ struct Snapshots::Step {
     Done done;
     // A delete's rebases: (child file, its new backing, that backing's format).
     struct Rebase {
-        std::string child, backing, backing_format;
+        std::string child, backing, backing_format, layer;
     };
     std::vector<Rebase> rebases;
+    std::set<size_t> merged;  // rebases the running QEMU did (block-stream)
     // A delete's layers (first), and the files that may be made on them.
     std::vector<std::string> to_probe;
     bool ended = false;
@@ -860,10 +861,10 @@ void Snapshots::remove(const Caller& caller, const std::string& machine, const s
     }
     const Machine* m = nullptr;
     machines_.get(caller, machine, &m);
-    if (m->live || (m->state != MachineState::stopped && m->state != MachineState::crashed)) {
-        return fail({Errc::invalid_state, "deleting a snapshot needs " + machine +
-                                              " stopped for now: it is " +
-                                              std::string(to_string(m->state))});
+    bool live = m->live && (m->state == MachineState::running || m->state == MachineState::paused);
+    if (!live && m->state != MachineState::stopped && m->state != MachineState::crashed) {
+        return fail({Errc::invalid_state, "cannot delete a snapshot of " + machine +
+                                              " while it is " + std::string(to_string(m->state))});
     }
     if (recovering_.count(machine)) {
         return fail({Errc::busy, machine + "'s snapshots are being recovered; try again"});
@@ -874,6 +875,9 @@ void Snapshots::remove(const Caller& caller, const std::string& machine, const s
     auto step = std::make_shared<Step>();
     step->machine = machine;
     step->done = std::move(done);
+    step->live = live;
+    step->ref = m->instance();
+    step->runtime = m->runtime;
     step->j.op = "delete";
     step->j.snap = name;
     step->j.phase = "files";
@@ -915,32 +919,69 @@ void Snapshots::remove(const Caller& caller, const std::string& machine, const s
         auto keep = *next;
         if (infos->size() < step->to_probe.size()) {
             std::string file = step->to_probe[infos->size()];
-            return run_qemu_img(
-                {"qemu-img", "info", "--output=json", "-f", "qcow2", "--", file},
-                [this, step, next, infos, file](const Status& st, const std::string& out) {
-                    Info info;
-                    if (!st || !parse_info(out, info)) {
-                        *next = nullptr;
-                        step->j.tops.clear();
-                        return finish(step, st ? Status{Errc::internal, "qemu-img info " + file +
-                                                                            ": unreadable answer"}
-                                               : st);
-                    }
-                    infos->push_back(std::move(info));
-                    auto again = *next;
-                    again();
-                });
+            // -U: a running QEMU holds the locks of the files it uses.
+            std::vector<std::string> argv = {"qemu-img", "info", "--output=json", "-f", "qcow2",
+                                             "--",       file};
+            if (step->live) {
+                argv.insert(argv.begin() + 2, "-U");
+            }
+            return run_qemu_img(std::move(argv), [this, step, next, infos, file](
+                                                     const Status& st, const std::string& out) {
+                Info info;
+                if (!st || !parse_info(out, info)) {
+                    *next = nullptr;
+                    step->j.tops.clear();
+                    return finish(step, st ? Status{Errc::internal,
+                                                    "qemu-img info " + file + ": unreadable answer"}
+                                           : st);
+                }
+                infos->push_back(std::move(info));
+                auto again = *next;
+                again();
+            });
         }
         *next = nullptr;
         for (size_t c = own; c < infos->size(); ++c) {
             for (size_t l = 0; l < own; ++l) {
                 if ((*infos)[c].backing == step->to_probe[l]) {
-                    step->rebases.push_back(
-                        {step->to_probe[c], (*infos)[l].backing, (*infos)[l].backing_format});
+                    step->rebases.push_back({step->to_probe[c], (*infos)[l].backing,
+                                             (*infos)[l].backing_format, step->to_probe[l]});
                 }
             }
         }
-        rebase_children(step, 0, [this, step, name] {
+        // While the VM runs, QEMU merges into the files it uses (block-stream); qemu-img
+        // rebases the rest.
+        auto merged = [this, step](std::function<void()> commit) {
+            if (!step->live) {
+                return rebase_children(step, 0, std::move(commit));
+            }
+            std::vector<LayerMerge> merges;
+            for (const auto& r : step->rebases) {
+                std::string dir = fs::path(r.child).parent_path().string();
+                merges.push_back(
+                    {r.child, r.layer, r.backing, r.backing.empty() ? "" : rel_to(r.backing, dir)});
+            }
+            auto alive = alive_;
+            step->runtime->merge_layers(
+                step->ref, merges,
+                [this, alive, step, commit](const Status& st, std::vector<size_t> not_open) {
+                    if (!*alive) {
+                        return;
+                    }
+                    if (!st) {
+                        step->j.tops.clear();
+                        return finish(step, st);
+                    }
+                    std::set<size_t> left(not_open.begin(), not_open.end());
+                    for (size_t i = 0; i < step->rebases.size(); ++i) {
+                        if (!left.count(i)) {
+                            step->merged.insert(i);
+                        }
+                    }
+                    rebase_children(step, 0, commit);
+                });
+        };
+        merged([this, step, name] {
             Head& h = *heads_.at(step->machine);
             auto& snaps = snaps_[step->machine];
             Snapshot gone = snaps[name];
@@ -998,6 +1039,9 @@ void Snapshots::rebase_children(const std::shared_ptr<Step>& step, size_t i,
                                 std::function<void()> next) {
     if (i == step->rebases.size()) {
         return next();
+    }
+    if (step->merged.count(i)) {
+        return rebase_children(step, i + 1, std::move(next));
     }
     const auto& r = step->rebases[i];
     std::string dir = fs::path(r.child).parent_path().string();

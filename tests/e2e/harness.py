@@ -46,6 +46,24 @@ def pids_with_argument(arg):
     return out
 
 
+def make_disk_image(directory, name, marker, fmt="qcow2", size="64M"):
+    """A 64 MiB disk image in `directory` whose first bytes are `marker` (what the built-in
+    guest prints as HANGAR-DISK), as qcow2 (grown to `size`) or raw."""
+    raw = os.path.join(directory, name + ".raw")
+    with open(raw, "wb") as f:
+        f.write(marker.encode())
+    os.truncate(raw, 64 << 20)
+    if fmt == "raw":
+        return raw
+    out = os.path.join(directory, name + ".qcow2")
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, out],
+                   check=True)
+    if size != "64M":
+        subprocess.run(["qemu-img", "resize", "-q", out, size], check=True)
+    os.unlink(raw)
+    return out
+
+
 def wait_for(cond, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -207,6 +225,14 @@ class DaemonTest(unittest.TestCase):
     def console(self, name):
         """What machine `name`'s console has printed so far."""
         return self.daemon.request("GET", f"/v1/machines/{name}/console/log")[1] or ""
+
+    def import_disk_image(self, directory, name, marker):
+        """make_disk_image in `directory`, imported as image `name`."""
+        path = make_disk_image(directory, name, marker)
+        s, img = self.daemon.request("POST", "/v1/images?wait=true",
+                                     {"name": name, "source": {"type": "file", "path": path}})
+        self.assertEqual(s, 201, img)
+        return img
 
     def create(self, name, **spec):
         status, m = self.daemon.request("POST", "/v1/machines", {"name": name, **spec})

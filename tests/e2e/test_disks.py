@@ -110,15 +110,7 @@ class Disks(DaemonTest):
 
     def test_sources_pools_and_bad_input(self):
         # An overlay on a disk image, its base named relative to it.
-        raw = os.path.join(self.files, "base.raw")
-        with open(raw, "wb") as f:
-            f.write(b"BASE")
-        os.truncate(raw, 64 << 20)
-        base = os.path.join(self.files, "base.qcow2")
-        subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", raw, base], check=True)
-        s, img = self.daemon.request("POST", "/v1/images?wait=true",
-                                     {"name": "base", "source": {"type": "file", "path": base}})
-        self.assertEqual(s, 201, img)
+        self.import_disk_image(self.files, "base", "BASE")
         d = self.disk("ov", source={"image": "base"}, size_gib=3)
         self.assertEqual((d["size_bytes"], d["source"]), (3 * GIB, {"image": "base"}))
         self.assertEqual(info(d["path"])["backing-filename"], "../../images/base/disk.qcow2")

@@ -31,9 +31,9 @@ def info(path):
     return json.loads(out.stdout)
 
 
-def check(path):
-    out = subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", path], capture_output=True,
-                         text=True)
+def check(path, shared=False):
+    out = subprocess.run(["qemu-img", "check"] + (["-U"] if shared else []) +
+                         ["-q", "-f", "qcow2", path], capture_output=True, text=True)
     return out.returncode, out.stdout + out.stderr
 
 
@@ -42,9 +42,9 @@ def write(path, pattern, offset=0):
                    check=True, capture_output=True)
 
 
-def reads(path, pattern, offset=0):
+def reads(path, pattern, offset=0, shared=False):
     """Whether the disk whose top is `path` holds `pattern` at `offset` (all its chain)."""
-    out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c",
+    out = subprocess.run(["qemu-io", "-r"] + (["-U"] if shared else []) + ["-f", "qcow2", "-c",
                           f"read -P {pattern} {offset} 64k", path], capture_output=True, text=True)
     return out.returncode == 0 and "Pattern verification failed" not in out.stdout
 
@@ -159,15 +159,7 @@ class Snapshots(DaemonTest):
         self.assertEqual(self.pool_files(), [])
 
     def test_running_guest_root_disk_snapshot_restores_what_it_wrote(self):
-        raw = os.path.join(self.files, "base.raw")
-        with open(raw, "wb") as f:
-            f.write(b"BASEIMG-1")
-        os.truncate(raw, 64 << 20)
-        base = os.path.join(self.files, "base.qcow2")
-        subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", raw, base], check=True)
-        s, img = self.daemon.request("POST", "/v1/images?wait=true",
-                                     {"name": "base", "source": {"type": "file", "path": base}})
-        self.assertEqual(s, 201, img)
+        self.import_disk_image(self.files, "base", "BASEIMG-1")
         self.create("web", image="base", boot=guest_boot())
         s, _ = self.daemon.request("POST", "/v1/disks", {"name": "data2", "size_gib": 1})
         self.assertEqual(s, 201)
@@ -205,8 +197,6 @@ class Snapshots(DaemonTest):
         # Restore needs the VM stopped; then the guest boots with what s1 held.
         self.refused(self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore"), 409,
                      "invalid_state", "stopped")
-        self.refused(self.daemon.request("DELETE", "/v1/machines/web/snapshots/s1"), 409,
-                     "invalid_state", "stopped")
         self.daemon.action("web", "kill")
         self.daemon.wait_state("web", "stopped")
         s, _ = self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore")
@@ -217,6 +207,90 @@ class Snapshots(DaemonTest):
         last = self.console("web").rsplit("HANGAR-DISK:", 1)[1].splitlines()[0]
         self.assertIn("SNAP-ONE", last)
         print(f"live snapshot of 2 disks: {took * 1000:.0f} ms through the API")
+
+    def test_chain_of_three_delete_the_middle_one_live(self):
+        """s1, s2, s3 taken while the guest writes a marker between each; s2 deleted while the
+        guest runs (QEMU's block-stream merges its layer into s3's): every file passes
+        `qemu-img check`, the guest reads all its markers, and s3 restores with s2's data."""
+        self.import_disk_image(self.files, "base", "BASEIMG-3")
+        self.create("web", image="base", boot=guest_boot())
+        s, _ = self.daemon.request("POST", "/v1/disks", {"name": "data3", "size_gib": 1})
+        self.assertEqual(s, 201)
+        s, _ = self.daemon.request("POST", "/v1/machines/web/disks", {"disk": "data3"})
+        self.assertEqual(s, 200)
+        self.daemon.action("web", "start")
+        wait_for(lambda: "HANGAR-GUEST-READY" in self.console("web"), 90, "the guest's shell")
+
+        def put(n, marker):
+            self.type_in("web", f"echo {marker} | dd of=/dev/vda bs=1M seek={n} conv=fsync && "
+                                f"echo {marker} | dd of=/dev/sda bs=1M seek={n} conv=fsync && "
+                                f"echo PUT-$(({n}+100))")
+            wait_for(lambda: f"PUT-{n + 100}" in self.console("web"), 30, f"write {marker}")
+
+        reads_done = [0]
+
+        def got(dev, n):
+            reads_done[0] += 1
+            tag = f"GOT{reads_done[0]}{dev}{n}"
+            self.type_in("web", "echo 3 > /proc/sys/vm/drop_caches; "
+                                f"echo {tag}:$(dd if=/dev/{dev} bs=1M skip={n} count=1 "
+                                "2>/dev/null | head -c 11):END")
+            wait_for(lambda: f"{tag}:" in self.console("web").replace(f"{tag}:$(", ""), 30,
+                     f"read {dev} {n}")
+            out = self.console("web").replace(f"{tag}:$(", "")
+            return out.rsplit(f"{tag}:", 1)[1].split(":END", 1)[0]
+
+        markers = ["LAYER-ONE", "LAYER-TWO", "LAYER-THR", "LAYER-NOW"]
+        for i, marker in enumerate(markers):
+            put(i, marker)
+            if i < 3:
+                self.snap("web", f"s{i + 1}")
+        s, body = self.daemon.request("GET", "/v1/machines/web/snapshots/s2")
+        s2_files = [d["file"] for d in body["disks"]]
+        s, body = self.daemon.request("GET", "/v1/machines/web/snapshots/s3")
+        s3_files = [d["file"] for d in body["disks"]]
+        s, body = self.daemon.request("GET", "/v1/machines/web/snapshots/s1")
+        s1_files = [d["file"] for d in body["disks"]]
+        for f in s3_files:
+            self.assertEqual(info(f)["full-backing-filename"].rsplit("/", 1)[-1],
+                             s2_files[s3_files.index(f)].rsplit("/", 1)[-1])
+
+        t0 = time.monotonic()
+        s, gone = self.daemon.request("DELETE", "/v1/machines/web/snapshots/s2")
+        took = time.monotonic() - t0
+        self.assertEqual(s, 200, gone)
+        self.assertEqual(self.daemon.machine("web")["state"], "running")
+        self.assertEqual(self.snaps("web"), ["s1", "s3"])
+        for f in s2_files:
+            self.assertFalse(os.path.exists(f), f)
+        # s3's layers now read from s1's, and hold what s2's held.
+        for f, below in zip(s3_files, s1_files):
+            self.assertEqual(os.path.realpath(info(f)["full-backing-filename"]),
+                             os.path.realpath(below))
+            rc, out = check(f)
+            self.assertEqual(rc, 0, out)
+        for f in self.referenced("web", "data3"):
+            subprocess.run(["qemu-img", "check", "-U", "-q", f], check=True)
+        # The guest, still running, reads every marker from its chain.
+        for i, marker in enumerate(markers):
+            self.assertEqual(got("vda", i), marker)
+            self.assertEqual(got("sda", i), marker)
+
+        # Stopped, s3 comes back with s2's data merged in it, and without what came after.
+        self.daemon.action("web", "kill")
+        self.daemon.wait_state("web", "stopped")
+        s, _ = self.daemon.request("POST", "/v1/machines/web/snapshots/s3/restore")
+        self.assertEqual(s, 200)
+        for f in self.referenced("web", "data3"):
+            rc, out = check(f)
+            self.assertEqual(rc, 0, out)
+        self.daemon.action("web", "start")
+        wait_for(lambda: self.console("web").count("HANGAR-GUEST-READY") >= 2, 90,
+                 "the second boot")
+        for dev in ("vda", "sda"):
+            self.assertEqual([got(dev, i) for i in range(3)], markers[:3])
+            self.assertNotIn("LAYER", got(dev, 3))
+        print(f"live delete of the middle of 3 snapshots (2 disks): {took * 1000:.0f} ms")
 
     def test_bad_input_changes_nothing(self):
         self.create("bare")
@@ -329,6 +403,61 @@ class Snapshots(DaemonTest):
             consistent(f"after {delay}")
         self.assertEqual(self.snaps("vm"), ["base"])
         print("outcomes across the kill points:", outcomes)
+
+    def test_kill_9_during_live_create_and_delete_converges(self):
+        """The same while the guest runs: QEMU goes on (adopted), writes the top the records
+        name, and every file passes `qemu-img check -U`."""
+        s, d = self.daemon.request("POST", "/v1/disks", {"name": "k2", "size_gib": 1})
+        self.assertEqual(s, 201, d)
+        self.create("lv")
+        s, _ = self.daemon.request("POST", "/v1/machines/lv/disks", {"disk": "k2"})
+        self.assertEqual(s, 200)
+        write(d["path"], "0x61")
+        self.daemon.action("lv", "start")
+        self.snap("lv", "base")
+
+        def consistent(what):
+            self.assertEqual(self.daemon.machine("lv")["state"], "running", what)
+            files = self.pool_files()
+            self.assertEqual(self.referenced("lv", "k2"), files, what)
+            for f in files:
+                self.assertEqual(check(f, shared=True)[0], 0, (what, f, check(f, True)))
+            # QEMU writes the recorded top: its lock is held.
+            held = subprocess.run(["qemu-img", "info", self.top("k2")], capture_output=True,
+                                  text=True)
+            self.assertIn("lock", held.stderr, what)
+            self.assertTrue(reads(self.top("k2"), "0x61", shared=True), what)
+
+        def interrupted(method, path, body, delay):
+            t = threading.Thread(target=lambda: self.daemon.request(method, path, body,
+                                                                    timeout=20))
+            t.start()
+            time.sleep(delay)
+            self.daemon.kill()
+            t.join()
+            self.daemon.start()
+            wait_for(lambda: self.daemon.request("POST", "/v1/machines/lv/snapshots",
+                                                 {"name": "probe"})[0] == 201, 20, "recovery")
+            self.assertEqual(self.daemon.request("DELETE",
+                                                 "/v1/machines/lv/snapshots/probe")[0], 200)
+
+        outcomes = {"create": set(), "delete": set()}
+        for i, delay in enumerate([0.0, 0.005, 0.01, 0.02, 0.04, 0.08]):
+            name = f"l{i}"
+            interrupted("POST", "/v1/machines/lv/snapshots", {"name": name}, delay)
+            consistent(f"create {delay}")
+            outcomes["create"].add(name in self.snaps("lv"))
+            if name not in self.snaps("lv"):
+                self.snap("lv", name)
+            interrupted("DELETE", f"/v1/machines/lv/snapshots/{name}", None, delay)
+            consistent(f"delete {delay}")
+            outcomes["delete"].add(name in self.snaps("lv"))
+            if name in self.snaps("lv"):
+                s, body = self.daemon.request("DELETE", f"/v1/machines/lv/snapshots/{name}")
+                self.assertEqual(s, 200, body)
+            consistent(f"after {delay}")
+        self.assertEqual(self.snaps("lv"), ["base"])
+        print("live outcomes across the kill points:", outcomes)
 
 
 if __name__ == "__main__":

@@ -39,19 +39,7 @@ class VmImages(DaemonTest):
         self.addCleanup(shutil.rmtree, self.files, True)
 
     def disk_image(self, name, marker, fmt="qcow2", size="64M"):
-        raw = os.path.join(self.files, name + ".raw")
-        with open(raw, "wb") as f:
-            f.write(marker.encode())
-        os.truncate(raw, 64 << 20)
-        if fmt == "raw":
-            return raw
-        out = os.path.join(self.files, name + ".qcow2")
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, out],
-                       check=True)
-        if size != "64M":
-            subprocess.run(["qemu-img", "resize", "-q", out, size], check=True)
-        os.unlink(raw)
-        return out
+        return harness.make_disk_image(self.files, name, marker, fmt, size)
 
     def import_image(self, name, path, kind=None, uid=None):
         body = {"name": name, "source": {"type": "file", "path": path}}

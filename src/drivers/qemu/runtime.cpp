@@ -6,6 +6,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <utility>
 
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
@@ -335,6 +337,27 @@ Status QemuRuntime::supports(core::Capability c, const std::string& machine) con
 QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
     QemuProcess::Callbacks cb;
     cb.on_event = [this, ref](std::string_view event, simdjson::dom::element msg) {
+        if (event == "BLOCK_JOB_COMPLETED" || event == "BLOCK_JOB_CANCELLED") {
+            std::string_view id, error;
+            json::try_get(msg.at_pointer("/data/device"), id);
+            json::try_get(msg.at_pointer("/data/error"), error);
+            Vm* vm = find(ref);
+            if (!vm) {
+                return;
+            }
+            auto it = vm->jobs.find(std::string(id));
+            if (it == vm->jobs.end()) {
+                return;
+            }
+            auto job = std::move(it->second);
+            vm->jobs.erase(it);
+            if (event == "BLOCK_JOB_CANCELLED") {
+                return job({Errc::internal, "block job " + std::string(id) + " was cancelled"});
+            }
+            return job(error.empty()
+                           ? Status{}
+                           : Status{Errc::internal, "block-stream: " + std::string(error)});
+        }
         std::string detail;
         if (event == "DEVICE_DELETED") {
             std::string_view device;
@@ -356,6 +379,11 @@ QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
         Vm* vm = find(ref);
         if (!vm) {
             return;
+        }
+        for (auto& [id, job] : std::exchange(vm->jobs, {})) {
+            boost::asio::post(io_, [job = std::move(job)] {
+                job({Errc::unavailable, "QEMU ended during the block job"});
+            });
         }
         core::ExitFact f;
         f.how = "pidfd:exit " + info.describe();
@@ -694,6 +722,187 @@ void QemuRuntime::top_nodes(
         }
         done({}, std::move(out));
     });
+}
+
+void QemuRuntime::merge_layers(const core::InstanceRef& ref,
+                               const std::vector<core::LayerMerge>& merges, MergeDone done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return boost::asio::post(io_, [done] {
+            done({Errc::invalid_state, "QEMU is not running"}, {});
+        });
+    }
+    // A merge that a hangard before this one started may still run in QEMU (jobs outlive the
+    // monitor connection): it is waited for, by its events, before the graph is read.
+    vm->proc->execute(
+        "query-block-jobs", "",
+        [this, ref, merges, done](const Status& st, std::string_view result) {
+            Vm* vm = find(ref);
+            if (!vm || !vm->proc) {
+                return done({Errc::invalid_state, "QEMU is not running"}, {});
+            }
+            simdjson::dom::parser parser;
+            simdjson::dom::array jobs;
+            std::vector<std::string> running;
+            if (st && parser.parse(result.data(), result.size()).get(jobs) == simdjson::SUCCESS) {
+                for (auto j : jobs) {
+                    std::string_view id;
+                    if (j["device"].get(id) == simdjson::SUCCESS && id.rfind("merge", 0) == 0 &&
+                        !vm->jobs.count(std::string(id))) {
+                        running.emplace_back(id);
+                    }
+                }
+            }
+            if (running.empty()) {
+                return merge_now(ref, merges, done);
+            }
+            spdlog::info("{}: waiting for {} block job(s) an earlier hangard started", ref.machine,
+                         running.size());
+            auto left = std::make_shared<size_t>(running.size());
+            for (const auto& id : running) {
+                vm->jobs[id] = [this, ref, merges, done, left](const Status&) {
+                    if (--*left == 0) {
+                        merge_now(ref, merges, done);
+                    }
+                };
+            }
+        });
+}
+
+void QemuRuntime::merge_now(const core::InstanceRef& ref,
+                            const std::vector<core::LayerMerge>& merges, MergeDone done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return done({Errc::invalid_state, "QEMU is not running"}, {});
+    }
+    vm->proc->execute(
+        "query-named-block-nodes", "{\"flat\":true}",
+        [this, ref, merges, done](const Status& st, std::string_view result) {
+            if (!st) {
+                return done({Errc::invalid_state, "query-named-block-nodes: " + st.message()}, {});
+            }
+            simdjson::dom::parser parser;
+            simdjson::dom::array nodes;
+            if (parser.parse(result.data(), result.size()).get(nodes) != simdjson::SUCCESS) {
+                return done({Errc::internal, "query-named-block-nodes: not an array"}, {});
+            }
+            // Format nodes by their file (QEMU joins a backing name to its overlay's
+            // directory: compared as canonical paths), and every node of a file.
+            auto canon = [](std::string_view f) {
+                std::error_code ec;
+                return std::filesystem::weakly_canonical(std::string(f), ec).string();
+            };
+            std::map<std::string, std::string> format_node;
+            std::map<std::string, std::vector<std::string>> all_nodes;
+            for (auto n : nodes) {
+                std::string_view drv, name, file;
+                if (n["drv"].get(drv) != simdjson::SUCCESS ||
+                    n["node-name"].get(name) != simdjson::SUCCESS ||
+                    n["file"].get(file) != simdjson::SUCCESS) {
+                    continue;
+                }
+                // A node whose backing hangard set (blockdev-snapshot) names itself in a
+                // "json:{...}" filename: its file is that object's file.filename.
+                std::string pseudo;
+                if (file.rfind("json:", 0) == 0) {
+                    simdjson::dom::parser inner;
+                    simdjson::dom::element o;
+                    std::string_view name_of;
+                    pseudo = std::string(file.substr(5));
+                    if (inner.parse(pseudo).get(o) == simdjson::SUCCESS &&
+                        o.at_pointer("/file/filename").get(name_of) == simdjson::SUCCESS) {
+                        pseudo = std::string(name_of);
+                        file = pseudo;
+                    }
+                }
+                std::string c = canon(file);
+                if (drv != "file") {
+                    format_node[c] = name;
+                }
+                all_nodes[c].emplace_back(name);
+            }
+            auto offline = std::make_shared<std::vector<size_t>>();
+            auto todo = std::make_shared<std::vector<size_t>>();
+            for (size_t i = 0; i < merges.size(); ++i) {
+                (format_node.count(canon(merges[i].child)) ? *todo : *offline).push_back(i);
+            }
+            auto next = std::make_shared<std::function<void(size_t)>>();
+            *next = [this, ref, merges, done, offline, todo, next, format_node, all_nodes,
+                     canon](size_t k) {
+                auto end = [next, done, offline](const Status& st) {
+                    auto keep = *next;
+                    *next = nullptr;
+                    done(st, st ? *offline : std::vector<size_t>{});
+                };
+                if (k == todo->size()) {
+                    return end({});
+                }
+                const auto& m = merges[(*todo)[k]];
+                Vm* vm = find(ref);
+                if (!vm || !vm->proc) {
+                    return end({Errc::invalid_state, "QEMU is not running"});
+                }
+                std::string job = "merge" + random_hex(4);
+                json::Writer w;
+                w.begin_object()
+                    .field("job-id", job)
+                    .field("device", format_node.at(canon(m.child)));
+                if (!m.base.empty()) {
+                    auto b = format_node.find(canon(m.base));
+                    if (b == format_node.end()) {
+                        return end({Errc::internal, "QEMU does not hold " + m.base});
+                    }
+                    w.field("base-node", b->second).field("backing-file", m.base_name);
+                }
+                w.end_object();
+                auto t0 = std::chrono::steady_clock::now();
+                // The layer's nodes that hangard added (the rest go with their parents).
+                std::vector<std::string> layer_nodes;
+                if (auto it = all_nodes.find(canon(m.layer)); it != all_nodes.end()) {
+                    layer_nodes = it->second;
+                    auto f = format_node.find(canon(m.layer));
+                    if (f != format_node.end()) {  // the format node before its file node
+                        std::erase(layer_nodes, f->second);
+                        layer_nodes.insert(layer_nodes.begin(), f->second);
+                    }
+                }
+                vm->jobs[job] = [this, ref, next, end, k, t0, layer_nodes, m](const Status& st) {
+                    if (!st) {
+                        return end(st);
+                    }
+                    spdlog::info("{}: {} merged into {} in {:.1f} ms (block-stream)", ref.machine,
+                                 m.layer, m.child,
+                                 std::chrono::duration<double, std::milli>(
+                                     std::chrono::steady_clock::now() - t0)
+                                     .count());
+                    std::vector<std::pair<std::string, std::string>> dels;
+                    for (const auto& n : layer_nodes) {
+                        if (n.rfind("#", 0) != 0) {
+                            dels.emplace_back("blockdev-del",
+                                              "{\"node-name\":" + json::quote(n) + "}");
+                        }
+                    }
+                    // Best effort, each on its own: a node still in use stays until QEMU ends.
+                    for (auto& d : dels) {
+                        run_steps(ref, {d}, [](const Status&, size_t) {});
+                    }
+                    auto keep = *next;
+                    keep(k + 1);
+                };
+                vm->proc->execute("block-stream", w.str(),
+                                  [this, ref, job, end](const Status& st, std::string_view) {
+                                      if (st) {
+                                          return;  // BLOCK_JOB_COMPLETED ends it
+                                      }
+                                      if (Vm* vm = find(ref)) {
+                                          vm->jobs.erase(job);
+                                      }
+                                      end({Errc::invalid_state, "block-stream: " + st.message()});
+                                  });
+            };
+            auto first = *next;
+            first(0);
+        });
 }
 
 void QemuRuntime::resize_disk(const core::InstanceRef& ref, const std::string& disk, uint64_t bytes,

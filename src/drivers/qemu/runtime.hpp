@@ -92,6 +92,11 @@ class QemuRuntime final : public core::Runtime {
     // again when the transaction fails.
     void snapshot_disks(const core::InstanceRef& ref,
                         const std::vector<core::DiskOverlay>& overlays, Done done) override;
+    // query-named-block-nodes finds the files' nodes; block-stream of each layer into its
+    // child (base-node: the layer's backing, backing-file: its name relative to the child),
+    // ended by BLOCK_JOB_COMPLETED; the layer's own nodes are deleted where hangard added them.
+    void merge_layers(const core::InstanceRef& ref, const std::vector<core::LayerMerge>& merges,
+                      MergeDone done) override;
     // block_resize of the disk's top node (QEMU grows the file).
     void resize_disk(const core::InstanceRef& ref, const std::string& disk, uint64_t bytes,
                      Done done) override;
@@ -115,7 +120,12 @@ class QemuRuntime final : public core::Runtime {
         ConsoleLink console;                               // input to the serial port
         // Detaches waiting for DEVICE_DELETED, by device id: what to do then.
         std::map<std::string, std::function<void()>> unplugging;
+        // Block jobs running (block-stream), by job id: what to do when they end.
+        std::map<std::string, std::function<void(const Status&)>> jobs;
     };
+    // merge_layers once no earlier merge runs.
+    void merge_now(const core::InstanceRef& ref, const std::vector<core::LayerMerge>& merges,
+                   MergeDone done);
     // Runs QMP commands one after another; `done` with the first failure (and its index).
     void run_steps(const core::InstanceRef& ref,
                    std::vector<std::pair<std::string, std::string>> steps,
