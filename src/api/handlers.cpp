@@ -37,28 +37,6 @@ using json::get_u32;
 using json::parse_object;
 using json::unknown_field;
 
-// ?wait=true|false (1|0); `wait` keeps its default when absent.
-Status parse_wait(const std::map<std::string, std::string>& query, bool& wait) {
-    if (auto it = query.find("wait"); it != query.end()) {
-        if (it->second == "false" || it->second == "0") {
-            wait = false;
-        } else if (it->second == "true" || it->second == "1") {
-            wait = true;
-        } else {
-            return {Errc::bad_request, "wait must be true or false"};
-        }
-    }
-    return {};
-}
-
-Response accepted(const std::string& op_id) {
-    json::Writer w;
-    w.begin_object().field("operation", op_id).end_object();
-    auto res = json_response(202, w.take());
-    res.headers.emplace_back("Location", "/v1/operations/" + op_id);
-    return res;
-}
-
 // {"name": ..., "kind": ..., "source": {"type": ..., "server"/"alias" | "path" | "url"/"sha256"}}
 Status parse_pull(const std::string& body, core::PullRequest& pr) {
     simdjson::dom::parser parser;
@@ -386,6 +364,28 @@ Status parse_action_args(core::Action action, const std::string& body, core::Act
     return {};
 }
 }  // namespace
+
+// ?wait=true|false (1|0); `wait` keeps its default when absent.
+Status parse_wait(const std::map<std::string, std::string>& query, bool& wait) {
+    if (auto it = query.find("wait"); it != query.end()) {
+        if (it->second == "false" || it->second == "0") {
+            wait = false;
+        } else if (it->second == "true" || it->second == "1") {
+            wait = true;
+        } else {
+            return {Errc::bad_request, "wait must be true or false"};
+        }
+    }
+    return {};
+}
+
+Response accepted(const std::string& op_id) {
+    json::Writer w;
+    w.begin_object().field("operation", op_id).end_object();
+    auto res = json_response(202, w.take());
+    res.headers.emplace_back("Location", "/v1/operations/" + op_id);
+    return res;
+}
 
 void register_image_routes(Router& router, core::Images& images) {
     router.add("GET", "/v1/images", Access::user, [&images](Request&, Respond respond) {

@@ -59,7 +59,13 @@ void register_pool_routes(Router& router, core::Pools& pools);
 // /v1/disks and /v1/machines/{name}/disks (disk_routes.cpp).
 void register_disk_routes(Router& router, core::Disks& disks, core::Machines& machines);
 // /v1/machines/{name}/snapshots (snapshot_routes.cpp).
-void register_snapshot_routes(Router& router, core::Snapshots& snapshots, core::Machines& machines);
+// ?wait=true|false (1|0); `wait` keeps its default when absent.
+Status parse_wait(const std::map<std::string, std::string>& query, bool& wait);
+// 202 naming operation `op_id` (body {"operation"}, Location /v1/operations/ID).
+Response accepted(const std::string& op_id);
+
+void register_snapshot_routes(Router& router, core::Snapshots& snapshots, core::Machines& machines,
+                              core::Operations& operations);
 
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,

@@ -1,12 +1,13 @@
-// /v1/machines/{name}/snapshots: disk snapshots of a VM (core::Snapshots).
+// /v1/machines/{name}/snapshots: snapshots of a VM's disks and memory (core::Snapshots).
 #include "api/handlers.hpp"
+#include "core/operations.hpp"
 #include "core/snapshots.hpp"
 #include "util/json.hpp"
 
 namespace hangar::api {
 
-void register_snapshot_routes(Router& router, core::Snapshots& snapshots,
-                              core::Machines& machines) {
+void register_snapshot_routes(Router& router, core::Snapshots& snapshots, core::Machines& machines,
+                              core::Operations& operations) {
     router.add("GET", "/v1/machines/{name}/snapshots", Access::user,
                [&snapshots](Request& req, Respond respond) {
                    std::vector<const core::Snapshot*> list;
@@ -19,24 +20,42 @@ void register_snapshot_routes(Router& router, core::Snapshots& snapshots,
                    }
                    respond(json_response(200, out + "]}"));
                });
+    // A snapshot with memory is an operation (202) unless ?wait=true; one of disks only is
+    // answered when taken (milliseconds).
     router.add("POST", "/v1/machines/{name}/snapshots", Access::user,
-               [&snapshots](Request& req, Respond respond) {
+               [&snapshots, &operations](Request& req, Respond respond) {
                    core::SnapshotRequest sr;
                    if (Status st = core::decode_snapshot_request(req.body, sr); !st) {
                        return respond(error_response(st));
                    }
+                   bool wait = !sr.memory;
+                   if (Status st = parse_wait(req.query, wait); !st) {
+                       return respond(error_response(st));
+                   }
                    std::string machine = req.params["name"];
-                   snapshots.create(
-                       req.caller, machine, std::move(sr),
-                       [&snapshots, machine, respond](const Status& st, const core::Snapshot* s) {
-                           if (!st) {
-                               return respond(error_response(st));
-                           }
-                           auto res = json_response(201, snapshots.to_json(*s));
-                           res.headers.emplace_back(
-                               "Location", "/v1/machines/" + machine + "/snapshots/" + s->name);
-                           respond(std::move(res));
-                       });
+                   auto op = std::make_shared<std::string>();
+                   if (!wait) {
+                       sr.accepted = [&operations, op, machine, respond, uid = req.caller.uid] {
+                           *op = operations.new_id();
+                           operations.start_step(*op, machine, uid, "snapshot");
+                           respond(accepted(*op));
+                       };
+                   }
+                   snapshots.create(req.caller, machine, std::move(sr),
+                                    [&snapshots, &operations, op, machine, respond](
+                                        const Status& st, const core::Snapshot* s) {
+                                        if (!op->empty()) {
+                                            return operations.finish_step(*op, st);
+                                        }
+                                        if (!st) {
+                                            return respond(error_response(st));
+                                        }
+                                        auto res = json_response(201, snapshots.to_json(*s));
+                                        res.headers.emplace_back(
+                                            "Location",
+                                            "/v1/machines/" + machine + "/snapshots/" + s->name);
+                                        respond(std::move(res));
+                                    });
                });
     router.add(
         "GET", "/v1/machines/{name}/snapshots/{snap}", Access::user,
@@ -58,13 +77,13 @@ void register_snapshot_routes(Router& router, core::Snapshots& snapshots,
     // Answers with the machine.
     router.add("POST", "/v1/machines/{name}/snapshots/{snap}/restore", Access::user,
                [&snapshots, &machines](Request& req, Respond respond) {
-                   if (!req.body.empty() && req.body != "{}") {
-                       return respond(
-                           error_response({Errc::bad_request, "a restore takes no body (or {})"}));
+                   bool memory = true;
+                   if (Status st = core::decode_restore_request(req.body, memory); !st) {
+                       return respond(error_response(st));
                    }
                    std::string machine = req.params["name"];
                    core::Caller caller = req.caller;
-                   snapshots.restore(caller, machine, req.params["snap"],
+                   snapshots.restore(caller, machine, req.params["snap"], memory,
                                      [&machines, caller, machine, respond](const Status& st,
                                                                            const core::Snapshot*) {
                                          const core::Machine* m = nullptr;

@@ -96,10 +96,10 @@ const char* kUsage =
     "                               disks: empty, an overlay on a disk image, a copy\n"
     "  attach MACHINE DISK | detach MACHINE DISK\n"
     "                               hot-plugged while the VM runs\n"
-    "  snapshot list VM | snapshot create VM NAME | snapshot show VM NAME\n"
-    "  snapshot restore VM NAME | snapshot delete VM NAME\n"
-    "                               snapshots of all of a VM's disks (taken while it runs or\n"
-    "                               not; restored and deleted while it is stopped)\n"
+    "  snapshot list VM | snapshot create VM NAME [--memory] | snapshot show VM NAME\n"
+    "  snapshot restore VM NAME [--disks-only] | snapshot delete VM NAME\n"
+    "                               snapshots of all of a VM's disks, and with --memory of the\n"
+    "                               running guest (restored, it resumes where it was)\n"
     "  operation show ID | operation cancel ID\n"
     "                               an operation; cancel a running image pull or import\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
@@ -1218,7 +1218,7 @@ int run(int argc, char** argv) {
         return show_machine();
     }
     if (cmd == "snapshot") {
-        auto a = parse_args(args, {}, {});
+        auto a = parse_args(args, {}, {"--memory", "--disks-only"});
         std::string sub = a.pos.empty() ? "" : a.pos[0];
         std::string base =
             a.pos.size() >= 2 ? "/v1/machines/" + url_encode(a.pos[1]) + "/snapshots" : "";
@@ -1238,11 +1238,13 @@ int run(int argc, char** argv) {
                 simdjson::dom::array disks;
                 size_t n = x["disks"].get(disks) == simdjson::SUCCESS ? disks.size() : 0;
                 std::string parent = str(x, "parent");
+                bool memory = x["memory"].get_bool().value_unsafe() == true;
                 rows.push_back({std::string(current ? "* " : "  ") + str(x, "name"),
                                 str(x, "created_at"), parent.empty() ? "-" : parent,
-                                std::to_string(n), running ? "running" : "stopped"});
+                                std::to_string(n), memory ? "yes" : "no",
+                                running ? "running" : "stopped"});
             }
-            print_table({"NAME", "CREATED", "PARENT", "DISKS", "TAKEN"}, rows);
+            print_table({"NAME", "CREATED", "PARENT", "DISKS", "MEMORY", "TAKEN"}, rows);
             return 0;
         }
         if ((sub == "show" || sub == "delete") && a.pos.size() == 3) {
@@ -1250,8 +1252,13 @@ int run(int argc, char** argv) {
         }
         if (sub == "create" && a.pos.size() == 3) {
             hangar::json::Writer w;
-            w.begin_object().field("name", a.pos[2]).end_object();
-            if (int rc = request(http::verb::post, base, w.str(), &doc)) {
+            w.begin_object().field("name", a.pos[2]);
+            if (a.flags.count("--memory")) {
+                w.field("memory", true);
+            }
+            w.end_object();
+            // Waits for a snapshot with memory (an operation otherwise).
+            if (int rc = request(http::verb::post, base + "?wait=true", w.str(), &doc)) {
                 return rc;
             }
             std::cout << (as_json ? out : a.pos[1] + ": snapshot " + str(doc, "name") + " taken")
@@ -1259,16 +1266,20 @@ int run(int argc, char** argv) {
             return 0;
         }
         if (sub == "restore" && a.pos.size() == 3) {
+            bool disks_only = a.flags.count("--disks-only") != 0;
             if (int rc = request(http::verb::post, base + "/" + url_encode(a.pos[2]) + "/restore",
-                                 "", &doc)) {
+                                 disks_only ? "{\"memory\":false}" : "", &doc)) {
                 return rc;
             }
-            std::cout << (as_json ? out : a.pos[1] + ": back at snapshot " + a.pos[2]) << "\n";
+            std::cout << (as_json ? out
+                                  : a.pos[1] + ": back at snapshot " + a.pos[2] + " (" +
+                                        str(doc, "state") + ")")
+                      << "\n";
             return 0;
         }
         throw UsageError{
-            "snapshot list VM | snapshot create VM NAME | snapshot show VM NAME | snapshot "
-            "restore VM NAME | snapshot delete VM NAME"};
+            "snapshot list VM | snapshot create VM NAME [--memory] | snapshot show VM NAME | "
+            "snapshot restore VM NAME [--disks-only] | snapshot delete VM NAME"};
     }
     if (cmd == "operation") {
         auto a = parse_args(args, {}, {});

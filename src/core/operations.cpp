@@ -193,6 +193,21 @@ void Operations::progress(const std::string& id, const std::string& phase, uint6
     notify(op, Change::progress);
 }
 
+void Operations::start_step(const std::string& id, const std::string& machine, uint32_t owner,
+                            const std::string& action) {
+    start(id, machine, owner, action);
+}
+
+void Operations::finish_step(const std::string& id, const Status& st) {
+    HANGAR_ASSERT_REACTOR();
+    auto it = ops_.find(id);
+    const Machine* m = nullptr;
+    if (it != ops_.end()) {
+        machines_.get({0, true}, it->second.machine, &m);
+    }
+    finish(id, st, m);
+}
+
 void Operations::finish_image(const std::string& id, const Status& st) {
     HANGAR_ASSERT_REACTOR();
     finish(id, st, nullptr);

@@ -70,6 +70,11 @@ class Operations {
     void start_image(const std::string& id, const std::string& image, uint32_t owner,
                      const std::string& action);
     void progress(const std::string& id, const std::string& phase, uint64_t bytes, uint64_t total);
+    // Another long step about a machine (a snapshot with memory): operation.created now,
+    // operation.done from finish_step.
+    void start_step(const std::string& id, const std::string& machine, uint32_t owner,
+                    const std::string& action);
+    void finish_step(const std::string& id, const Status& st);
     void finish_image(const std::string& id, const Status& st);
     Status get(const Caller& caller, const std::string& id, const Operation** out) const;
     // Makes a running operation cancellable: `cancel(uid)` must end it (finish with an error)

@@ -222,6 +222,24 @@ class Runtime {
         (void)ref, (void)overlays;
         done({Errc::invalid_spec, "this machine takes no disk snapshots"});
     }
+    // The same, together with the guest's memory (written to `memory_fd`, a file the caller
+    // made) at that point; the guest keeps running. `done(disks, memory)`: `disks` failed
+    // means nothing changed; `disks` fine and `memory` failed means the overlays are in use
+    // but the memory file is not whole.
+    using MemoryDone = std::function<void(const Status& disks, const Status& memory)>;
+    virtual void snapshot_with_memory(const InstanceRef& ref,
+                                      const std::vector<DiskOverlay>& overlays, int memory_fd,
+                                      MemoryDone done) {
+        (void)ref, (void)overlays, (void)memory_fd;
+        done({Errc::invalid_spec, "this machine takes no snapshots with memory"}, {});
+    }
+    // After a restart: whether the memory save the instance ran last (one an earlier hangard
+    // started) completed, waiting for it if it still runs; the guest runs again after it.
+    virtual void memory_saved(const InstanceRef& ref,
+                              std::function<void(const Status&, bool completed)> done) {
+        (void)ref;
+        done({}, false);
+    }
     // Merges, one after another, each layer into its child where the running instance has the
     // child open (QMP block-stream, driven by its events); `done` with the merges it left to the
     // caller (files the instance does not use), by index.

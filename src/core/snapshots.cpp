@@ -1,5 +1,7 @@
 #include "core/snapshots.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -20,6 +22,7 @@
 #include "util/reactor.hpp"
 #include "util/sha256.hpp"
 #include "util/time.hpp"
+#include "util/user_files.hpp"
 
 namespace hangar::core {
 
@@ -39,6 +42,15 @@ std::string rel_to(const std::string& file, const std::string& dir) {
 std::string str_of(simdjson::dom::element e, const char* k) {
     std::string_view v;
     return e[k].get(v) == simdjson::SUCCESS ? std::string(v) : std::string();
+}
+// Whether a snapshot froze a file of some disk (else it is its memory or nothing).
+bool has_layers(const Snapshot& s) {
+    for (const auto& l : s.layers) {
+        if (!l.file.empty()) {
+            return true;
+        }
+    }
+    return false;
 }
 void unlink_file(const std::string& f) {
     if (!f.empty() && ::unlink(f.c_str()) != 0 && errno != ENOENT) {
@@ -115,7 +127,10 @@ void write_record(json::Writer& w, const Snapshot& s, uint64_t seq) {
         .field("created_at", s.created_at)
         .field("parent", s.parent)
         .field("live", s.live)
-        .field("seq", seq);
+        .field("seq", seq)
+        .field("memory", s.memory)
+        .field("memory_bytes", s.memory_bytes)
+        .field("hardware", s.hardware);
     write_layers(w, s.layers);
     w.end_object();
 }
@@ -130,6 +145,11 @@ bool read_record(simdjson::dom::element o, Snapshot& s, uint64_t& seq) {
     }
     if (o["seq"].get(seq) != simdjson::SUCCESS) {
         seq = 0;
+    }
+    s.memory = str_of(o, "memory");
+    s.hardware = str_of(o, "hardware");
+    if (o["memory_bytes"].get(s.memory_bytes) != simdjson::SUCCESS) {
+        s.memory_bytes = 0;
     }
     simdjson::dom::array layers;
     if (o["layers"].get(layers) != simdjson::SUCCESS) {
@@ -172,6 +192,26 @@ Status decode_snapshot_request(std::string_view body, SnapshotRequest& out) {
         return {Errc::bad_request, "field 'name' is required"};
     }
     return check_name("snapshot", out.name);
+}
+
+Status decode_restore_request(std::string_view body, bool& memory) {
+    memory = true;
+    if (body.empty()) {
+        return {};
+    }
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    if (Status st = json::parse_object(parser, body, doc, false); !st) {
+        return st;
+    }
+    simdjson::dom::object fields = doc.get_object().value_unsafe();
+    for (auto [key, v] : fields) {
+        Status st = key == "memory" ? json::get_bool(v, key, memory) : json::unknown_field("", key);
+        if (!st) {
+            return st;
+        }
+    }
+    return {};
 }
 
 Snapshots::Snapshots(boost::asio::io_context& io, store::Db& db, EventBus& events,
@@ -356,8 +396,11 @@ std::string Snapshots::to_json(const Snapshot& s) const {
         .field("created_at", s.created_at)
         .field("parent", s.parent)
         .field("current", current)
-        .field("memory", false)
+        .field("memory", !s.memory.empty())
         .field("running", s.live);
+    if (!s.memory.empty()) {
+        w.field("memory_bytes", s.memory_bytes);
+    }
     w.key("disks").begin_array();
     for (const auto& l : s.layers) {
         w.begin_object();
@@ -370,6 +413,27 @@ std::string Snapshots::to_json(const Snapshot& s) const {
     }
     w.end_array().end_object();
     return w.take();
+}
+
+std::string Snapshots::take_resume(const std::string& machine) {
+    auto it = resume_.find(machine);
+    if (it == resume_.end()) {
+        return "";
+    }
+    std::string f = std::move(it->second);
+    resume_.erase(it);
+    return f;
+}
+
+std::string Snapshots::hardware_of(const Machine& m) const {
+    std::string h = "cpus=" + std::to_string(m.spec.cpus) +
+                    " memory_mib=" + std::to_string(m.spec.memory_mib) +
+                    " firmware=" + (m.spec.firmware.empty() ? "bios" : m.spec.firmware) +
+                    " root=" + (m.spec.image.empty() ? "no" : "yes") + " disks=";
+    for (const auto& a : disks_.attached(m.spec.name)) {
+        h += a.name + ",";
+    }
+    return h;
 }
 
 std::string Snapshots::root_disk(const std::string& machine) const {
@@ -630,8 +694,8 @@ void Snapshots::commit_create(const std::string& machine, const Journal& j) {
     uint32_t owner = machines_.get({0, true}, machine, &m) ? m->spec.owner : 0;
     events_.publish(SnapshotCreated{s.name, to_json(snaps_[machine][s.name])}, machine, owner);
     db_.flush();
-    spdlog::info("{}: snapshot {} taken ({} disks{})", machine, s.name, s.layers.size(),
-                 s.live ? ", running" : "");
+    spdlog::info("{}: snapshot {} taken ({} disks{}{})", machine, s.name, s.layers.size(),
+                 s.live ? ", running" : "", s.memory.empty() ? "" : ", memory");
 }
 
 void Snapshots::finish(const std::shared_ptr<Step>& step, const Status& st) {
@@ -645,6 +709,9 @@ void Snapshots::finish(const std::shared_ptr<Step>& step, const Status& st) {
         // Nothing was committed: what the step made goes, the records stay as they were.
         for (const auto& [disk, file] : step->j.tops) {
             unlink_file(file);
+        }
+        if (step->j.op == "create") {
+            unlink_file(step->j.record.memory);
         }
         h.journal.reset();
         store_head(step->machine);
@@ -674,11 +741,6 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
     if (Status st = owned(caller, machine, &m); !st) {
         return fail(st);
     }
-    if (req.memory) {
-        return fail({Errc::invalid_spec,
-                     "snapshots with the guest's memory are not available yet: take a disk-only "
-                     "snapshot (\"memory\": false)"});
-    }
     auto& snaps = snaps_[machine];
     if (snaps.count(req.name)) {
         return fail({Errc::conflict, machine + " has a snapshot " + req.name + " already"});
@@ -693,6 +755,12 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
         return fail({Errc::invalid_state, "cannot take a snapshot of " + machine + " while it is " +
                                               std::string(to_string(m->state))});
     }
+    if (req.memory && !(m->live && m->state == MachineState::running)) {
+        return fail({Errc::invalid_state,
+                     "a snapshot with memory needs " + machine + " running: it is " +
+                         std::string(to_string(m->state)) +
+                         (m->state == MachineState::paused ? " (resume it first)" : "")});
+    }
     if (recovering_.count(machine)) {
         return fail({Errc::busy, machine + "'s snapshots are being recovered; try again"});
     }
@@ -701,7 +769,7 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
     if (Status st = volumes(*m, step->vols); !st) {
         return fail(st);
     }
-    if (step->vols.empty()) {
+    if (step->vols.empty() && !req.memory) {
         return fail({Errc::invalid_state,
                      machine +
                          " has no disks to snapshot (a VM made from an image has a root "
@@ -710,6 +778,9 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
     }
     if (Status st = machines_.hold(machine, Op::snapshot); !st) {
         return fail(st);
+    }
+    if (req.accepted) {
+        req.accepted();
     }
     auto& head = heads_[machine];
     if (!head) {
@@ -734,6 +805,11 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
         j.tops.emplace_back(v.disk, file);
         j.record.layers.push_back({v.disk, v.exists ? v.top : "", "", ""});
     }
+    if (req.memory) {
+        j.record.memory =
+            (machines_.machine_dir(machine) / ("memory@" + random_hex(4) + ".state")).string();
+        j.record.hardware = hardware_of(*m);
+    }
     head->journal = j;
     store_head(machine);
     db_.flush();
@@ -752,6 +828,45 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
             }
         }
         auto alive = alive_;
+        if (!step->j.record.memory.empty()) {
+            const std::string& path = step->j.record.memory;
+            auto fd = std::make_shared<UniqueFd>(
+                ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+            if (!*fd) {
+                return finish(step,
+                              {Errc::internal, "create " + path + ": " + std::strerror(errno)});
+            }
+            return step->runtime->snapshot_with_memory(
+                step->ref, overlays, fd->get(),
+                [this, alive, step, commit, fd](const Status& disks, const Status& memory) {
+                    if (!*alive) {
+                        return;
+                    }
+                    if (!disks) {
+                        return finish(step, disks);
+                    }
+                    struct stat sb {};
+                    bool whole = memory && ::fstat(fd->get(), &sb) == 0 && sb.st_size > 0;
+                    if (whole) {
+                        step->j.record.memory_bytes = uint64_t(sb.st_size);
+                        return commit();
+                    }
+                    std::string why =
+                        memory ? std::string("the memory file is empty") : memory.message();
+                    if (!has_layers(step->j.record)) {
+                        return finish(step, {Errc::internal, why});  // nothing else to keep
+                    }
+                    // The disks moved to the new tops, which QEMU writes now: they stay, as a
+                    // snapshot without memory, and the answer says so.
+                    unlink_file(step->j.record.memory);
+                    step->j.record.memory.clear();
+                    step->j.record.hardware.clear();
+                    commit_create(step->machine, step->j);
+                    step->j.tops.clear();  // committed: nothing to undo
+                    finish(step, {Errc::internal, why + "; snapshot " + step->j.snap +
+                                                      " was kept without the guest's memory"});
+                });
+        }
         step->runtime->snapshot_disks(step->ref, overlays,
                                       [this, alive, step, commit](const Status& st) {
                                           if (!*alive) {
@@ -766,7 +881,7 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
 }
 
 void Snapshots::restore(const Caller& caller, const std::string& machine, const std::string& name,
-                        Done done) {
+                        bool memory, Done done) {
     HANGAR_ASSERT_REACTOR();
     auto fail = [this, &done](Status st) {
         boost::asio::post(io_, [done = std::move(done), st] { done(st, nullptr); });
@@ -800,10 +915,69 @@ void Snapshots::restore(const Caller& caller, const std::string& machine, const 
                                                   " is not attached to " + machine + " any more"});
         }
     }
+    bool resume = memory && !s->memory.empty();
+    if (resume) {
+        // The saved guest finds the devices it had, in the same places.
+        std::string now = hardware_of(*m);
+        if (now != s->hardware) {
+            return fail({Errc::invalid_state,
+                         "the guest's memory in " + name + " was saved with " + s->hardware + "; " +
+                             machine + " has " + now +
+                             " now: restore its disks only ({\"memory\": false}) or change "
+                             "the machine back"});
+        }
+        if (::access(s->memory.c_str(), R_OK) != 0) {
+            return fail({Errc::internal, "the memory file " + s->memory + " of " + name +
+                                             " is missing: restore its disks only "
+                                             "({\"memory\": false})"});
+        }
+    }
     if (Status st = machines_.hold(machine, Op::snapshot); !st) {
         return fail(st);
     }
-    step->done = std::move(done);
+    if (resume) {
+        // The disks first, then the machine starts from the saved guest; the answer waits
+        // for it to run.
+        std::string file = s->memory;
+        auto alive = alive_;
+        step->done = [this, alive, caller, machine, name, file, done = std::move(done)](
+                         const Status& st, const Snapshot* snap) {
+            if (!st || !*alive) {
+                return done(st, snap);
+            }
+            resume_[machine] = file;
+            ActionArgs args;
+            args.reason = "api:restore snapshot " + name + " (memory)";
+            Status started = machines_.act(
+                caller, machine, Action::start, args,
+                [this, alive, machine, name, done](const Status& st, const Machine*) {
+                    if (!*alive) {
+                        return;
+                    }
+                    resume_.erase(machine);
+                    const Snapshot* snap = nullptr;
+                    auto it = snaps_[machine].find(name);
+                    snap = it == snaps_[machine].end() ? nullptr : &it->second;
+                    if (!st) {
+                        return done({st.code(), "the disks of " + name +
+                                                    " were restored, but the guest did not "
+                                                    "resume: " +
+                                                    st.message()},
+                                    nullptr);
+                    }
+                    done({}, snap);
+                });
+            if (!started) {
+                resume_.erase(machine);
+                done({started.code(),
+                      "the disks of " + name +
+                          " were restored, but the guest did not resume: " + started.message()},
+                     nullptr);
+            }
+        };
+    } else {
+        step->done = std::move(done);
+    }
     Journal& j = step->j;
     j.op = "restore";
     j.snap = name;
@@ -899,6 +1073,9 @@ void Snapshots::remove(const Caller& caller, const std::string& machine, const s
             step->j.remove.push_back(l.file);
             disks.insert(l.disk);
         }
+    }
+    if (!s->memory.empty()) {
+        step->j.remove.push_back(s->memory);
     }
     size_t own = step->to_probe.size();
     for (const auto& [other, t] : snaps_[machine]) {
@@ -1113,11 +1290,22 @@ void Snapshots::recover_one(const std::string& machine, std::function<void()> do
         }
         return settle("the " + j.op + " of snapshot " + j.snap + " had been committed; finished");
     }
-    auto undo = [j, settle](const std::string& why) {
+    auto undo = [this, machine, j, settle](const std::string& why) {
         for (const auto& [disk, file] : j.tops) {
             unlink_file(file);
         }
-        settle("the " + j.op + " of snapshot " + j.snap + " was interrupted; undone (" + why + ")");
+        auto undone = [j, settle, why] {
+            settle("the " + j.op + " of snapshot " + j.snap + " was interrupted; undone (" + why +
+                   ")");
+        };
+        if (j.op != "create" || j.record.memory.empty()) {
+            return undone();
+        }
+        // The guest runs again, whatever became of the memory save.
+        settle_memory(machine, j.record.memory, [j, undone](bool) {
+            unlink_file(j.record.memory);
+            undone();
+        });
     };
     if (j.op == "restore") {
         return undo("nothing had changed");
@@ -1160,8 +1348,29 @@ void Snapshots::recover_one(const std::string& machine, std::function<void()> do
             if (!p->new_locked && p->old_locked) {
                 return undo("QEMU still writes the old top");
             }
-            commit_create(machine, j);
-            return settle("the interrupted snapshot " + j.snap + " was whole; kept");
+            if (j.record.memory.empty()) {
+                commit_create(machine, j);
+                return settle("the interrupted snapshot " + j.snap + " was whole; kept");
+            }
+            return settle_memory(machine, j.record.memory, [this, machine, j, settle](bool whole) {
+                Journal k = j;
+                struct stat sb {};
+                if (whole && ::stat(k.record.memory.c_str(), &sb) == 0 && sb.st_size > 0) {
+                    k.record.memory_bytes = uint64_t(sb.st_size);
+                } else if (!has_layers(k.record)) {
+                    unlink_file(k.record.memory);
+                    return settle("the interrupted snapshot " + k.snap +
+                                  " had no whole memory file and no disks; undone");
+                } else {
+                    whole = false;
+                    unlink_file(k.record.memory);
+                    k.record.memory.clear();
+                    k.record.hardware.clear();
+                }
+                commit_create(machine, k);
+                settle("the interrupted snapshot " + k.snap + " was whole; kept" +
+                       (whole ? " with the guest's memory" : ", without the guest's memory"));
+            });
         }
         size_t i = p->i++;
         // First the new tops, then the old ones.
@@ -1182,6 +1391,25 @@ void Snapshots::recover_one(const std::string& machine, std::function<void()> do
     };
     auto first = *next;
     first();
+}
+
+void Snapshots::settle_memory(const std::string& machine, const std::string& file,
+                              std::function<void(bool whole)> done) {
+    const Machine* m = nullptr;
+    if (!machines_.get({0, true}, machine, &m) || !m->live || !m->runtime) {
+        return done(false);  // no QEMU to say the save completed
+    }
+    auto alive = alive_;
+    m->runtime->memory_saved(m->instance(), [alive, machine, file, done](const Status& st,
+                                                                         bool completed) {
+        if (!*alive) {
+            return;
+        }
+        if (!st) {
+            spdlog::warn("snapshots: {}: the memory save of {}: {}", machine, file, st.message());
+        }
+        done(st && completed);
+    });
 }
 
 void Snapshots::machine_deleted(const std::string& machine) {

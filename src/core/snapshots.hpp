@@ -5,9 +5,11 @@
 // each disk's current top file (the snapshot's layer, never written again) and puts a new
 // overlay on it, which the VM writes from then on: while the VM runs in one QMP transaction of
 // blockdev-snapshot (the runtime's snapshot_disks; the guest is not paused), while it is
-// stopped with qemu-img. Restoring a snapshot (stopped) puts a new overlay on its layers and
-// drops the tops written since; deleting one merges each of its layers into the files made on
-// it (qemu-img rebase, which keeps what each of them reads) and removes it. Layers form a tree:
+// stopped with qemu-img; with the guest's memory as well (a running VM: saved to a file in the
+// background while the guest runs on). Restoring a snapshot (stopped) puts a new overlay on
+// its layers and drops the tops written since, and with memory starts the guest where it was;
+// deleting one merges each of its layers into the files made on it (block-stream by the
+// running QEMU, qemu-img rebase otherwise) and removes it. Layers form a tree:
 // after a restore, later snapshots stay and can be restored too.
 //
 // Each change of files is journaled in the store before the first file is touched, and the
@@ -45,14 +47,23 @@ struct Snapshot {
     std::string machine, name, created_at, parent;
     bool live = false;  // taken while the VM ran
     std::vector<SnapshotLayer> layers;
+    // With the guest's memory: its file (in the machine's directory), its size, and the
+    // hardware the guest had (a restore with memory needs the same).
+    std::string memory;
+    uint64_t memory_bytes = 0;
+    std::string hardware;
 };
 
 // POST /v1/machines/{name}/snapshots: {"name", "memory", "description"}.
 struct SnapshotRequest {
     std::string name, description;
     bool memory = false;
+    // Called once the create is under way (every refusal is behind it); `done` follows.
+    std::function<void()> accepted;
 };
 Status decode_snapshot_request(std::string_view body, SnapshotRequest& out);
+// POST .../restore: no body, {} or {"memory": false} (the disks only of a snapshot with memory).
+Status decode_restore_request(std::string_view body, bool& memory);
 
 inline constexpr size_t kMaxSnapshotsPerMachine = 64;
 
@@ -75,14 +86,18 @@ class Snapshots {
                const Snapshot** out) const;
     // `done` never from inside the call.
     void create(const Caller& caller, const std::string& machine, SnapshotRequest req, Done done);
+    // With `memory` (and a snapshot that has it) the machine then starts from the saved
+    // guest; `done` once it runs.
     void restore(const Caller& caller, const std::string& machine, const std::string& name,
-                 Done done);
+                 bool memory, Done done);
     void remove(const Caller& caller, const std::string& machine, const std::string& name,
                 Done done);
 
     std::string to_json(const Snapshot& s) const;
     // The top file of `machine`'s root disk when snapshots moved it; "" when it is the default.
     std::string root_disk(const std::string& machine) const;
+    // The memory file `machine`'s start is to resume from, once ("": it boots).
+    std::string take_resume(const std::string& machine);
     // "snapshots s1, s2 of web" when snapshots hold layers of `disk`; "" when none.
     std::string users_of_disk(const std::string& disk) const;
     // hangar_snapshots{machine}.
@@ -97,6 +112,12 @@ class Snapshots {
     Status owned(const Caller& caller, const std::string& machine, const Machine** out) const;
     // The disks a snapshot of `m` covers now, with their tops.
     Status volumes(const Machine& m, std::vector<Volume>& out) const;
+    // What a saved guest needs to find again: CPUs, memory, firmware, disks in their order.
+    std::string hardware_of(const Machine& m) const;
+    // After an interrupted memory save: whether `file` is whole (the machine's QEMU says its
+    // last save completed; one still running is waited for), the guest running again either way.
+    void settle_memory(const std::string& machine, const std::string& file,
+                       std::function<void(bool whole)> done);
     void store_head(const std::string& machine);
     void store_snapshot(const Snapshot& s);
     // The journaled create's records: the snapshot exists from here on.
@@ -127,6 +148,7 @@ class Snapshots {
     std::map<std::string, std::map<std::string, Snapshot>> snaps_;
     std::map<std::string, std::unique_ptr<Head>> heads_;
     std::set<std::string> recovering_;
+    std::map<std::string, std::string> resume_;  // machine -> memory file for its next start
     uint64_t subscription_ = 0;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

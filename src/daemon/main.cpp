@@ -371,8 +371,9 @@ int main(int argc, char** argv) {
         [&disks](const std::string& m, const std::string& d) { disks->released(m, d); });
     core::Snapshots snapshots(io, db, events, machines, *disks, image_store);
     snapshots.load();
-    api::register_snapshot_routes(router, snapshots, machines);
+    api::register_snapshot_routes(router, snapshots, machines, operations);
     vms.set_root_disk([&snapshots](const std::string& m) { return snapshots.root_disk(m); });
+    vms.set_resume_from([&snapshots](const std::string& m) { return snapshots.take_resume(m); });
     disks->set_snapshot_users(
         [&snapshots](const std::string& d) { return snapshots.users_of_disk(d); });
     probes.more.push_back([&snapshots](std::string& out) { snapshots.render_metrics(out); });

@@ -1,5 +1,12 @@
 #include "qmp/client.hpp"
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
@@ -34,6 +41,11 @@ Client::Client(Socket socket, Options options)
 Client::~Client() {
     boost::system::error_code ec;
     socket_.close(ec);
+    for (auto& o : outq_) {
+        if (o.fd >= 0) {
+            ::close(o.fd);
+        }
+    }
 }
 
 void Client::handshake(std::function<void(const Status&)> done) {
@@ -188,6 +200,22 @@ void Client::handle_reply(uint64_t id, simdjson::dom::element msg) {
 
 void Client::execute(std::string_view command, std::string_view arguments_json,
                      std::chrono::milliseconds deadline, ReplyHandler done) {
+    execute_with_fd(command, arguments_json, -1, deadline, std::move(done));
+}
+
+void Client::execute_with_fd(std::string_view command, std::string_view arguments_json, int pass_fd,
+                             std::chrono::milliseconds deadline, ReplyHandler done) {
+    int fd = -1;
+    if (pass_fd >= 0 && !closed_) {
+        fd = ::fcntl(pass_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0) {
+            int e = errno;
+            boost::asio::post(socket_.get_executor(), [done = std::move(done), e] {
+                done({Errc::internal, std::string("dup: ") + std::strerror(e)}, {});
+            });
+            return;
+        }
+    }
     if (closed_) {
         boost::asio::post(
             socket_.get_executor(), [done = std::move(done), c = std::string(command)] {
@@ -230,11 +258,11 @@ void Client::execute(std::string_view command, std::string_view arguments_json,
                {});
     });
     pending_.emplace(id, std::move(p));
-    send(std::move(line));
+    send(std::move(line), fd);
 }
 
-void Client::send(std::string line) {
-    outq_.push_back(std::move(line));
+void Client::send(std::string line, int fd) {
+    outq_.push_back({std::move(line), fd});
     if (!writing_) {
         write_next();
     }
@@ -246,7 +274,48 @@ void Client::write_next() {
         return;
     }
     writing_ = true;
-    boost::asio::async_write(socket_, boost::asio::buffer(outq_.front()),
+    if (outq_.front().fd < 0) {
+        return write_rest(0);
+    }
+    // A descriptor goes with the first bytes of its line (one sendmsg once the socket can
+    // take it); the rest of the line, if any, as usual.
+    socket_.async_wait(
+        Socket::wait_write, [self = shared_from_this()](boost::system::error_code ec) {
+            if (self->closed_) {
+                return;
+            }
+            if (ec) {
+                return self->close("QMP write failed: " + ec.message());
+            }
+            Out& o = self->outq_.front();
+            iovec iov{o.line.data(), o.line.size()};
+            alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+            msghdr msg{};
+            msg.msg_iov = &iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control;
+            msg.msg_controllen = sizeof(control);
+            cmsghdr* c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            std::memcpy(CMSG_DATA(c), &o.fd, sizeof(int));
+            ssize_t n = ::sendmsg(self->socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                return self->write_next();  // not writable after all: wait again
+            }
+            ::close(o.fd);
+            o.fd = -1;
+            if (n < 0) {
+                return self->close(std::string("QMP write failed: ") + std::strerror(errno));
+            }
+            self->write_rest(static_cast<size_t>(n));
+        });
+}
+
+void Client::write_rest(size_t from) {
+    const std::string& line = outq_.front().line;
+    boost::asio::async_write(socket_, boost::asio::buffer(line.data() + from, line.size() - from),
                              [self = shared_from_this()](boost::system::error_code ec, size_t) {
                                  if (self->closed_) {
                                      return;
@@ -268,6 +337,11 @@ void Client::close(const std::string& reason) {
     auto keep = shared_from_this();
     boost::system::error_code ec;
     socket_.close(ec);
+    for (auto& o : outq_) {
+        if (o.fd >= 0) {
+            ::close(o.fd);
+        }
+    }
     outq_.clear();
     handshake_timer_.reset();
     auto pending = std::move(pending_);

@@ -55,6 +55,10 @@ class Client : public std::enable_shared_from_this<Client> {
     // a serialized object or empty. `done` is called exactly once, never from inside this call.
     void execute(std::string_view command, std::string_view arguments_json,
                  std::chrono::milliseconds deadline, ReplyHandler done);
+    // The same, with a copy of file descriptor `fd` sent along the command (SCM_RIGHTS), as
+    // `getfd` and `add-fd` take it.
+    void execute_with_fd(std::string_view command, std::string_view arguments_json, int fd,
+                         std::chrono::milliseconds deadline, ReplyHandler done);
     // Drops the connection; every pending command fails at once.
     void close(const std::string& reason);
     bool is_open() const { return !closed_; }
@@ -73,15 +77,20 @@ class Client : public std::enable_shared_from_this<Client> {
     void read_more();
     void handle_line(std::string_view line);
     void handle_reply(uint64_t id, simdjson::dom::element msg);
-    void send(std::string line);
+    struct Out {
+        std::string line;
+        int fd = -1;  // owned; sent with the line's first bytes
+    };
+    void send(std::string line, int fd = -1);
     void write_next();
+    void write_rest(size_t from);
     void heard_from_qemu();
 
     Socket socket_;
     Options options_;
     std::string inbuf_;
     std::unique_ptr<char[]> chunk_;
-    std::deque<std::string> outq_;
+    std::deque<Out> outq_;
     bool writing_ = false;
     bool closed_ = false;
     bool greeted_ = false;

@@ -73,7 +73,7 @@ struct RouteTable {
         disks = std::make_unique<core::Disks>(io, db, *events, *pools, *images, *machines);
         api::register_disk_routes(router, *disks, *machines);
         snapshots = std::make_unique<core::Snapshots>(io, db, *events, *machines, *disks, *images);
-        api::register_snapshot_routes(router, *snapshots, *machines);
+        api::register_snapshot_routes(router, *snapshots, *machines, *operations);
         consoles = std::make_unique<core::Consoles>(io, *machines, *events);
         api::register_console_routes(router, *consoles, *machines);
         api::register_display_routes(router, *machines, io, tickets);

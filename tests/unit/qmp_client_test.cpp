@@ -2,8 +2,11 @@
 // routed by id, events before replies, partial reads, deadlines, garbage, endless lines, EOF.
 #include "qmp/client.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <chrono>
 #include <string>
@@ -97,6 +100,57 @@ TEST_F(QmpClientTest, HandshakeThenCommandReply) {
     run_for(20ms);
     EXPECT_TRUE(st.ok());
     EXPECT_EQ(result, "{\"status\":\"running\",\"new-key\":[1]}");
+}
+
+// getfd's descriptor arrives with the command's bytes (SCM_RIGHTS), in order with the others;
+// the caller's own descriptor stays its own.
+TEST_F(QmpClientTest, DescriptorTravelsWithItsCommand) {
+    ASSERT_TRUE(handshake().ok());
+    int pipefd[2];
+    ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+    Status first{Errc::internal, "pending"}, second{Errc::internal, "pending"};
+    client_->execute("query-status", {}, 1s, [&](const Status& s, std::string_view) { first = s; });
+    client_->execute_with_fd("getfd", "{\"fdname\":\"m\"}", pipefd[1], 1s,
+                             [&](const Status& s, std::string_view) { second = s; });
+    close(pipefd[1]);  // the client holds its own copy until it is sent
+    run_for(20ms);
+    std::string got;
+    int received = -1;
+    for (int i = 0; i < 2; ++i) {
+        char buf[4096];
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+        iovec iov{buf, sizeof buf};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        ssize_t n = recvmsg(peer_, &msg, MSG_DONTWAIT);
+        if (n <= 0) {
+            break;
+        }
+        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_type == SCM_RIGHTS) {
+                std::memcpy(&received, CMSG_DATA(c), sizeof(int));
+                // The descriptor rides on the bytes of getfd, not on those of the command before.
+                EXPECT_NE(std::string(buf, size_t(n)).find("getfd"), std::string::npos);
+            }
+        }
+        got.append(buf, size_t(n));
+    }
+    EXPECT_LT(got.find("query-status"), got.find("\"execute\":\"getfd\""));
+    ASSERT_GE(received, 0);
+    // It is the pipe's write end: what goes in comes out of the read end.
+    ASSERT_EQ(write(received, "x", 1), 1);
+    char c = 0;
+    ASSERT_EQ(read(pipefd[0], &c, 1), 1);
+    EXPECT_EQ(c, 'x');
+    close(received);
+    close(pipefd[0]);
+    peer_write("{\"return\": {}, \"id\": 2}\r\n{\"return\": {}, \"id\": 3}\r\n");
+    run_for(20ms);
+    EXPECT_TRUE(first.ok());
+    EXPECT_TRUE(second.ok());
 }
 
 TEST_F(QmpClientTest, EventBeforeItsReplyAndSeveralMessagesInOneRead) {

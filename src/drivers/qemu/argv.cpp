@@ -331,6 +331,10 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
     if (settings.accel == "kvm") {
         a.insert(a.end(), {"-cpu", "host"});
     }
+    if (fds.incoming >= 0) {
+        // The guest as a snapshot saved it: loaded before it runs ("cont" waits for that).
+        a.insert(a.end(), {"-incoming", "fd:" + std::to_string(fds.incoming)});
+    }
     auto by_fd = [](int fd, const std::string& path) {
         return fd >= 0 ? "/dev/fd/" + std::to_string(fd) : path;
     };

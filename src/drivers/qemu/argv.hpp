@@ -43,6 +43,7 @@ struct MachinePaths : MachineFiles {
 struct BootFds {
     int kernel = -1, initrd = -1, disk = -1, disk_ro = -1;
     std::string disk_format = "raw";  // "raw" or "qcow2": given to QEMU, never probed
+    int incoming = -1;                // a saved guest state to resume from (-incoming fd:N)
 };
 
 // A VM's root disk made from a disk image: its overlay (qcow2, hangard's file) on the image,

@@ -176,7 +176,8 @@ void QemuProcess::launch(boost::asio::io_context& io, const Settings& settings,
     int next = 4;
     for (auto [parent, child] : {std::pair{files.kernel, &fds.kernel},
                                  {files.initrd, &fds.initrd},
-                                 {files.disk, &fds.disk}}) {
+                                 {files.disk, &fds.disk},
+                                 {files.incoming, &fds.incoming}}) {
         if (parent >= 0) {
             *child = next++;
             so.fds.push_back({parent, *child});
@@ -367,6 +368,17 @@ void QemuProcess::execute(std::string_view command, std::string_view arguments_j
         return;
     }
     qmp_->execute(command, arguments_json, deadline, std::move(done));
+}
+
+void QemuProcess::execute_with_fd(std::string_view command, std::string_view arguments_json, int fd,
+                                  qmp::Client::ReplyHandler done) {
+    if (!qmp_ || !qmp_->is_open()) {
+        boost::asio::post(io_, [done = std::move(done), c = std::string(command)] {
+            done({Errc::unavailable, "no QMP connection to QEMU; cannot send " + c}, {});
+        });
+        return;
+    }
+    qmp_->execute_with_fd(command, arguments_json, fd, settings_.command_timeout, std::move(done));
 }
 
 bool QemuProcess::signal(int sig) {

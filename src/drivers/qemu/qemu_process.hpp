@@ -40,6 +40,7 @@ class QemuProcess : public std::enable_shared_from_this<QemuProcess> {
     // to close; QEMU inherits them.
     struct BootFiles {
         int kernel = -1, initrd = -1, disk = -1;
+        int incoming = -1;  // a saved guest state to load instead of booting
         std::string disk_format = "raw";
         RootDisk root;
         UefiFlash uefi;
@@ -60,6 +61,9 @@ class QemuProcess : public std::enable_shared_from_this<QemuProcess> {
                  qmp::Client::ReplyHandler done);
     void execute(std::string_view command, std::string_view arguments_json,
                  std::chrono::milliseconds deadline, qmp::Client::ReplyHandler done);
+    // With a copy of `fd` passed along (getfd).
+    void execute_with_fd(std::string_view command, std::string_view arguments_json, int fd,
+                         qmp::Client::ReplyHandler done);
     // Signals QEMU through its pidfd. false when it has already exited.
     bool signal(int sig);
     // Lets QEMU run on without this daemon: closes QMP, stops watching, removes nothing.

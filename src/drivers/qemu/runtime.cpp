@@ -1,5 +1,6 @@
 #include "drivers/qemu/runtime.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@ constexpr uint64_t kGiB = 1ull << 30;
 struct QemuRuntime::BootFiles {
     OpenedFile kernel, initrd, disk;
     std::string disk_format = "raw";
+    UniqueFd incoming;  // the memory file of a snapshot restored with it (hangard's own)
 };
 
 AdoptPlan plan_adoption(const std::string& status, MachineState stored) {
@@ -363,6 +365,10 @@ QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
             std::string_view device;
             json::try_get(msg.at_pointer("/data/device"), device);
             detail = device;  // "" for objects without an id (their path only)
+        } else if (event == "MIGRATION") {
+            std::string_view status;
+            json::try_get(msg.at_pointer("/data/status"), status);
+            detail = status;
         } else if (event == "SHUTDOWN" || event == "RESET") {
             bool guest = false;
             std::string_view why;
@@ -380,6 +386,9 @@ QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
         if (!vm) {
             return;
         }
+        if (auto then = std::exchange(vm->migration, nullptr)) {
+            boost::asio::post(io_, [then = std::move(then)] { then("failed"); });
+        }
         for (auto& [id, job] : std::exchange(vm->jobs, {})) {
             boost::asio::post(io_, [job = std::move(job)] {
                 job({Errc::unavailable, "QEMU ended during the block job"});
@@ -390,6 +399,9 @@ QemuProcess::Callbacks QemuRuntime::callbacks(const core::InstanceRef& ref) {
         // An adopted QEMU is not our child: its status is unknown, so never "clean".
         f.clean = info.known && info.signal == 0 && info.code == 0;
         f.reason = std::move(vm->reason);
+        if (vm->incoming && f.reason.empty()) {
+            f.reason = "qemu: the snapshot's memory could not be loaded (see qemu.log)";
+        }
         f.crash = vm->crash;
         auto keep = std::move(vm->proc);  // its callback is running
         vms_.erase(ref.machine);
@@ -411,9 +423,17 @@ Status QemuRuntime::start(const MachineSpec& spec, const core::InstanceRef& ref,
     if (Status st = open_boot_files(spec, who, *files); !st) {
         return st;
     }
+    std::string resume = resume_from_ ? resume_from_(spec.name) : "";
+    if (!resume.empty()) {
+        files->incoming = UniqueFd(::open(resume.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+        if (!files->incoming) {
+            return {Errc::internal, "open " + resume + ": " + std::strerror(errno)};
+        }
+    }
     Vm& vm = vms_[ref.machine];
     vm = Vm{};
     vm.generation = ref.generation;
+    vm.incoming = !resume.empty();
     // The VM's own files first (its UEFI variables, its root disk), then QEMU.
     auto fail = [this, ref, failed](const Status& st) {
         if (find(ref)) {
@@ -449,6 +469,7 @@ void QemuRuntime::launch(const MachineSpec& spec, const core::InstanceRef& ref,
         files.kernel.fd.get(),
         files.initrd.fd.get(),
         files.disk.fd.get(),
+        files.incoming.get(),
         files.disk_format,
         root,
         uefi,
@@ -974,6 +995,217 @@ void QemuRuntime::snapshot_disks(const core::InstanceRef& ref,
     });
 }
 
+void QemuRuntime::snapshot_with_memory(const core::InstanceRef& ref,
+                                       const std::vector<core::DiskOverlay>& overlays,
+                                       int memory_fd, MemoryDone done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return boost::asio::post(io_, [done] {
+            done({Errc::invalid_state, "QEMU is not running"}, {});
+        });
+    }
+    if (vm->migration) {
+        return boost::asio::post(io_, [done] {
+            done({Errc::busy, "a memory save is running already"}, {});
+        });
+    }
+    // A copy of the file for getfd, kept until the command is sent.
+    auto fd = std::make_shared<UniqueFd>(::fcntl(memory_fd, F_DUPFD_CLOEXEC, 3));
+    if (!*fd) {
+        return boost::asio::post(io_, [done, e = errno] {
+            done({Errc::internal, std::string("dup: ") + std::strerror(e)}, {});
+        });
+    }
+    top_nodes(ref, [this, ref, overlays, done, fd](const Status& st,
+                                                   std::map<std::string, std::string> tops) {
+        if (!st) {
+            return done(st, {});
+        }
+        std::vector<std::pair<std::string, std::string>> adds;
+        std::vector<std::string> added;
+        std::string actions;
+        for (const auto& o : overlays) {
+            std::string dev = o.disk.empty() ? "root" : disk_device(o.disk);
+            auto it = tops.find(dev);
+            if (it == tops.end()) {
+                return done({Errc::invalid_state, "QEMU has no block device " + dev}, {});
+            }
+            std::string node = "s" + random_hex(5);
+            adds.emplace_back("blockdev-add",
+                              "{\"driver\":\"qcow2\",\"node-name\":" + json::quote(node) +
+                                  ",\"file\":{\"driver\":\"file\",\"filename\":" +
+                                  json::quote(o.file) + "},\"backing\":null}");
+            added.push_back(node);
+            actions +=
+                std::string(actions.empty() ? "" : ",") +
+                "{\"type\":\"blockdev-snapshot\",\"data\":{\"node\":" + json::quote(it->second) +
+                ",\"overlay\":" + json::quote(node) + "}}";
+        }
+        // Set up first (the guest still runs): the save's capabilities, no bandwidth cap, the
+        // overlays' nodes.
+        std::vector<std::pair<std::string, std::string>> setup = {
+            {"migrate-set-capabilities",
+             "{\"capabilities\":[{\"capability\":\"events\",\"state\":true},"
+             "{\"capability\":\"background-snapshot\",\"state\":true}]}"},
+            {"migrate-set-parameters", "{\"max-bandwidth\":1099511627776}"}};
+        setup.insert(setup.end(), adds.begin(), adds.end());
+        run_steps(
+            ref, std::move(setup),
+            [this, ref, added, actions, done, fd](const Status& st, size_t at) {
+                auto undo_nodes = [this, ref, added](size_t n) {
+                    std::vector<std::string> undo(added.begin(),
+                                                  added.begin() + std::min(n, added.size()));
+                    run_steps(ref, deletions(undo), [](const Status&, size_t) {});
+                };
+                if (!st) {
+                    undo_nodes(at < 2 ? 0 : at - 2);
+                    return done({Errc::invalid_state, "memory snapshot (QMP): " + st.message()},
+                                {});
+                }
+                Vm* vm = find(ref);
+                if (!vm || !vm->proc) {
+                    return done({Errc::invalid_state, "QEMU is not running"}, {});
+                }
+                auto t0 = std::chrono::steady_clock::now();
+                vm->quiet_pause = true;
+                // The guest stops for the disks' cut and the start of the save; QEMU resumes it.
+                std::vector<std::pair<std::string, std::string>> cut = {{"stop", ""}};
+                if (!actions.empty()) {
+                    cut.emplace_back("transaction", "{\"actions\":[" + actions + "]}");
+                }
+                run_steps(
+                    ref, std::move(cut),
+                    [this, ref, added, undo_nodes, done, fd, t0](const Status& st, size_t at) {
+                        if (!st) {
+                            (void)at;
+                            undo_nodes(added.size());
+                            return end_memory_save(
+                                ref, {Errc::invalid_state, "snapshot (QMP): " + st.message()}, {},
+                                done);
+                        }
+                        Vm* vm = find(ref);
+                        if (!vm || !vm->proc) {
+                            return done({},
+                                        {Errc::unavailable, "QEMU ended during the memory save"});
+                        }
+                        std::string fdname = "hangar-mem";
+                        vm->proc->execute_with_fd(
+                            "getfd", "{\"fdname\":\"" + fdname + "\"}", fd->get(),
+                            [this, ref, done, fdname, t0](const Status& st, std::string_view) {
+                                if (!st) {
+                                    return end_memory_save(
+                                        ref, {}, {Errc::internal, "getfd: " + st.message()}, done);
+                                }
+                                Vm* vm = find(ref);
+                                if (!vm || !vm->proc) {
+                                    return done({}, {Errc::unavailable,
+                                                     "QEMU ended during the memory save"});
+                                }
+                                vm->migration = [this, ref, done, t0](const std::string& status) {
+                                    spdlog::info("{}: guest memory saved ({}) in {:.1f} ms",
+                                                 ref.machine, status,
+                                                 std::chrono::duration<double, std::milli>(
+                                                     std::chrono::steady_clock::now() - t0)
+                                                     .count());
+                                    end_memory_save(
+                                        ref, {},
+                                        status == "completed"
+                                            ? Status{}
+                                            : Status{Errc::internal,
+                                                     "saving the guest's memory " + status},
+                                        done);
+                                };
+                                vm->proc->execute(
+                                    "migrate", "{\"uri\":\"fd:" + fdname + "\"}",
+                                    [this, ref, done](const Status& st, std::string_view) {
+                                        if (st) {
+                                            return;  // MIGRATION completed ends it
+                                        }
+                                        if (Vm* vm = find(ref)) {
+                                            vm->migration = nullptr;
+                                        }
+                                        end_memory_save(
+                                            ref, {}, {Errc::internal, "migrate: " + st.message()},
+                                            done);
+                                    });
+                            });
+                    });
+            });
+    });
+}
+
+void QemuRuntime::end_memory_save(const core::InstanceRef& ref, const Status& disks,
+                                  const Status& memory, MemoryDone done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return done(disks,
+                    disks ? (memory ? Status{Errc::unavailable, "QEMU ended during the memory save"}
+                                    : memory)
+                          : Status{});
+    }
+    vm->proc->execute(
+        "query-status", "",
+        [this, ref, disks, memory, done](const Status& st, std::string_view result) {
+            auto over = [this, ref, disks, memory, done] {
+                if (Vm* vm = find(ref)) {
+                    vm->quiet_pause = false;
+                }
+                done(disks, memory);
+            };
+            simdjson::dom::parser parser;
+            simdjson::dom::element o;
+            bool running = false;
+            if (st && parser.parse(result.data(), result.size()).get(o) == simdjson::SUCCESS) {
+                json::try_get(o["running"], running);
+            }
+            Vm* vm = find(ref);
+            if (running || !vm || !vm->proc) {
+                return over();
+            }
+            vm->proc->execute("cont", "", [ref, over](const Status& st, std::string_view) {
+                if (!st) {
+                    spdlog::warn("{}: cont after the memory save: {}", ref.machine, st.message());
+                }
+                over();
+            });
+        });
+}
+
+void QemuRuntime::memory_saved(const core::InstanceRef& ref,
+                               std::function<void(const Status&, bool)> done) {
+    Vm* vm = find(ref);
+    if (!vm || !vm->proc) {
+        return boost::asio::post(io_, [done] { done({}, false); });
+    }
+    vm->proc->execute(
+        "query-migrate", "", [this, ref, done](const Status& st, std::string_view result) {
+            simdjson::dom::parser parser;
+            simdjson::dom::element o;
+            std::string_view status;
+            if (st && parser.parse(result.data(), result.size()).get(o) == simdjson::SUCCESS) {
+                json::try_get(o["status"], status);
+            }
+            Vm* vm = find(ref);
+            if (!vm || !vm->proc) {
+                return done({}, false);
+            }
+            auto settle = [this, ref, done](const std::string& status) {
+                end_memory_save(ref, {}, {}, [done, status](const Status&, const Status&) {
+                    done({}, status == "completed");
+                });
+            };
+            if (status == "setup" || status == "active" || status == "device" ||
+                status == "pre-switchover") {
+                spdlog::info("{}: waiting for the memory save an earlier hangard started",
+                             ref.machine);
+                vm->quiet_pause = true;
+                vm->migration = settle;
+                return;
+            }
+            settle(std::string(status));
+        });
+}
+
 void QemuRuntime::change_cdrom(const core::InstanceRef& ref, const MachineSpec& spec, Done done) {
     DiskImage iso;
     if (!spec.cdrom.empty()) {
@@ -1068,6 +1300,22 @@ void QemuRuntime::on_event(const core::InstanceRef& ref, std::string_view event,
     if (!vm || !sink_) {
         return;
     }
+    if (event == "MIGRATION") {
+        if (vm->incoming && detail == "failed") {
+            vm->reason = "the snapshot's memory could not be loaded (see qemu.log)";
+        }
+        if (detail == "completed" || detail == "failed" || detail == "cancelled") {
+            vm->incoming = false;
+            if (auto then = std::exchange(vm->migration, nullptr)) {
+                then(detail);
+            }
+        }
+        return;
+    }
+    if ((event == "STOP" || event == "RESUME") && vm->quiet_pause) {
+        spdlog::debug("{}: {} during a memory save", ref.machine, event);
+        return;
+    }
     if (event == "DEVICE_DELETED") {
         auto it = vm->unplugging.find(detail);
         if (it != vm->unplugging.end()) {
@@ -1078,6 +1326,7 @@ void QemuRuntime::on_event(const core::InstanceRef& ref, std::string_view event,
     } else if (event == "STOP") {
         sink_->on_paused(ref, "qmp:STOP");
     } else if (event == "RESUME") {
+        vm->incoming = false;
         sink_->on_running(ref, "qmp:RESUME");
     } else if (event == "SHUTDOWN") {
         // With -no-shutdown QEMU stays alive after a guest shutdown; hangar ends it.

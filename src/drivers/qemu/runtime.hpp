@@ -62,6 +62,11 @@ class QemuRuntime final : public core::Runtime {
     void set_root_disk(std::function<std::string(const std::string& machine)> f) {
         root_disk_ = std::move(f);
     }
+    // The memory file a machine's next start resumes from (a snapshot restored with its
+    // memory), taken by that start: "" when it boots.
+    void set_resume_from(std::function<std::string(const std::string& machine)> f) {
+        resume_from_ = std::move(f);
+    }
     // A VM with "image" gets disk_gib filled in (the image's size, rounded up to GiB).
     Status validate(MachineSpec& spec, const core::Privilege& who) const override;
     // The image exists, and the machine's file system has room for its root disk.
@@ -92,6 +97,15 @@ class QemuRuntime final : public core::Runtime {
     // again when the transaction fails.
     void snapshot_disks(const core::InstanceRef& ref,
                         const std::vector<core::DiskOverlay>& overlays, Done done) override;
+    // Overlays added, then: stop, the transaction, getfd + migrate to the file with the
+    // background-snapshot capability (QEMU resumes the guest as soon as it tracks writes to
+    // its RAM), MIGRATION completed. STOP/RESUME of that pause are not state changes.
+    void snapshot_with_memory(const core::InstanceRef& ref,
+                              const std::vector<core::DiskOverlay>& overlays, int memory_fd,
+                              MemoryDone done) override;
+    // query-migrate (MIGRATION events while it is active), then cont when the guest is paused.
+    void memory_saved(const core::InstanceRef& ref,
+                      std::function<void(const Status&, bool completed)> done) override;
     // query-named-block-nodes finds the files' nodes; block-stream of each layer into its
     // child (base-node: the layer's backing, backing-file: its name relative to the child),
     // ended by BLOCK_JOB_COMPLETED; the layer's own nodes are deleted where hangard added them.
@@ -122,7 +136,14 @@ class QemuRuntime final : public core::Runtime {
         std::map<std::string, std::function<void()>> unplugging;
         // Block jobs running (block-stream), by job id: what to do when they end.
         std::map<std::string, std::function<void(const Status&)>> jobs;
+        // A memory save running: told its end ("completed", "failed", "cancelled").
+        std::function<void(const std::string& status)> migration;
+        bool quiet_pause = false;  // a memory save's STOP and RESUME are not state changes
+        bool incoming = false;     // started from a memory file
     };
+    // snapshot_with_memory's end: the guest running again (cont unless QEMU resumed it).
+    void end_memory_save(const core::InstanceRef& ref, const Status& disks, const Status& memory,
+                         MemoryDone done);
     // merge_layers once no earlier merge runs.
     void merge_now(const core::InstanceRef& ref, const std::vector<core::LayerMerge>& merges,
                    MergeDone done);
@@ -160,6 +181,7 @@ class QemuRuntime final : public core::Runtime {
     DiskImageLookup image_lookup_;
     AttachedDisks attached_disks_;
     std::function<std::string(const std::string&)> root_disk_;
+    std::function<std::string(const std::string&)> resume_from_;
     Firmware uefi_;
     Status uefi_status_;  // why there is no UEFI firmware
     std::map<std::string, Vm> vms_;
