@@ -2,8 +2,11 @@
 """Disk snapshots of the built-in guest with D disks of 1 GiB attached (default 1 and 4), each
 holding 256 MiB of data: N snapshots taken while the guest runs (through the API, and the QMP
 part alone as hangard logs it: the overlays added and one transaction), then with the VM
-stopped N taken, N restored and N deleted (each delete merges one layer). The time of a
-snapshot does not grow with the data on the disks: nothing is copied."""
+stopped N taken, N restored and N deleted (each delete merges one layer); N deleted while the
+guest runs (QEMU's block-stream). Then, on the built-in guest without disks (128 MiB), N
+snapshots with memory (the API's answer, how long the guest was paused, the save as hangard
+logs it) and N restores with memory (until the guest runs again). The time of a disk snapshot
+does not grow with the data on the disks: nothing is copied."""
 import os
 import re
 import shutil
@@ -58,6 +61,10 @@ def main():
                    re.findall(r"snapshotted in ([0-9.]+) ms", log())[before:]]
             s, m = api.call("GET", f"/v1/machines/{vm}")
             assert m["state"] == "running", m
+            for i in range(N):
+                timed(api, "POST", f"/v1/machines/{vm}/snapshots", {"name": f"x{i}"}, 201)
+            live_delete = [timed(api, "DELETE", f"/v1/machines/{vm}/snapshots/x{i}")
+                           for i in range(N)]
             s, _ = api.call("POST", f"/v1/machines/{vm}/actions/kill")
             assert s == 200
             stopped = [timed(api, "POST", f"/v1/machines/{vm}/snapshots", {"name": f"s{i}"}, 201)
@@ -71,6 +78,35 @@ def main():
             print(f"{nd} disk(s): stopped, through the API   {ms(stopped)}")
             print(f"{nd} disk(s): restore                    {ms(restore)}")
             print(f"{nd} disk(s): delete (merge one layer)   {ms(delete)}")
+            print(f"{nd} disk(s): delete while running       {ms(live_delete)}")
+        # With memory.
+        s, m = api.call("POST", "/v1/machines", {"name": "mem", "boot": boot})
+        assert s == 201, m
+        s, m = api.call("POST", "/v1/machines/mem/actions/start")
+        assert s == 200, m
+        pids.append(m["pid"])
+        time.sleep(8)  # booted
+        before = len(re.findall(r"paused ([0-9.]+) ms for the memory", log()))
+        saved_before = len(re.findall(r"guest memory saved \(completed\) in ([0-9.]+) ms", log()))
+        take = [timed(api, "POST", "/v1/machines/mem/snapshots?wait=true",
+                      {"name": f"m{i}", "memory": True}, 201) for i in range(N)]
+        paused = [float(x) / 1000 for x in
+                  re.findall(r"paused ([0-9.]+) ms for the memory", log())[before:]]
+        saved = [float(x) / 1000 for x in re.findall(
+            r"guest memory saved \(completed\) in ([0-9.]+) ms", log())[saved_before:]]
+        s, snap = api.call("GET", "/v1/machines/mem/snapshots/m0")
+        back = []
+        for i in range(N):
+            s, m = api.call("POST", "/v1/machines/mem/actions/kill")
+            assert s == 200, m
+            back.append(timed(api, "POST", f"/v1/machines/mem/snapshots/m{i}/restore"))
+            s, m = api.call("GET", "/v1/machines/mem")
+            assert m["state"] == "running", m
+            pids.append(m["pid"])
+        print(f"memory ({snap['memory_bytes'] >> 20} MiB file): take, API  {ms(take)}")
+        print(f"memory: guest paused                {ms(paused)}")
+        print(f"memory: save (QEMU, in background)  {ms(saved)}")
+        print(f"memory: restore until running       {ms(back)}")
     finally:
         kill_pids(pids)
         d.kill()

@@ -375,6 +375,16 @@ class Snapshots(DaemonTest):
                 (line.replace("*", " ").split() for line in ctl("list", "mem").splitlines()[1:])}
         self.assertEqual(rows["s2"][-2:], ["yes", "running"], rows)
 
+        # Restored again and again, the saved guest always runs (whenever hangard's cont
+        # arrives during the load).
+        for i in range(3):
+            self.daemon.action("mem", "kill")
+            self.daemon.wait_state("mem", "stopped")
+            s, m = self.daemon.request("POST", "/v1/machines/mem/snapshots/s2/restore")
+            self.assertEqual((s, m.get("state")), (200, "running"), m)
+            self.assertEqual(self.ask("mem", f"echo AGAIN{i}:$((40+{i})):END", f"AGAIN{i}"),
+                             str(40 + i))
+
         # Its disks only: the VM stays stopped and boots.
         self.daemon.action("mem", "kill")
         self.daemon.wait_state("mem", "stopped")

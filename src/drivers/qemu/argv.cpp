@@ -296,6 +296,10 @@ std::vector<std::string> build_argv(const Settings& settings, const MachineSpec&
         // leaves QEMU alive in status "shutdown" so that the fact survives a daemon restart.
         "-S",
         "-no-shutdown",
+        // A saved guest (a snapshot with memory) resumes when hangar says "cont", not in the
+        // run state the save found: the save pauses the guest for its first instant.
+        "-global",
+        "migration.store-global-state=off",
         "-msg",
         "timestamp=on",
         "-chardev",

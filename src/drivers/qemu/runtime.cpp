@@ -945,6 +945,30 @@ void QemuRuntime::resize_disk(const core::InstanceRef& ref, const std::string& d
     });
 }
 
+Status QemuRuntime::overlay_steps(const std::vector<core::DiskOverlay>& overlays,
+                                  const std::map<std::string, std::string>& tops,
+                                  OverlaySteps& out) {
+    for (const auto& o : overlays) {
+        std::string dev = o.disk.empty() ? "root" : disk_device(o.disk);
+        auto it = tops.find(dev);
+        if (it == tops.end()) {
+            return {Errc::invalid_state, "QEMU has no block device " + dev + " for " +
+                                             (o.disk.empty() ? "the root disk" : "disk " + o.disk)};
+        }
+        std::string node = "s" + random_hex(5);
+        out.adds.emplace_back("blockdev-add",
+                              "{\"driver\":\"qcow2\",\"node-name\":" + json::quote(node) +
+                                  ",\"file\":{\"driver\":\"file\",\"filename\":" +
+                                  json::quote(o.file) + "},\"backing\":null}");
+        out.added.push_back(node);
+        out.actions +=
+            std::string(out.actions.empty() ? "" : ",") +
+            "{\"type\":\"blockdev-snapshot\",\"data\":{\"node\":" + json::quote(it->second) +
+            ",\"overlay\":" + json::quote(node) + "}}";
+    }
+    return {};
+}
+
 void QemuRuntime::snapshot_disks(const core::InstanceRef& ref,
                                  const std::vector<core::DiskOverlay>& overlays, Done done) {
     top_nodes(ref, [this, ref, overlays, done](const Status& st,
@@ -952,28 +976,11 @@ void QemuRuntime::snapshot_disks(const core::InstanceRef& ref,
         if (!st) {
             return done(st);
         }
-        std::vector<std::pair<std::string, std::string>> steps;
-        std::vector<std::string> added;
-        std::string actions;
-        for (const auto& o : overlays) {
-            std::string dev = o.disk.empty() ? "root" : disk_device(o.disk);
-            auto it = tops.find(dev);
-            if (it == tops.end()) {
-                return done({Errc::invalid_state,
-                             "QEMU has no block device " + dev + " for " +
-                                 (o.disk.empty() ? "the root disk" : "disk " + o.disk)});
-            }
-            std::string node = "s" + random_hex(5);
-            steps.emplace_back("blockdev-add",
-                               "{\"driver\":\"qcow2\",\"node-name\":" + json::quote(node) +
-                                   ",\"file\":{\"driver\":\"file\",\"filename\":" +
-                                   json::quote(o.file) + "},\"backing\":null}");
-            added.push_back(node);
-            actions +=
-                std::string(actions.empty() ? "" : ",") +
-                "{\"type\":\"blockdev-snapshot\",\"data\":{\"node\":" + json::quote(it->second) +
-                ",\"overlay\":" + json::quote(node) + "}}";
+        OverlaySteps o;
+        if (Status st = overlay_steps(overlays, tops, o); !st) {
+            return done(st);
         }
+        auto& [steps, added, actions] = o;
         steps.emplace_back("transaction", "{\"actions\":[" + actions + "]}");
         size_t adds = added.size();
         auto t0 = std::chrono::steady_clock::now();
@@ -1021,26 +1028,11 @@ void QemuRuntime::snapshot_with_memory(const core::InstanceRef& ref,
         if (!st) {
             return done(st, {});
         }
-        std::vector<std::pair<std::string, std::string>> adds;
-        std::vector<std::string> added;
-        std::string actions;
-        for (const auto& o : overlays) {
-            std::string dev = o.disk.empty() ? "root" : disk_device(o.disk);
-            auto it = tops.find(dev);
-            if (it == tops.end()) {
-                return done({Errc::invalid_state, "QEMU has no block device " + dev}, {});
-            }
-            std::string node = "s" + random_hex(5);
-            adds.emplace_back("blockdev-add",
-                              "{\"driver\":\"qcow2\",\"node-name\":" + json::quote(node) +
-                                  ",\"file\":{\"driver\":\"file\",\"filename\":" +
-                                  json::quote(o.file) + "},\"backing\":null}");
-            added.push_back(node);
-            actions +=
-                std::string(actions.empty() ? "" : ",") +
-                "{\"type\":\"blockdev-snapshot\",\"data\":{\"node\":" + json::quote(it->second) +
-                ",\"overlay\":" + json::quote(node) + "}}";
+        OverlaySteps o;
+        if (Status st = overlay_steps(overlays, tops, o); !st) {
+            return done(st, {});
         }
+        auto& [adds, added, actions] = o;
         // Set up first (the guest still runs): the save's capabilities, no bandwidth cap, the
         // overlays' nodes.
         std::vector<std::pair<std::string, std::string>> setup = {
@@ -1313,7 +1305,14 @@ void QemuRuntime::on_event(const core::InstanceRef& ref, std::string_view event,
         return;
     }
     if ((event == "STOP" || event == "RESUME") && vm->quiet_pause) {
-        spdlog::debug("{}: {} during a memory save", ref.machine, event);
+        if (event == "STOP") {
+            vm->paused_at = std::chrono::steady_clock::now();
+        } else {
+            spdlog::info("{}: the guest was paused {:.1f} ms for the memory save", ref.machine,
+                         std::chrono::duration<double, std::milli>(
+                             std::chrono::steady_clock::now() - vm->paused_at)
+                             .count());
+        }
         return;
     }
     if (event == "DEVICE_DELETED") {

@@ -139,11 +139,21 @@ class QemuRuntime final : public core::Runtime {
         // A memory save running: told its end ("completed", "failed", "cancelled").
         std::function<void(const std::string& status)> migration;
         bool quiet_pause = false;  // a memory save's STOP and RESUME are not state changes
-        bool incoming = false;     // started from a memory file
+        std::chrono::steady_clock::time_point paused_at;  // that STOP
+        bool incoming = false;                            // started from a memory file
     };
     // snapshot_with_memory's end: the guest running again (cont unless QEMU resumed it).
     void end_memory_save(const core::InstanceRef& ref, const Status& disks, const Status& memory,
                          MemoryDone done);
+    // A snapshot's QMP: blockdev-add of each overlay ("backing": null) and the
+    // transaction's blockdev-snapshot actions putting them on the devices' current nodes.
+    struct OverlaySteps {
+        std::vector<std::pair<std::string, std::string>> adds;
+        std::vector<std::string> added;  // their node names
+        std::string actions;
+    };
+    static Status overlay_steps(const std::vector<core::DiskOverlay>& overlays,
+                                const std::map<std::string, std::string>& tops, OverlaySteps& out);
     // merge_layers once no earlier merge runs.
     void merge_now(const core::InstanceRef& ref, const std::vector<core::LayerMerge>& merges,
                    MergeDone done);
