@@ -980,7 +980,9 @@ void QemuRuntime::snapshot_disks(const core::InstanceRef& ref,
         if (Status st = overlay_steps(overlays, tops, o); !st) {
             return done(st);
         }
-        auto& [steps, added, actions] = o;
+        auto& steps = o.adds;
+        auto& added = o.added;
+        auto& actions = o.actions;
         steps.emplace_back("transaction", "{\"actions\":[" + actions + "]}");
         size_t adds = added.size();
         auto t0 = std::chrono::steady_clock::now();
@@ -1032,7 +1034,9 @@ void QemuRuntime::snapshot_with_memory(const core::InstanceRef& ref,
         if (Status st = overlay_steps(overlays, tops, o); !st) {
             return done(st, {});
         }
-        auto& [adds, added, actions] = o;
+        auto& adds = o.adds;
+        auto& added = o.added;
+        auto& actions = o.actions;
         // Set up first (the guest still runs): the save's capabilities, no bandwidth cap, the
         // overlays' nodes.
         std::vector<std::pair<std::string, std::string>> setup = {
