@@ -6,6 +6,7 @@
 # the tests labelled release_only.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$src} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-true}
 t0=$SECONDS
 phase() {  # how long each phase took, for the record
     echo "== test.sh: $1 done at $((SECONDS - t0)) s"

@@ -23,6 +23,10 @@ struct MachineFiles {
     // A VM made from a disk image: its root disk, a qcow2 overlay on that image, made at the
     // first start (root.qcow2.new until it is complete).
     std::filesystem::path root_disk() const { return dir / "root.qcow2"; }
+    // A clone of a snapshot with memory: the saved guest its first start resumes (then
+    // removed), and the hardware it was saved with (a start on other hardware boots instead).
+    std::filesystem::path warm_start() const { return dir / "warm-start.mem"; }
+    std::filesystem::path warm_start_hardware() const { return dir / "warm-start.hardware"; }
     // A UEFI VM's variables store, copied from the firmware's template at its first start.
     std::filesystem::path uefi_vars() const { return dir / "uefi-vars.fd"; }
 };

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "api/router.hpp"
+#include "core/clones.hpp"
 #include "core/credentials.hpp"
 #include "core/disks.hpp"
 #include "core/health.hpp"
@@ -66,6 +67,9 @@ Response accepted(const std::string& op_id);
 
 void register_snapshot_routes(Router& router, core::Snapshots& snapshots, core::Machines& machines,
                               core::Operations& operations);
+// POST /v1/machines/{name}/clone (also in snapshot_routes.cpp).
+void register_clone_route(Router& router, core::Clones& clones, core::Machines& machines,
+                          core::Operations& operations);
 
 // The parts of register_routes that live in other files.
 void register_meta_routes(Router& router, core::Machines& machines,

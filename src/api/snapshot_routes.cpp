@@ -1,4 +1,5 @@
-// /v1/machines/{name}/snapshots: snapshots of a VM's disks and memory (core::Snapshots).
+// /v1/machines/{name}/snapshots: snapshots of a VM's disks and memory (core::Snapshots), and
+// /v1/machines/{name}/clone: new machines on copies of a VM's disks or of a snapshot.
 #include "api/handlers.hpp"
 #include "core/operations.hpp"
 #include "core/snapshots.hpp"
@@ -96,6 +97,45 @@ void register_snapshot_routes(Router& router, core::Snapshots& snapshots, core::
                                          respond(json_response(200, machines.to_json(*m)));
                                      });
                });
+}
+
+// A clone copies disks: an operation (202) unless ?wait=true (then 201 with the machine).
+void register_clone_route(Router& router, core::Clones& clones, core::Machines& machines,
+                          core::Operations& operations) {
+    router.add(
+        "POST", "/v1/machines/{name}/clone", Access::user,
+        [&clones, &machines, &operations](Request& req, Respond respond) {
+            core::CloneRequest cr;
+            if (Status st = core::decode_clone_request(req.body, cr); !st) {
+                return respond(error_response(st));
+            }
+            bool wait = false;
+            if (Status st = parse_wait(req.query, wait); !st) {
+                return respond(error_response(st));
+            }
+            std::string source = req.params["name"];
+            auto op = std::make_shared<std::string>();
+            if (!wait) {
+                cr.accepted = [&operations, op, source, respond, uid = req.caller.uid] {
+                    *op = operations.new_id();
+                    operations.start_step(*op, source, uid, "clone");
+                    respond(accepted(*op));
+                };
+            }
+            clones.clone(
+                req.caller, source, std::move(cr),
+                [&machines, &operations, op, respond](const Status& st, const core::Machine* m) {
+                    if (!op->empty()) {
+                        return operations.finish_step(*op, st);
+                    }
+                    if (!st) {
+                        return respond(error_response(st));
+                    }
+                    auto res = json_response(201, machines.to_json(*m));
+                    res.headers.emplace_back("Location", "/v1/machines/" + m->spec.name);
+                    respond(std::move(res));
+                });
+        });
 }
 
 }  // namespace hangar::api

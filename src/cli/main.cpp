@@ -100,6 +100,9 @@ const char* kUsage =
     "  snapshot restore VM NAME [--disks-only] | snapshot delete VM NAME\n"
     "                               snapshots of all of a VM's disks, and with --memory of the\n"
     "                               running guest (restored, it resumes where it was)\n"
+    "  clone VM NEW [--snapshot SNAP]\n"
+    "                               a new VM on copies of VM's disks (VM stopped), or of a\n"
+    "                               snapshot's (a snapshot with memory: NEW resumes its guest)\n"
     "  operation show ID | operation cancel ID\n"
     "                               an operation; cancel a running image pull or import\n"
     "environment: HANGAR_SOCKET, HANGAR_URL, HANGAR_TOKEN, HANGAR_CERT, HANGAR_KEY\n";
@@ -1280,6 +1283,28 @@ int run(int argc, char** argv) {
         throw UsageError{
             "snapshot list VM | snapshot create VM NAME [--memory] | snapshot show VM NAME | "
             "snapshot restore VM NAME [--disks-only] | snapshot delete VM NAME"};
+    }
+    if (cmd == "clone") {
+        auto a = parse_args(args, {"--snapshot"}, {});
+        if (a.pos.size() != 2) {
+            throw UsageError{"clone VM NEW [--snapshot SNAP]"};
+        }
+        hangar::json::Writer w;
+        w.begin_object().field("name", a.pos[1]);
+        if (auto it = a.opt.find("--snapshot"); it != a.opt.end()) {
+            w.field("snapshot", it->second);
+        }
+        w.end_object();
+        if (int rc = request(http::verb::post,
+                             "/v1/machines/" + url_encode(a.pos[0]) + "/clone?wait=true", w.str(),
+                             &doc)) {
+            return rc;
+        }
+        std::cout << (as_json
+                          ? out
+                          : a.pos[1] + ": cloned from " + a.pos[0] + " (" + str(doc, "state") + ")")
+                  << "\n";
+        return 0;
     }
     if (cmd == "operation") {
         auto a = parse_args(args, {}, {});

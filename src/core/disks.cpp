@@ -594,6 +594,88 @@ void Disks::finish_create(const std::shared_ptr<DiskMake>& mk, const Status& st)
     mk->done({}, &d);
 }
 
+// ---- copies made by others (core::Clones) ------------------------------------------------
+
+Status Disks::begin_copy(const Caller& caller, const std::string& name, const std::string& from,
+                         uint64_t bytes, std::string& tmp) {
+    HANGAR_ASSERT_REACTOR();
+    if (Status st = check_name("disk", name); !st) {
+        return st;
+    }
+    if (disks_.count(name) || busy_.count(name)) {
+        return {Errc::conflict, "disk " + json::quote(name) + " already exists"};
+    }
+    if (disks_.size() + busy_.size() >= kMaxDisks) {
+        return {Errc::busy, "there are " + std::to_string(kMaxDisks) + " disks already"};
+    }
+    Disk* src = nullptr;
+    if (Status st = visible(caller, from, &src); !st) {
+        return st;
+    }
+    const Pool* pool = nullptr;
+    if (Status st = pools_.get(src->pool, &pool); !st) {
+        return st;
+    }
+    std::string path = pool->path + "/" + name + "." + src->format;
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(path, ec))) {
+        return {Errc::conflict, "pool " + pool->name + " holds a file " + path +
+                                    " already; hangard does not overwrite it"};
+    }
+    PoolSpace space = Pools::space(*pool);
+    if (space.status && bytes > space.free) {
+        return {Errc::invalid_spec, "the copy of disk " + from + " (" + gib(bytes) +
+                                        " of data) does not fit in the free space of pool " +
+                                        pool->name + " (" + std::to_string(space.free / kGiB) +
+                                        " GiB free)"};
+    }
+    tmp = pool->path + "/" + kTmpPrefix + name + "-" + random_hex(4) + "." + src->format;
+    busy_.insert(name);
+    return {};
+}
+
+Status Disks::end_copy(const Caller& caller, const std::string& name, const std::string& from,
+                       const std::string& tmp, uint64_t size_bytes, const Disk** out) {
+    HANGAR_ASSERT_REACTOR();
+    Disk* src = nullptr;
+    if (Status st = visible(caller, from, &src); !st) {
+        abort_copy(name, tmp);
+        return st;
+    }
+    Disk d;
+    d.name = name;
+    d.pool = src->pool;
+    d.owner = caller.uid;
+    d.format = src->format;
+    d.source_type = "disk";
+    d.source = from;
+    d.base = src->base;
+    d.base_format = src->base_format;
+    d.size_bytes = size_bytes;
+    d.path = fs::path(tmp).parent_path().string() + "/" + name + "." + d.format;
+    busy_.erase(name);
+    if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, d.path.c_str(), RENAME_NOREPLACE) != 0) {
+        Status st{Errc::conflict,
+                  "cannot move the disk into place at " + d.path + ": " + strerror(errno)};
+        ::unlink(tmp.c_str());
+        return st;
+    }
+    d.created_at = now_rfc3339();
+    Disk& made = disks_[name] = std::move(d);
+    store(made);
+    events_.publish(DiskCreated{made.name, to_json(made)}, "", made.owner);
+    db_.flush();
+    spdlog::info("disks: {} made in pool {} as a copy of {} ({} bytes)", made.name, made.pool, from,
+                 made.size_bytes);
+    *out = &made;
+    return {};
+}
+
+void Disks::abort_copy(const std::string& name, const std::string& tmp) {
+    busy_.erase(name);
+    ::unlink(tmp.c_str());
+}
+
 // ---- resize, delete --------------------------------------------------------------------
 
 void Disks::resize(const Caller& caller, const std::string& name, uint32_t size_gib, Done done) {

@@ -78,6 +78,18 @@ class Disks {
     void detach(const Caller& caller, const std::string& machine, const std::string& disk,
                 Done done);
 
+    // A copy of disk `from` that another part of hangard makes (core::Clones), in three steps:
+    // begin_copy reserves `name` and gives the temporary file in from's pool to make it in
+    // (refused when `bytes` do not fit in the pool's free space); end_copy moves the whole file
+    // into place and registers the disk as the caller's (a copy of `from`, on its base image);
+    // abort_copy removes the file and frees the name. A daemon's end in between leaves only the
+    // temporary file, which load() removes.
+    Status begin_copy(const Caller& caller, const std::string& name, const std::string& from,
+                      uint64_t bytes, std::string& tmp);
+    Status end_copy(const Caller& caller, const std::string& name, const std::string& from,
+                    const std::string& tmp, uint64_t size_bytes, const Disk** out);
+    void abort_copy(const std::string& name, const std::string& tmp);
+
     // The guest of `machine` released `disk` after its detach's deadline.
     void released(const std::string& machine, const std::string& disk);
     // What the QEMU runtime boots `machine` with.

@@ -84,6 +84,8 @@ std::string_view to_string(Op op) {
             return "adopt";
         case Op::snapshot:
             return "snapshot";
+        case Op::clone:
+            return "clone";
     }
     return "";
 }

@@ -55,7 +55,20 @@ struct ActionArgs {
 };
 
 // The operation holding a machine's lock.
-enum class Op { none, start, stop, kill, restart, pause, resume, remove, exec, adopt, snapshot };
+enum class Op {
+    none,
+    start,
+    stop,
+    kill,
+    restart,
+    pause,
+    resume,
+    remove,
+    exec,
+    adopt,
+    snapshot,
+    clone
+};
 // "start" ... "delete", "exec", "adopt"; "" for none.
 std::string_view to_string(Op op);
 

@@ -15,6 +15,7 @@
 
 #include "hangar/machine_files.hpp"
 #include "hangar/names.hpp"
+#include "util/file_tail.hpp"
 #include "util/json.hpp"
 #include "util/json_body.hpp"
 #include "util/metrics.hpp"
@@ -418,11 +419,36 @@ std::string Snapshots::to_json(const Snapshot& s) const {
 std::string Snapshots::take_resume(const std::string& machine) {
     auto it = resume_.find(machine);
     if (it == resume_.end()) {
-        return "";
+        MachineFiles files(machines_.machine_dir(machine));
+        std::string warm = files.warm_start().string();
+        if (::access(warm.c_str(), R_OK) != 0) {
+            return "";
+        }
+        std::string saved;
+        read_file_tail(files.warm_start_hardware().string(), 4096, saved);
+        std::string now = hardware(machine);
+        // QEMU opens the file within this start; then it goes, whatever the start's outcome.
+        boost::asio::post(io_, [files] {
+            std::error_code ec;
+            std::filesystem::remove(files.warm_start(), ec);
+            std::filesystem::remove(files.warm_start_hardware(), ec);
+        });
+        if (saved != now) {
+            spdlog::warn("{}: its saved guest had {}; it has {} now: it boots instead", machine,
+                         saved, now);
+            return "";
+        }
+        spdlog::info("{}: a warm start from {}", machine, warm);
+        return warm;
     }
     std::string f = std::move(it->second);
     resume_.erase(it);
     return f;
+}
+
+std::string Snapshots::hardware(const std::string& machine) const {
+    const Machine* m = nullptr;
+    return machines_.get({0, true}, machine, &m) ? hardware_of(*m) : "";
 }
 
 std::string Snapshots::hardware_of(const Machine& m) const {

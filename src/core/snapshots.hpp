@@ -96,8 +96,11 @@ class Snapshots {
     std::string to_json(const Snapshot& s) const;
     // The top file of `machine`'s root disk when snapshots moved it; "" when it is the default.
     std::string root_disk(const std::string& machine) const;
-    // The memory file `machine`'s start is to resume from, once ("": it boots).
+    // The memory file `machine`'s start is to resume from, once ("": it boots): a restore's,
+    // or a clone's warm start (MachineFiles::warm_start, removed once QEMU has it open).
     std::string take_resume(const std::string& machine);
+    // What a guest saved in `machine` needs to find again (hardware_of); "" for no machine.
+    std::string hardware(const std::string& machine) const;
     // "snapshots s1, s2 of web" when snapshots hold layers of `disk`; "" when none.
     std::string users_of_disk(const std::string& disk) const;
     // hangar_snapshots{machine}.

@@ -372,6 +372,8 @@ int main(int argc, char** argv) {
     core::Snapshots snapshots(io, db, events, machines, *disks, image_store);
     snapshots.load();
     api::register_snapshot_routes(router, snapshots, machines, operations);
+    core::Clones clones(io, machines, *disks, snapshots, image_store, cfg.machines_dir);
+    api::register_clone_route(router, clones, machines, operations);
     vms.set_root_disk([&snapshots](const std::string& m) { return snapshots.root_disk(m); });
     vms.set_resume_from([&snapshots](const std::string& m) { return snapshots.take_resume(m); });
     disks->set_snapshot_users(
@@ -521,6 +523,7 @@ int main(int argc, char** argv) {
         }
         operations.adoption_settled();
         snapshots.recover([] {});
+        clones.load();
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                         .count();
         spdlog::info(

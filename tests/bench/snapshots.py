@@ -5,7 +5,8 @@ part alone as hangard logs it: the overlays added and one transaction), then wit
 stopped N taken, N restored and N deleted (each delete merges one layer); N deleted while the
 guest runs (QEMU's block-stream). Then, on the built-in guest without disks (128 MiB), N
 snapshots with memory (the API's answer, how long the guest was paused, the save as hangard
-logs it) and N restores with memory (until the guest runs again). The time of a disk snapshot
+logs it), N restores with memory (until the guest runs again), and N clones of one of them,
+each started warm (until the clone's guest runs). The time of a disk snapshot
 does not grow with the data on the disks: nothing is copied."""
 import os
 import re
@@ -103,10 +104,26 @@ def main():
             s, m = api.call("GET", "/v1/machines/mem")
             assert m["state"] == "running", m
             pids.append(m["pid"])
+        # Clones of m0 (the source running): the clone made, then its warm start until
+        # running (the saved guest resumes).
+        s, m = api.call("POST", "/v1/machines/mem/actions/kill")
+        assert s == 200, m
+        cloned, warm = [], []
+        for i in range(N):
+            cloned.append(timed(api, "POST", "/v1/machines/mem/clone?wait=true",
+                                {"name": f"w{i}", "snapshot": "m0"}, 201))
+            warm.append(timed(api, "POST", f"/v1/machines/w{i}/actions/start"))
+            s, m = api.call("GET", f"/v1/machines/w{i}")
+            assert m["state"] == "running", m
+            pids.append(m["pid"])
+            s, m = api.call("POST", f"/v1/machines/w{i}/actions/kill")
+            assert s == 200, m
         print(f"memory ({snap['memory_bytes'] >> 20} MiB file): take, API  {ms(take)}")
         print(f"memory: guest paused                {ms(paused)}")
         print(f"memory: save (QEMU, in background)  {ms(saved)}")
         print(f"memory: restore until running       {ms(back)}")
+        print(f"clone of a memory snapshot, API     {ms(cloned)}")
+        print(f"clone: warm start until running     {ms(warm)}")
     finally:
         kill_pids(pids)
         d.kill()

@@ -36,6 +36,7 @@ struct RouteTable {
     std::unique_ptr<core::Images> images;
     std::unique_ptr<core::Disks> disks;
     std::unique_ptr<core::Snapshots> snapshots;
+    std::unique_ptr<core::Clones> clones;
     std::unique_ptr<core::Consoles> consoles;
     std::unique_ptr<core::Health> health;
     api::Router router;
@@ -74,12 +75,16 @@ struct RouteTable {
         api::register_disk_routes(router, *disks, *machines);
         snapshots = std::make_unique<core::Snapshots>(io, db, *events, *machines, *disks, *images);
         api::register_snapshot_routes(router, *snapshots, *machines, *operations);
+        clones = std::make_unique<core::Clones>(io, *machines, *disks, *snapshots, *images,
+                                                dir / "machines");
+        api::register_clone_route(router, *clones, *machines, *operations);
         consoles = std::make_unique<core::Consoles>(io, *machines, *events);
         api::register_console_routes(router, *consoles, *machines);
         api::register_display_routes(router, *machines, io, tickets);
     }
     ~RouteTable() {
         consoles.reset();
+        clones.reset();
         snapshots.reset();
         disks.reset();
         images.reset();
