@@ -909,6 +909,92 @@ void Snapshots::create(const Caller& caller, const std::string& machine, Snapsho
 void Snapshots::restore(const Caller& caller, const std::string& machine, const std::string& name,
                         bool memory, Done done) {
     HANGAR_ASSERT_REACTOR();
+    const Snapshot* s = nullptr;
+    const Machine* m = nullptr;
+    if (Status st = get(caller, machine, name, &s); !st || !runs_now(machine, &m)) {
+        return restore_stopped(caller, machine, name, memory, false, std::move(done));
+    }
+    // A running (or paused) VM goes back as well: what runs now is dropped (killed, as a
+    // revert does), the disks restored, and the VM runs again: from the saved guest with
+    // memory, else booting from the snapshot's disks. Every refusal comes before the kill.
+    std::vector<Volume> vols;
+    if (Status st = restorable(*m, *s, memory, vols); !st) {
+        return boost::asio::post(io_, [done = std::move(done), st] { done(st, nullptr); });
+    }
+    if (m->op != Op::none) {
+        Status st{Errc::busy, "machine " + machine + " is busy: " + std::string(to_string(m->op)) +
+                                  " in progress"};
+        return boost::asio::post(io_, [done = std::move(done), st] { done(st, nullptr); });
+    }
+    auto alive = alive_;
+    ActionArgs args;
+    args.reason = "api:restore snapshot " + name;
+    Status st = machines_.act(
+        caller, machine, Action::kill, args,
+        [this, alive, caller, machine, name, memory, done](const Status& st, const Machine*) {
+            if (!*alive) {
+                return;
+            }
+            if (!st) {
+                return done({st.code(),
+                             "stopping " + machine + " to restore " + name + ": " + st.message()},
+                            nullptr);
+            }
+            restore_stopped(caller, machine, name, memory, true, done);
+        });
+    if (!st) {
+        boost::asio::post(io_, [done = std::move(done), st] { done(st, nullptr); });
+    }
+}
+
+bool Snapshots::runs_now(const std::string& machine, const Machine** out) const {
+    if (!machines_.get({0, true}, machine, out)) {
+        return false;
+    }
+    return (*out)->live &&
+           ((*out)->state == MachineState::running || (*out)->state == MachineState::paused);
+}
+
+Status Snapshots::restorable(const Machine& m, const Snapshot& s, bool memory,
+                             std::vector<Volume>& vols) const {
+    const std::string& machine = m.spec.name;
+    if (recovering_.count(machine)) {
+        return {Errc::busy, machine + "'s snapshots are being recovered; try again"};
+    }
+    if (Status st = volumes(m, vols); !st) {
+        return st;
+    }
+    for (const auto& l : s.layers) {
+        bool found = false;
+        for (const auto& v : vols) {
+            found = found || v.disk == l.disk;
+        }
+        if (!found) {
+            return {Errc::invalid_state, "the snapshot's disk " + l.disk + " is not attached to " +
+                                             machine + " any more"};
+        }
+    }
+    if (memory && !s.memory.empty()) {
+        // The saved guest finds the devices it had, in the same places.
+        std::string now = hardware_of(m);
+        if (now != s.hardware) {
+            return {Errc::invalid_state,
+                    "the guest's memory in " + s.name + " was saved with " + s.hardware + "; " +
+                        machine + " has " + now +
+                        " now: restore its disks only ({\"memory\": false}) or change "
+                        "the machine back"};
+        }
+        if (::access(s.memory.c_str(), R_OK) != 0) {
+            return {Errc::internal, "the memory file " + s.memory + " of " + s.name +
+                                        " is missing: restore its disks only "
+                                        "({\"memory\": false})"};
+        }
+    }
+    return {};
+}
+
+void Snapshots::restore_stopped(const Caller& caller, const std::string& machine,
+                                const std::string& name, bool memory, bool start_after, Done done) {
     auto fail = [this, &done](Status st) {
         boost::asio::post(io_, [done = std::move(done), st] { done(st, nullptr); });
     };
@@ -920,44 +1006,15 @@ void Snapshots::restore(const Caller& caller, const std::string& machine, const 
     machines_.get(caller, machine, &m);
     if (m->live || (m->state != MachineState::stopped && m->state != MachineState::crashed)) {
         return fail({Errc::invalid_state, "restoring a snapshot needs " + machine +
-                                              " stopped: it is " +
+                                              " stopped, running or paused: it is " +
                                               std::string(to_string(m->state))});
-    }
-    if (recovering_.count(machine)) {
-        return fail({Errc::busy, machine + "'s snapshots are being recovered; try again"});
     }
     auto step = std::make_shared<Step>();
     step->machine = machine;
-    if (Status st = volumes(*m, step->vols); !st) {
+    if (Status st = restorable(*m, *s, memory, step->vols); !st) {
         return fail(st);
     }
-    for (const auto& l : s->layers) {
-        bool found = false;
-        for (const auto& v : step->vols) {
-            found = found || v.disk == l.disk;
-        }
-        if (!found) {
-            return fail({Errc::invalid_state, "the snapshot's disk " + l.disk +
-                                                  " is not attached to " + machine + " any more"});
-        }
-    }
     bool resume = memory && !s->memory.empty();
-    if (resume) {
-        // The saved guest finds the devices it had, in the same places.
-        std::string now = hardware_of(*m);
-        if (now != s->hardware) {
-            return fail({Errc::invalid_state,
-                         "the guest's memory in " + name + " was saved with " + s->hardware + "; " +
-                             machine + " has " + now +
-                             " now: restore its disks only ({\"memory\": false}) or change "
-                             "the machine back"});
-        }
-        if (::access(s->memory.c_str(), R_OK) != 0) {
-            return fail({Errc::internal, "the memory file " + s->memory + " of " + name +
-                                             " is missing: restore its disks only "
-                                             "({\"memory\": false})"});
-        }
-    }
     if (Status st = machines_.hold(machine, Op::snapshot); !st) {
         return fail(st);
     }
@@ -998,6 +1055,38 @@ void Snapshots::restore(const Caller& caller, const std::string& machine, const 
                 done({started.code(),
                       "the disks of " + name +
                           " were restored, but the guest did not resume: " + started.message()},
+                     nullptr);
+            }
+        };
+    } else if (start_after) {
+        // It ran before the restore: it boots from the snapshot's disks.
+        auto alive = alive_;
+        step->done = [this, alive, caller, machine, name, done = std::move(done)](
+                         const Status& st, const Snapshot* snap) {
+            if (!st || !*alive) {
+                return done(st, snap);
+            }
+            ActionArgs args;
+            args.reason = "api:restore snapshot " + name;
+            Status started = machines_.act(
+                caller, machine, Action::start, args,
+                [this, alive, machine, name, done](const Status& st, const Machine*) {
+                    if (!*alive) {
+                        return;
+                    }
+                    if (!st) {
+                        return done({st.code(), "the disks of " + name +
+                                                    " were restored, but the VM did not start: " +
+                                                    st.message()},
+                                    nullptr);
+                    }
+                    auto it = snaps_[machine].find(name);
+                    done({}, it == snaps_[machine].end() ? nullptr : &it->second);
+                });
+            if (!started) {
+                done({started.code(),
+                      "the disks of " + name +
+                          " were restored, but the VM did not start: " + started.message()},
                      nullptr);
             }
         };

@@ -87,7 +87,8 @@ class Snapshots {
     // `done` never from inside the call.
     void create(const Caller& caller, const std::string& machine, SnapshotRequest req, Done done);
     // With `memory` (and a snapshot that has it) the machine then starts from the saved
-    // guest; `done` once it runs.
+    // guest; `done` once it runs. A running or paused VM is killed first and runs again after
+    // (booting from the snapshot's disks, or resuming its saved guest).
     void restore(const Caller& caller, const std::string& machine, const std::string& name,
                  bool memory, Done done);
     void remove(const Caller& caller, const std::string& machine, const std::string& name,
@@ -113,6 +114,15 @@ class Snapshots {
   private:
     struct Step;
     Status owned(const Caller& caller, const std::string& machine, const Machine** out) const;
+    // Whether `m` can go back to `s` (its disks still attached; with `memory`, its hardware
+    // the saved guest's): the volumes it restores, or the refusal.
+    Status restorable(const Machine& m, const Snapshot& s, bool memory,
+                      std::vector<Volume>& vols) const;
+    // Whether `machine` runs an instance that is running or paused.
+    bool runs_now(const std::string& machine, const Machine** out) const;
+    // restore() of a stopped VM; `start_after`: it ran before, and boots again after.
+    void restore_stopped(const Caller& caller, const std::string& machine, const std::string& name,
+                         bool memory, bool start_after, Done done);
     // The disks a snapshot of `m` covers now, with their tops.
     Status volumes(const Machine& m, std::vector<Volume>& out) const;
     // What a saved guest needs to find again: CPUs, memory, firmware, disks in their order.

@@ -194,15 +194,11 @@ class Snapshots(DaemonTest):
         self.assertEqual(s, 200, g)
         self.assertEqual(info(self.top("data2"))["virtual-size"], 2 << 30)
 
-        # Restore needs the VM stopped; then the guest boots with what s1 held.
-        self.refused(self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore"), 409,
-                     "invalid_state", "stopped")
-        self.daemon.action("web", "kill")
-        self.daemon.wait_state("web", "stopped")
-        s, _ = self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore")
-        self.assertEqual(s, 200)
+        # Restored while it runs: the VM is killed, its disks go back, and it boots again with
+        # what s1 held.
+        s, m = self.daemon.request("POST", "/v1/machines/web/snapshots/s1/restore")
+        self.assertEqual((s, m.get("state")), (200, "running"), m)
         self.assertFalse(os.path.exists(top_path))
-        self.daemon.action("web", "start")
         wait_for(lambda: self.console("web").count("HANGAR-DISK:") >= 2, 90, "the second boot")
         last = self.console("web").rsplit("HANGAR-DISK:", 1)[1].splitlines()[0]
         self.assertIn("SNAP-ONE", last)
@@ -333,9 +329,13 @@ class Snapshots(DaemonTest):
         later = self.uptime("mem", "UP2")
         self.assertGreater(later, before + 2.5)
 
-        # Restore needs the VM stopped; then it runs from where s1 was, with s1's disk.
-        self.refused(self.daemon.request("POST", "/v1/machines/mem/snapshots/s1/restore"), 409,
-                     "invalid_state", "stopped")
+        # Restored while the guest is paused (or runs): what runs is dropped, and the guest
+        # resumes where s1 was.
+        self.daemon.action("mem", "pause")
+        s, m = self.daemon.request("POST", "/v1/machines/mem/snapshots/s1/restore")
+        self.assertEqual((s, m.get("state")), (200, "running"), m)
+        self.assertEqual(self.ask("mem", "echo VAR0:$X:END", "VAR0"), "before-snap")
+        # And from a stopped VM, timed.
         self.daemon.action("mem", "kill")
         self.daemon.wait_state("mem", "stopped")
         t0 = time.monotonic()
