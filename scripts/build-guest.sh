@@ -2,6 +2,8 @@
 # Builds hangar's built-in tiny guest: the kernel of Debian's linux-image-amd64 plus an
 # initramfs of busybox-static whose init prints a fixed marker on the serial console and
 # powers off on the ACPI power button (acpid, with the kernel's button and evdev modules).
+# With hangar.root=/dev/vda on the kernel's command line it boots a distribution's ext4 root
+# file system from that disk instead (scripts/build-debian-vm-image.sh makes one).
 #
 # usage: scripts/build-guest.sh OUTDIR
 # The result is cached outside the source tree (HANGAR_CACHE, default ~/.cache/hangar),
@@ -36,7 +38,8 @@ if [ ! -s "$cache/vmlinuz" ] || [ ! -s "$cache/initrd.img" ]; then
         drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko \
         drivers/block/virtio_blk.ko drivers/scsi/scsi_common.ko drivers/scsi/scsi_mod.ko \
         drivers/scsi/virtio_scsi.ko crypto/crct10dif_common.ko lib/crc-t10dif.ko lib/crc64.ko \
-        lib/crc64-rocksoft.ko block/t10-pi.ko drivers/scsi/sd_mod.ko; do
+        lib/crc64-rocksoft.ko block/t10-pi.ko drivers/scsi/sd_mod.ko \
+        fs/mbcache.ko lib/crc16.ko fs/jbd2/jbd2.ko crypto/crc32c_generic.ko fs/ext4/ext4.ko; do
         cp "$work/k/lib/modules/$kdir/kernel/$m" "$root/lib/modules/"
     done
     # busybox init: PID 1 that handles poweroff (SIGUSR2) by running ::shutdown and powering off.
@@ -89,7 +92,36 @@ EVENT
     for a in $(/bin/busybox --list); do
         [ -e "$root/bin/$a" ] || ln -s busybox "$root/bin/$a"
     done
-    ln -s bin/busybox "$root/init"
+    # /init: with hangar.root=DEV on the kernel's command line, DEV holds a distribution's root
+    # file system (ext4) and its own init takes over (switch_root); else the built-in guest.
+    cat > "$root/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc
+dev=
+for a in $(cat /proc/cmdline); do
+    case "$a" in hangar.root=*) dev=${a#hangar.root=} ;; esac
+done
+if [ -z "$dev" ]; then
+    umount /proc
+    exec /sbin/init
+fi
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+    mbcache crc16 jbd2 crc32c_generic ext4; do
+    insmod /lib/modules/$m.ko
+done
+for i in $(seq 50); do [ -b "$dev" ] && break; sleep 0.1; done
+mkdir -p /newroot
+if ! mount -t ext4 -o rw "$dev" /newroot; then
+    echo "HANGAR-GUEST: cannot mount $dev"
+    exec /sbin/init
+fi
+umount /sys /proc
+mount --move /dev /newroot/dev
+exec switch_root /newroot /sbin/init
+INIT
+    chmod +x "$root/init"
     ln -sf /bin/busybox "$root/sbin/init"
     mkdir -p "$cache.tmp"
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$cache.tmp/initrd.img"
