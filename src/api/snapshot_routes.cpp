@@ -121,6 +121,9 @@ void register_clone_route(Router& router, core::Clones& clones, core::Machines& 
                     operations.start_step(*op, source, uid, "clone");
                     respond(accepted(*op));
                 };
+                cr.progress = [&operations, op](const std::string& phase, uint64_t bytes) {
+                    operations.progress(*op, phase, bytes, 0);
+                };
             }
             clones.clone(
                 req.caller, source, std::move(cr),

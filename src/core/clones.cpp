@@ -102,6 +102,8 @@ struct Clones::Job {
     bool held = false, ended = false;
     bool registered = false;        // the machine exists
     std::vector<std::string> made;  // disks registered for the clone
+    std::function<void(const std::string&, uint64_t)> progress;
+    uint64_t copied = 0;  // bytes of data in the copies made so far
     std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
     Done done;
 };
@@ -281,6 +283,7 @@ void Clones::clone(const Caller& caller, const std::string& source, CloneRequest
         fs::permissions(job->staging, fs::perms::owner_all, ec);
     }
     job->done = std::move(done);
+    job->progress = std::move(req.progress);
     if (ec) {
         return finish(
             job, {Errc::internal, "cannot create " + job->staging.string() + ": " + ec.message()},
@@ -305,6 +308,9 @@ void Clones::copy_next(const std::shared_ptr<Job>& job, size_t i) {
         std::string vars = MachineFiles(machines_.machine_dir(job->source)).uefi_vars().string();
         if (::access(vars.c_str(), F_OK) == 0) {
             extra.emplace_back(vars, job->staging / "uefi-vars.fd");
+        }
+        if (job->progress && !job->memory.empty()) {
+            job->progress("copying the saved guest", job->copied);
         }
         std::vector<std::vector<std::string>> steps;
         for (const auto& [from, to] : extra) {
@@ -395,7 +401,16 @@ void Clones::copy_next(const std::shared_ptr<Job>& job, size_t i) {
                                      "-b", c.base_rel, c.tmp});
                 }
             }
-            run_steps(job, std::move(steps), 0, [this, job, i] { copy_next(job, i + 1); });
+            if (job->progress) {
+                job->progress("copying " + (c.disk.empty() ? "the root disk" : "disk " + c.disk) +
+                                  " (" + std::to_string(i + 1) + " of " +
+                                  std::to_string(job->copies.size()) + ")",
+                              job->copied);
+            }
+            run_steps(job, std::move(steps), 0, [this, job, i, data] {
+                job->copied += data;
+                copy_next(job, i + 1);
+            });
         });
 }
 

@@ -38,6 +38,8 @@ struct CloneRequest {
     std::string name, snapshot;
     // Called once the clone is under way (every refusal is behind it); `done` follows.
     std::function<void()> accepted;
+    // As it advances: what it copies now, and the bytes of data copied so far.
+    std::function<void(const std::string& phase, uint64_t bytes)> progress;
 };
 Status decode_clone_request(std::string_view body, CloneRequest& out);
 

@@ -341,6 +341,8 @@ std::string Operations::to_json(const Operation& op) const {
     w.field("action", op.action).field("status", op.status).field("created_at", op.created_at);
     if (!op.image.empty()) {
         w.field("image", op.image);
+    }
+    if (!op.image.empty() || !op.phase.empty()) {
         w.key("progress")
             .begin_object()
             .field("phase", op.phase)

@@ -189,6 +189,7 @@ class Clones(DaemonTest):
                  .get("status") != "running", 60, "the clone's operation")
         s, op = self.daemon.request("GET", f"/v1/operations/{acc['operation']}")
         self.assertEqual((op["status"], op["action"]), ("succeeded", "clone"), op)
+        self.assertEqual(op["progress"]["phase"], "copying the saved guest", op)
         self.assertEqual(self.daemon.machine("warm")["state"], "running")
         w2_dir = os.path.join(self.machines_dir(), "w2")
         self.assertTrue(os.path.exists(os.path.join(w2_dir, "warm-start.mem")))
