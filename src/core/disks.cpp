@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 
+#include "core/quotas.hpp"
 #include "hangar/names.hpp"
 #include "util/json.hpp"
 #include "util/json_body.hpp"
@@ -464,8 +465,12 @@ void Disks::create(const Caller& caller, DiskRequest req, Done done) {
                                              pool->name + " (" + std::to_string(space.free / kGiB) +
                                              " GiB free)"});
     }
+    if (Status st = within_quota(caller, d.size_bytes); !st) {
+        return fail(st);
+    }
     mk->tmp = pool->path + "/" + kTmpPrefix + d.name + "-" + random_hex(4) + "." + d.format;
     mk->done = std::move(done);
+    making_[d.name] = {d.owner, d.size_bytes};
     if (!d.base.empty()) {
         mk->rebase = fs::path(d.base).lexically_relative(pool->path).string();
     }
@@ -573,6 +578,7 @@ void Disks::finish_create(const std::shared_ptr<DiskMake>& mk, const Status& st)
     }
     mk->ended = true;
     busy_.erase(mk->disk.name);
+    making_.erase(mk->disk.name);
     Status result = st;
     if (result && renameat2(AT_FDCWD, mk->tmp.c_str(), AT_FDCWD, mk->disk.path.c_str(),
                             RENAME_NOREPLACE) != 0) {
@@ -592,6 +598,28 @@ void Disks::finish_create(const std::shared_ptr<DiskMake>& mk, const Status& st)
     spdlog::info("disks: {} made in pool {} ({} bytes, {})", d.name, d.pool, d.size_bytes,
                  d.source_type);
     mk->done({}, &d);
+}
+
+// ---- quota -----------------------------------------------------------------------------
+
+uint64_t Disks::bytes_of(uint32_t uid) const {
+    uint64_t n = 0;
+    for (const auto& [name, d] : disks_) {
+        n += d.owner == uid ? d.size_bytes : 0;
+    }
+    for (const auto& [name, m] : making_) {
+        n += m.first == uid ? m.second : 0;
+    }
+    return n;
+}
+
+Status Disks::within_quota(const Caller& caller, uint64_t more) const {
+    if (!quotas_ || caller.admin || quotas_->exempt(caller.uid)) {
+        return {};
+    }
+    QuotaUsage before = quotas_->usage(caller.uid), after = before;
+    after.disk_bytes += more;
+    return quotas_->check(caller.uid, before, after);
 }
 
 // ---- copies made by others (core::Clones) ------------------------------------------------
@@ -629,8 +657,12 @@ Status Disks::begin_copy(const Caller& caller, const std::string& name, const st
                                         pool->name + " (" + std::to_string(space.free / kGiB) +
                                         " GiB free)"};
     }
+    if (Status st = within_quota(caller, src->size_bytes); !st) {
+        return st;
+    }
     tmp = pool->path + "/" + kTmpPrefix + name + "-" + random_hex(4) + "." + src->format;
     busy_.insert(name);
+    making_[name] = {caller.uid, src->size_bytes};
     return {};
 }
 
@@ -654,6 +686,7 @@ Status Disks::end_copy(const Caller& caller, const std::string& name, const std:
     d.size_bytes = size_bytes;
     d.path = fs::path(tmp).parent_path().string() + "/" + name + "." + d.format;
     busy_.erase(name);
+    making_.erase(name);
     if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, d.path.c_str(), RENAME_NOREPLACE) != 0) {
         Status st{Errc::conflict,
                   "cannot move the disk into place at " + d.path + ": " + strerror(errno)};
@@ -673,6 +706,7 @@ Status Disks::end_copy(const Caller& caller, const std::string& name, const std:
 
 void Disks::abort_copy(const std::string& name, const std::string& tmp) {
     busy_.erase(name);
+    making_.erase(name);
     ::unlink(tmp.c_str());
 }
 
@@ -698,6 +732,9 @@ void Disks::resize(const Caller& caller, const std::string& name, uint32_t size_
     if (bytes == d->size_bytes) {
         const Disk* same = d;
         return boost::asio::post(io_, [done = std::move(done), same] { done({}, same); });
+    }
+    if (Status st = within_quota({d->owner, caller.admin}, bytes - d->size_bytes); !st) {
+        return fail(st);
     }
     if (busy_.count(name)) {
         return fail({Errc::busy, "disk " + name + " is being changed; try again"});

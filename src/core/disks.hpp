@@ -29,6 +29,8 @@
 
 namespace hangar::core {
 
+class Quotas;
+
 struct Disk {
     std::string name, pool, format, path, created_at;
     uint32_t owner = 0;
@@ -111,6 +113,11 @@ class Disks {
         snapshot_users_ = std::move(f);
     }
 
+    // Creates, copies and growths are held to the owner's disk quota (core::Quotas).
+    void set_quotas(const Quotas* q) { quotas_ = q; }
+    // The size of the disks `uid` owns, and of those being made for it.
+    uint64_t bytes_of(uint32_t uid) const;
+
     std::string to_json(const Disk& d) const;
     // hangar_disks, hangar_disk_bytes{disk} (virtual size).
     void render_metrics(std::string& out) const;
@@ -129,6 +136,8 @@ class Disks {
     Status machine_for(const Caller& caller, const std::string& name, const Machine** out) const;
     // The disk is no longer attached (`reason` for the events).
     void detached(const std::string& name, const std::string& reason);
+    // conflict when `caller`'s disks would pass the disk quota by growing `more` bytes.
+    Status within_quota(const Caller& caller, uint64_t more) const;
 
     boost::asio::io_context& io_;
     store::Db& db_;
@@ -142,6 +151,9 @@ class Disks {
     // does (released()) or when the VM ends.
     std::set<std::string> pending_detach_;
     std::function<std::string(const std::string&)> snapshot_users_;
+    const Quotas* quotas_ = nullptr;
+    // Disks being made (creates, copies): owner and size, counted as the owner's.
+    std::map<std::string, std::pair<uint32_t, uint64_t>> making_;
     uint64_t subscription_ = 0;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

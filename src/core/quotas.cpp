@@ -56,6 +56,9 @@ QuotaUsage Quotas::usage(uint32_t uid) const {
         }
         u.images += images_->pulling(uid);
     }
+    if (disk_usage_) {
+        u.disk_bytes += disk_usage_(uid);
+    }
     return u;
 }
 

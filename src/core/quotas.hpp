@@ -8,12 +8,14 @@
 //   vcpus       the sum of their `cpus`;
 //   memory_mib  the sum of their `memory_mib`;
 //   images      images it owns plus its pulls in flight;
-//   disk_bytes  its images' archive sizes (Image::size) plus, per container it owns, the
-//               archive size of that container's image (its root file system copy). VM disks
-//               are the user's own files and are not counted; a pull's size is not known
-//               before it is downloaded, so a pull starts while the use is below the quota.
+//   disk_bytes  its images' archive sizes (Image::size), per machine made from an image that
+//               image's archive size (its copy of it), and its disks in the pools at their
+//               size (what their guests see: a disk may fill up to it); a pull's size is not
+//               known before it is downloaded, so a pull starts while the use is below the
+//               quota.
 // Root and members of the admin group are exempt; the host's bound applies to everyone.
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "hangar/error.hpp"
@@ -55,6 +57,9 @@ class Quotas {
         images_ = images;
     }
 
+    // The bytes of the disks in the pools that `uid` owns (core::Disks).
+    void set_disk_usage(std::function<uint64_t(uint32_t uid)> f) { disk_usage_ = std::move(f); }
+
     const QuotaLimits& limits() const { return limits_; }
     const HostSize& host() const { return host_; }
     // Root and admins have no quota.
@@ -78,6 +83,7 @@ class Quotas {
     const AdminGroup* admins_;
     const Machines* machines_ = nullptr;
     const Images* images_ = nullptr;
+    std::function<uint64_t(uint32_t)> disk_usage_;
 };
 
 }  // namespace hangar::core

@@ -364,6 +364,8 @@ int main(int argc, char** argv) {
     api::register_pool_routes(router, pools);
     disks = std::make_unique<core::Disks>(io, db, events, pools, image_store, machines);
     disks->load();
+    disks->set_quotas(&quotas);
+    quotas.set_disk_usage([&disks](uint32_t uid) { return disks ? disks->bytes_of(uid) : 0; });
     api::register_disk_routes(router, *disks, machines);
     vms.set_attached_disks([&disks](const std::string& m) { return disks->attached(m); });
     machines.set_disks_json([&disks](const std::string& m) { return disks->machine_items(m); });

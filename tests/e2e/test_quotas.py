@@ -210,6 +210,39 @@ class DiskQuota(UserTest):
         self.assertEqual(info["quota"]["disk_bytes"]["used"], 2 * img["size"])
 
 
+class DiskVolumeQuota(UserTest):
+    extra = ("--quota-disk-gib", "2")
+
+    def test_disks_count_at_their_size(self):
+        gib = 1 << 30
+        s, d = self.as_user(1001, "POST", "/v1/disks", {"name": "u-one", "size_gib": 1})
+        self.assertEqual(s, 201, d)
+        # Grown to the quota: allowed; past it: refused, the disk as it was.
+        s, d = self.as_user(1001, "PATCH", "/v1/disks/u-one", {"size_gib": 2})
+        self.assertEqual(s, 200, d)
+        self.assert_refused(self.as_user(1001, "PATCH", "/v1/disks/u-one", {"size_gib": 3}),
+                            f"uid 1001 would use {3 * gib} bytes of disk; the quota is {2 * gib} "
+                            "(--quota-disk-gib)")
+        self.assert_refused(self.as_user(1001, "POST", "/v1/disks",
+                                         {"name": "u-two", "size_gib": 1}),
+                            f"uid 1001 would use {3 * gib} bytes of disk; the quota is {2 * gib}")
+        # A copy counts like a new disk.
+        self.assert_refused(self.as_user(1001, "POST", "/v1/disks",
+                                         {"name": "u-copy", "source": {"disk": "u-one"}}),
+                            f"uid 1001 would use {4 * gib} bytes of disk")
+        s, info = self.as_user(1001, "GET", "/v1")
+        self.assertEqual(info["quota"]["disk_bytes"], {"limit": 2 * gib, "used": 2 * gib})
+        self.assertEqual(self.as_user(1001, "GET", "/v1/disks/u-one")[1]["size_bytes"], 2 * gib)
+        self.assertEqual(self.as_user(1001, "GET", "/v1/disks/u-two")[0], 404)
+        # Root is exempt; deleting frees the use.
+        s, _ = self.daemon.request("POST", "/v1/disks", {"name": "r-big", "size_gib": 8})
+        self.assertEqual(s, 201)
+        s, _ = self.as_user(1001, "DELETE", "/v1/disks/u-one")
+        self.assertEqual(s, 200)
+        s, d = self.as_user(1001, "POST", "/v1/disks", {"name": "u-two", "size_gib": 2})
+        self.assertEqual(s, 201, d)
+
+
 class DBusFace(BusTest):
     """D-Bus serves root and admins only (others are refused before the core): the host's bound
     holds there too."""
