@@ -195,6 +195,12 @@ class Machines final : private RuntimeSink {
     // (core::Disks), after a VM's root disk.
     using DisksJson = std::function<std::vector<std::string>(const std::string& machine)>;
     void set_disks_json(DisksJson f) { disks_json_ = std::move(f); }
+    // The names of the disks attached to `name`, in order (for faces such as D-Bus).
+    using DiskNames = std::function<std::vector<std::string>(const std::string& machine)>;
+    void set_disk_names(DiskNames f) { disk_names_ = std::move(f); }
+    std::vector<std::string> disk_names(const std::string& name) const {
+        return disk_names_ ? disk_names_(name) : std::vector<std::string>{};
+    }
     // What is attached to `name` changed: its JSON is made again, machine.updated published.
     void disks_changed(const std::string& name, const std::string& reason);
     // Told when a guest releases a disk after its detach's deadline passed.
@@ -266,6 +272,7 @@ class Machines final : private RuntimeSink {
     ExitExplainer explainer_;
     ResetListener reset_listener_;
     DisksJson disks_json_;
+    DiskNames disk_names_;
     DiskReleased disk_released_;
 };
 

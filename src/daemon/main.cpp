@@ -369,6 +369,13 @@ int main(int argc, char** argv) {
     api::register_disk_routes(router, *disks, machines);
     vms.set_attached_disks([&disks](const std::string& m) { return disks->attached(m); });
     machines.set_disks_json([&disks](const std::string& m) { return disks->machine_items(m); });
+    machines.set_disk_names([&disks](const std::string& m) {
+        std::vector<std::string> names;
+        for (const auto& a : disks->attached(m)) {
+            names.push_back(a.name);
+        }
+        return names;
+    });
     machines.set_disk_released(
         [&disks](const std::string& m, const std::string& d) { disks->released(m, d); });
     core::Snapshots snapshots(io, db, events, machines, *disks, image_store);

@@ -192,6 +192,7 @@ class Service::Impl::MachineObject final
     uint32_t MemoryMiB() override { return m().spec.memory_mib; }
     uint32_t Owner() override { return m().spec.owner; }
     uint32_t Pid() override { return static_cast<uint32_t>(m().pid); }
+    std::vector<std::string> Disks() override { return impl_.machines.disk_names(name_); }
 
     Impl& impl_;
     std::string name_;
@@ -525,7 +526,8 @@ void Service::Impl::on_machine_updated(const std::string& name, const core::Mach
         return;
     }
     std::vector<std::string> props;
-    for (const auto& [field, prop] : {std::pair{"cpus", "Cpus"}, {"memory_mib", "MemoryMiB"}}) {
+    for (const auto& [field, prop] :
+         {std::pair{"cpus", "Cpus"}, {"memory_mib", "MemoryMiB"}, {"disks", "Disks"}}) {
         if (std::find(u.changed.begin(), u.changed.end(), field) != u.changed.end()) {
             props.emplace_back(prop);
         }

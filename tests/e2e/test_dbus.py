@@ -157,6 +157,36 @@ class DBus(BusTest):
                       or s["payload"]["data"][0] == "web-1")]
         self.assertEqual(order, ["PropertiesChanged", "MachineStateChanged"] * 4)
 
+    def test_disks_property_follows_attach_and_detach(self):
+        self.create("dk")
+        path = "/org/hangar/machine/dk"
+        disks = lambda: self.busctl("get-property", "org.hangar", path, "org.hangar.Machine1",
+                                    "Disks").stdout.strip()
+        self.assertEqual(disks(), "as 0")
+        monitor = subprocess.Popen(["busctl", f"--address={self.bus.address}", "monitor",
+                                    "org.hangar", "--json=short"], stdout=subprocess.PIPE,
+                                   text=True)
+        try:
+            time.sleep(0.5)
+            for name in ("dd2", "dd1"):
+                s, d = self.daemon.request("POST", "/v1/disks", {"name": name, "size_gib": 1})
+                self.assertEqual(s, 201, d)
+                s, _ = self.daemon.request("POST", "/v1/machines/dk/disks", {"disk": name})
+                self.assertEqual(s, 200)
+            self.assertEqual(disks(), 'as 2 "dd1" "dd2"')
+            s, _ = self.daemon.request("DELETE", "/v1/machines/dk/disks/dd1")
+            self.assertEqual(s, 200)
+            self.assertEqual(disks(), 'as 1 "dd2"')
+            time.sleep(0.5)
+        finally:
+            monitor.send_signal(signal.SIGINT)
+            text = monitor.communicate(timeout=10)[0]
+        signals = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        seen = [s["payload"]["data"][1]["Disks"]["data"] for s in signals
+                if s.get("type") == "signal" and s["member"] == "PropertiesChanged"
+                and s["path"] == path and "Disks" in s["payload"]["data"][1]]
+        self.assertEqual(seen, [["dd2"], ["dd1", "dd2"], ["dd2"]])
+
     def test_errors_and_callers(self):
         self.create("own")
         ok, out = self.send("Start", "string:../x")
