@@ -7,6 +7,7 @@ reports (errors at any time, leaks at exit) fail the test: hangard writes them t
 STATE_DIR/sanitizer.PID, since its stderr is /dev/null once it serves.
 """
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import unittest
 HANGARD = os.environ.get("HANGARD", "build/hangard")
 FAKE_QEMU = os.environ.get("FAKE_QEMU", "build/tests/fake_qemu")
 GUEST_DIR = os.environ.get("GUEST_DIR", "build/share/hangar/guest")
+HANGARCTL = os.environ.get("HANGARCTL", "build/hangarctl")
 ACCEL = os.environ.get("HANGAR_TEST_ACCEL", "tcg")
 
 
@@ -44,6 +46,28 @@ def pids_with_argument(arg):
         except OSError:
             pass
     return out
+
+
+def guest_boot():
+    """The built-in guest's kernel and initramfs (hangard's own files)."""
+    return {"kernel": os.path.join(GUEST_DIR, "vmlinuz"),
+            "initrd": os.path.join(GUEST_DIR, "initrd.img"),
+            "cmdline": "console=ttyS0 panic=-1"}
+
+
+def qemu_img_info(path):
+    """qemu-img info of `path` (-U: also while a QEMU holds it)."""
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def make_disk_image(directory, name, marker, fmt="qcow2", size="64M"):
@@ -225,6 +249,22 @@ class DaemonTest(unittest.TestCase):
     def console(self, name):
         """What machine `name`'s console has printed so far."""
         return self.daemon.request("GET", f"/v1/machines/{name}/console/log")[1] or ""
+
+    def type_in(self, name, line):
+        """Types `line` into machine `name`'s serial console (hangarctl console)."""
+        subprocess.run([HANGARCTL, "--socket", self.daemon.socket, "console", name],
+                       input=line.encode() + b"\n", capture_output=True, timeout=60)
+
+    def ask(self, name, command, tag):
+        """Types `command` (which prints TAG:...:END) into the guest; what it printed."""
+        self.type_in(name, command)
+        wait_for(lambda: f"{tag}:" in self.console(name).replace(f"{tag}:$", ""), 30, tag)
+        return self.console(name).replace(f"{tag}:$", "").rsplit(f"{tag}:", 1)[1].split(
+            ":END", 1)[0]
+
+    def uptime(self, name, tag):
+        """The guest's uptime in seconds, as it reports it."""
+        return float(self.ask(name, f"echo {tag}:$(cut -d' ' -f1 /proc/uptime):END", tag))
 
     def import_disk_image(self, directory, name, marker):
         """make_disk_image in `directory`, imported as image `name`."""

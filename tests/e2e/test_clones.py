@@ -5,8 +5,6 @@ chain: `qemu-img compare`), so the source can go and the clone still boots what 
 snapshot with memory gives a warm start: the clone's first start resumes the saved guest (its
 shell variables, its uptime). Refusals change nothing; a kill -9 of hangard at any point of a
 clone leaves the whole clone or nothing."""
-import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -17,19 +15,12 @@ import time
 import harness
 from harness import DaemonTest, wait_for
 
-HANGARCTL = os.environ.get("HANGARCTL", "build/hangarctl")
+HANGARCTL = harness.HANGARCTL
 
 
-def guest_boot():
-    return {"kernel": os.path.join(harness.GUEST_DIR, "vmlinuz"),
-            "initrd": os.path.join(harness.GUEST_DIR, "initrd.img"),
-            "cmdline": "console=ttyS0 panic=-1"}
-
-
-def info(path):
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+guest_boot = harness.guest_boot
+info = harness.qemu_img_info
+sha256 = harness.sha256
 
 
 def same_data(a, b):
@@ -40,14 +31,6 @@ def same_data(a, b):
 def write(path, pattern, offset=0):
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} 64k", path],
                    check=True, capture_output=True)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Clones(DaemonTest):
@@ -77,20 +60,6 @@ class Clones(DaemonTest):
                       [n for n in os.listdir(pool) if n.startswith(".new-")] +
                       [n for n in os.listdir(self.machines_dir())
                        if os.path.exists(os.path.join(self.machines_dir(), n, "clone-pending"))])
-
-    def type_in(self, name, line):
-        subprocess.run([HANGARCTL, "--socket", self.daemon.socket, "console", name],
-                       input=line.encode() + b"\n", capture_output=True, timeout=60)
-
-    def ask(self, name, command, tag):
-        """Types `command` (which prints TAG:...:END) into the guest; what it printed."""
-        self.type_in(name, command)
-        wait_for(lambda: f"{tag}:" in self.console(name).replace(f"{tag}:$", ""), 30, tag)
-        return self.console(name).replace(f"{tag}:$", "").rsplit(f"{tag}:", 1)[1].split(
-            ":END", 1)[0]
-
-    def uptime(self, name, tag):
-        return float(self.ask(name, f"echo {tag}:$(cut -d' ' -f1 /proc/uptime):END", tag))
 
     def test_clone_of_a_stopped_vm_holds_its_disks_and_needs_nothing_of_it(self):
         self.import_disk_image(self.files, "base", "BASEIMG-C")

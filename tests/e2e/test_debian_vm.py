@@ -4,7 +4,6 @@ a VM made from it boots systemd from its own overlay disk (the built-in guest's 
 initramfs hand over with hangar.root=/dev/vda). A unit in the image counts the boots on the
 disk and prints them: a snapshot taken while systemd runs, restored while it runs, brings the
 count back; a clone of the snapshot boots with it too; the base image is never written."""
-import hashlib
 import json
 import os
 import subprocess
@@ -15,12 +14,7 @@ from harness import DaemonTest, wait_for
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = harness.sha256
 
 
 class DebianVm(DaemonTest):

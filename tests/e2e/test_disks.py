@@ -30,10 +30,6 @@ class Disks(DaemonTest):
         os.chmod(self.files, 0o755)
         self.addCleanup(shutil.rmtree, self.files, True)
 
-    def type_in(self, name, line):
-        subprocess.run([HANGARCTL, "--socket", self.daemon.socket, "console", name],
-                       input=line.encode() + b"\n", capture_output=True, timeout=60)
-
     def disk(self, name, **body):
         s, d = self.daemon.request("POST", "/v1/disks", {"name": name, **body})
         self.assertEqual(s, 201, d)

@@ -5,7 +5,6 @@ guest boots with what its disk held at the snapshot) and deleted (merged into th
 it, `qemu-img check` clean, the newest data intact); kept across a restart; a kill -9 of hangard
 at many points of a create, a restore and a delete leaves no half snapshot and no stray file;
 bad input refused with nothing changed."""
-import json
 import os
 import shutil
 import subprocess
@@ -16,19 +15,11 @@ import time
 import harness
 from harness import DaemonTest, wait_for
 
-HANGARCTL = os.environ.get("HANGARCTL", "build/hangarctl")
+HANGARCTL = harness.HANGARCTL
 
 
-def guest_boot():
-    return {"kernel": os.path.join(harness.GUEST_DIR, "vmlinuz"),
-            "initrd": os.path.join(harness.GUEST_DIR, "initrd.img"),
-            "cmdline": "console=ttyS0 panic=-1"}
-
-
-def info(path):
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+guest_boot = harness.guest_boot
+info = harness.qemu_img_info
 
 
 def check(path, shared=False):
@@ -80,10 +71,6 @@ class Snapshots(DaemonTest):
         for x in body["snapshots"]:
             files |= {d["file"] for d in x["disks"] if d.get("disk") == disk}
         return sorted(files)
-
-    def type_in(self, name, line):
-        subprocess.run([HANGARCTL, "--socket", self.daemon.socket, "console", name],
-                       input=line.encode() + b"\n", capture_output=True, timeout=60)
 
     def test_stopped_snapshots_restore_and_delete_of_an_attached_disk(self):
         s, d = self.daemon.request("POST", "/v1/disks", {"name": "data1", "size_gib": 1})
@@ -287,16 +274,6 @@ class Snapshots(DaemonTest):
             self.assertEqual([got(dev, i) for i in range(3)], markers[:3])
             self.assertNotIn("LAYER", got(dev, 3))
         print(f"live delete of the middle of 3 snapshots (2 disks): {took * 1000:.0f} ms")
-
-    def ask(self, name, command, tag):
-        """Types `command` (which prints TAG:...:END) into the guest; what it printed."""
-        self.type_in(name, command)
-        wait_for(lambda: f"{tag}:" in self.console(name).replace(f"{tag}:$", ""), 30, tag)
-        return self.console(name).replace(f"{tag}:$", "").rsplit(f"{tag}:", 1)[1].split(
-            ":END", 1)[0]
-
-    def uptime(self, name, tag):
-        return float(self.ask(name, f"echo {tag}:$(cut -d' ' -f1 /proc/uptime):END", tag))
 
     def test_memory_snapshot_resumes_the_guest_where_it_was(self):
         s, d = self.daemon.request("POST", "/v1/disks", {"name": "m1", "size_gib": 1})

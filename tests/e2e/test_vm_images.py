@@ -2,7 +2,6 @@
 images of kind disk or iso, inspected by qemu-img and refused when they name another file; a
 VM made from a disk image boots from its own copy-on-write overlay (the built-in guest prints
 its disk's first bytes), its writes stay in the overlay, the base is never written."""
-import hashlib
 import http.server
 import os
 import shutil
@@ -17,18 +16,8 @@ HANGARCTL = os.environ.get("HANGARCTL", "build/hangarctl")
 USER = 1001
 
 
-def guest_boot():
-    return {"kernel": os.path.join(harness.GUEST_DIR, "vmlinuz"),
-            "initrd": os.path.join(harness.GUEST_DIR, "initrd.img"),
-            "cmdline": "console=ttyS0 panic=-1"}
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+guest_boot = harness.guest_boot
+sha256 = harness.sha256
 
 
 class VmImages(DaemonTest):
