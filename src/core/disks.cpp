@@ -368,11 +368,8 @@ void Disks::answer_later(Done done, Status st) {
 void Disks::create(const Caller& caller, DiskRequest req, Done done) {
     HANGAR_ASSERT_REACTOR();
     auto fail = [this, &done](Status st) { answer_later(std::move(done), std::move(st)); };
-    if (disks_.count(req.name) || busy_.count(req.name)) {
-        return fail({Errc::conflict, "disk " + json::quote(req.name) + " already exists"});
-    }
-    if (disks_.size() + busy_.size() >= kMaxDisks) {
-        return fail({Errc::busy, "there are " + std::to_string(kMaxDisks) + " disks already"});
+    if (Status st = name_free(req.name); !st) {
+        return fail(st);
     }
     const Pool* pool = nullptr;
     if (Status st = pools_.get(req.pool, &pool); !st) {
@@ -453,28 +450,15 @@ void Disks::create(const Caller& caller, DiskRequest req, Done done) {
         mk->source_fd = std::move(f.fd);
     }
     d.path = pool->path + "/" + d.name + "." + d.format;
-    std::error_code ec;
-    if (fs::exists(fs::symlink_status(d.path, ec))) {
-        return fail({Errc::conflict, "pool " + pool->name + " holds a file " + d.path +
-                                         " already; hangard does not overwrite it"});
-    }
-    PoolSpace space = Pools::space(*pool);
-    if (space.status && d.size_bytes > space.free) {
-        return fail({Errc::invalid_spec, "the disk (" + gib(d.size_bytes) +
-                                             ") does not fit in the free space of pool " +
-                                             pool->name + " (" + std::to_string(space.free / kGiB) +
-                                             " GiB free)"});
-    }
-    if (Status st = within_quota(caller, d.size_bytes); !st) {
+    if (Status st = reserve(caller, *pool, d.name, d.format, "the disk (" + gib(d.size_bytes) + ")",
+                            d.size_bytes, d.size_bytes, mk->tmp);
+        !st) {
         return fail(st);
     }
-    mk->tmp = pool->path + "/" + kTmpPrefix + d.name + "-" + random_hex(4) + "." + d.format;
     mk->done = std::move(done);
-    making_[d.name] = {d.owner, d.size_bytes};
     if (!d.base.empty()) {
         mk->rebase = fs::path(d.base).lexically_relative(pool->path).string();
     }
-    busy_.insert(d.name);
     auto alive = alive_;
     // Each step is a child process; any failure ends in finish_create.
     auto run = [this, alive, mk](std::vector<std::string> argv, bool with_source,
@@ -622,6 +606,39 @@ Status Disks::within_quota(const Caller& caller, uint64_t more) const {
     return quotas_->check(caller.uid, before, after);
 }
 
+Status Disks::name_free(const std::string& name) const {
+    if (disks_.count(name) || busy_.count(name)) {
+        return {Errc::conflict, "disk " + json::quote(name) + " already exists"};
+    }
+    if (disks_.size() + busy_.size() >= kMaxDisks) {
+        return {Errc::busy, "there are " + std::to_string(kMaxDisks) + " disks already"};
+    }
+    return {};
+}
+
+Status Disks::reserve(const Caller& caller, const Pool& pool, const std::string& name,
+                      const std::string& format, const std::string& what, uint64_t data,
+                      uint64_t size_bytes, std::string& tmp) {
+    std::string path = pool.path + "/" + name + "." + format;
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(path, ec))) {
+        return {Errc::conflict, "pool " + pool.name + " holds a file " + path +
+                                    " already; hangard does not overwrite it"};
+    }
+    PoolSpace space = Pools::space(pool);
+    if (space.status && data > space.free) {
+        return {Errc::invalid_spec, what + " does not fit in the free space of pool " + pool.name +
+                                        " (" + std::to_string(space.free / kGiB) + " GiB free)"};
+    }
+    if (Status st = within_quota(caller, size_bytes); !st) {
+        return st;
+    }
+    tmp = pool.path + "/" + kTmpPrefix + name + "-" + random_hex(4) + "." + format;
+    busy_.insert(name);
+    making_[name] = {caller.uid, size_bytes};
+    return {};
+}
+
 // ---- copies made by others (core::Clones) ------------------------------------------------
 
 Status Disks::begin_copy(const Caller& caller, const std::string& name, const std::string& from,
@@ -630,11 +647,8 @@ Status Disks::begin_copy(const Caller& caller, const std::string& name, const st
     if (Status st = check_name("disk", name); !st) {
         return st;
     }
-    if (disks_.count(name) || busy_.count(name)) {
-        return {Errc::conflict, "disk " + json::quote(name) + " already exists"};
-    }
-    if (disks_.size() + busy_.size() >= kMaxDisks) {
-        return {Errc::busy, "there are " + std::to_string(kMaxDisks) + " disks already"};
+    if (Status st = name_free(name); !st) {
+        return st;
     }
     Disk* src = nullptr;
     if (Status st = visible(caller, from, &src); !st) {
@@ -644,26 +658,9 @@ Status Disks::begin_copy(const Caller& caller, const std::string& name, const st
     if (Status st = pools_.get(src->pool, &pool); !st) {
         return st;
     }
-    std::string path = pool->path + "/" + name + "." + src->format;
-    std::error_code ec;
-    if (fs::exists(fs::symlink_status(path, ec))) {
-        return {Errc::conflict, "pool " + pool->name + " holds a file " + path +
-                                    " already; hangard does not overwrite it"};
-    }
-    PoolSpace space = Pools::space(*pool);
-    if (space.status && bytes > space.free) {
-        return {Errc::invalid_spec, "the copy of disk " + from + " (" + gib(bytes) +
-                                        " of data) does not fit in the free space of pool " +
-                                        pool->name + " (" + std::to_string(space.free / kGiB) +
-                                        " GiB free)"};
-    }
-    if (Status st = within_quota(caller, src->size_bytes); !st) {
-        return st;
-    }
-    tmp = pool->path + "/" + kTmpPrefix + name + "-" + random_hex(4) + "." + src->format;
-    busy_.insert(name);
-    making_[name] = {caller.uid, src->size_bytes};
-    return {};
+    return reserve(caller, *pool, name, src->format,
+                   "the copy of disk " + from + " (" + gib(bytes) + " of data)", bytes,
+                   src->size_bytes, tmp);
 }
 
 Status Disks::end_copy(const Caller& caller, const std::string& name, const std::string& from,

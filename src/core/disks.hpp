@@ -138,6 +138,15 @@ class Disks {
     void detached(const std::string& name, const std::string& reason);
     // conflict when `caller`'s disks would pass the disk quota by growing `more` bytes.
     Status within_quota(const Caller& caller, uint64_t more) const;
+    // conflict when a disk `name` exists or is being made; busy at kMaxDisks.
+    Status name_free(const std::string& name) const;
+    // A new disk `name` for `caller` in `pool`, of `size_bytes` (its quota) holding `data`
+    // bytes (`what` it is, for the free-space refusal): refused when a file of its name is in
+    // the pool, the data does not fit, or the quota would pass; else the name is busy, counted
+    // as the caller's, and `tmp` is the file to make it in.
+    Status reserve(const Caller& caller, const Pool& pool, const std::string& name,
+                   const std::string& format, const std::string& what, uint64_t data,
+                   uint64_t size_bytes, std::string& tmp);
 
     boost::asio::io_context& io_;
     store::Db& db_;
