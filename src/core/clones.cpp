@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <sstream>
 #include <vector>
 
 #include <simdjson.h>
@@ -35,9 +36,7 @@ std::string canonical_name(const std::string& p) {
     fs::path c = fs::weakly_canonical(p, ec);
     return ec ? p : c.string();
 }
-}  // namespace
 
-namespace {
 // `text` as the file `path` (written beside it, then renamed into place).
 Status write_file(const fs::path& path, const std::string& text) {
     std::string tmp = path.string() + ".new";
@@ -94,7 +93,7 @@ struct CloneCopy {
 
 struct Clones::Job {
     Caller caller;
-    std::string source, name, snapshot;
+    std::string source, name;
     MachineSpec spec;
     std::vector<CloneCopy> copies;
     std::string memory;  // a snapshot's saved guest: the clone's warm start
@@ -135,24 +134,21 @@ void Clones::load() {
         std::string clone = name;
         spdlog::warn("clones: {} was not whole when hangard ended: it is removed", clone);
         auto alive = alive_;
-        machines_.remove(
-            {0, true}, clone, true, [this, alive, owner, clone, disks](const Status& st) {
-                if (!*alive) {
-                    return;
-                }
-                if (!st) {
-                    spdlog::warn("clones: removing {}: {}", clone, st.message());
-                }
-                size_t at = 0;
-                while (at < disks.size()) {
-                    size_t nl = disks.find('\n', at);
-                    std::string d = disks.substr(at, nl == std::string::npos ? nl : nl - at);
-                    at = nl == std::string::npos ? disks.size() : nl + 1;
-                    if (!d.empty()) {
-                        disks_.remove(owner, d);
-                    }
-                }
-            });
+        machines_.remove({0, true}, clone, true,
+                         [this, alive, owner, clone, disks](const Status& st) {
+                             if (!*alive) {
+                                 return;
+                             }
+                             if (!st) {
+                                 spdlog::warn("clones: removing {}: {}", clone, st.message());
+                             }
+                             std::istringstream names(disks);
+                             for (std::string d; std::getline(names, d);) {
+                                 if (!d.empty()) {
+                                     disks_.remove(owner, d);
+                                 }
+                             }
+                         });
     }
     for (const auto& e : fs::directory_iterator(machines_dir_, ec)) {
         if (e.path().filename().string().rfind(kStagingPrefix, 0) == 0) {
@@ -183,7 +179,6 @@ void Clones::clone(const Caller& caller, const std::string& source, CloneRequest
     job->caller = caller;
     job->source = source;
     job->name = req.name;
-    job->snapshot = req.snapshot;
     job->spec = m->spec;
     job->spec.name = req.name;
     job->spec.uuid.clear();
@@ -205,15 +200,11 @@ void Clones::clone(const Caller& caller, const std::string& source, CloneRequest
         if (!job->memory.empty()) {
             // The clone gets the source's hardware as it is now; the saved guest needs what it
             // had.
-            if (std::string now = snapshots_.hardware(source); now != s->hardware) {
-                return fail({Errc::invalid_state,
-                             "the guest's memory in " + req.snapshot + " was saved with " +
-                                 s->hardware + "; " + source + " has " + now +
-                                 " now: change the machine back to clone it warm"});
-            }
-            if (::access(job->memory.c_str(), R_OK) != 0) {
-                return fail({Errc::internal, "the memory file " + job->memory + " of " +
-                                                 req.snapshot + " is missing"});
+            if (Status st = snapshots_.guest_fits(*m, *s); !st) {
+                return fail({st.code(), st.message() + (st.code() == Errc::invalid_state
+                                                            ? ": change the machine back to "
+                                                              "clone it warm"
+                                                            : "")});
             }
         }
     } else {
@@ -363,9 +354,7 @@ void Clones::copy_next(const std::shared_ptr<Job>& job, size_t i) {
             }
             if (c.disk.empty()) {
                 c.tmp = (job->staging / "root.qcow2").string();
-                Pool here;
-                here.path = machines_dir_.string();
-                PoolSpace space = Pools::space(here);
+                PoolSpace space = Pools::space_at(machines_dir_.string());
                 if (space.status && data > space.free) {
                     return finish(job,
                                   {Errc::invalid_spec,

@@ -989,17 +989,24 @@ Status Machines::exec(const Caller& caller, const std::string& name, ExecRequest
     return {};
 }
 
-Status Machines::hold(const std::string& name, Op op) {
+Status Machines::idle(const std::string& name) const {
     auto it = machines_.find(name);
     if (it == machines_.end()) {
         return {Errc::not_found, "no machine named " + name};
     }
-    Machine& m = *it->second;
+    const Machine& m = *it->second;
     if (m.op != Op::none) {
         return {Errc::busy,
                 "machine " + name + " is busy: " + std::string(to_string(m.op)) + " in progress"};
     }
-    m.op = op;
+    return {};
+}
+
+Status Machines::hold(const std::string& name, Op op) {
+    if (Status st = idle(name); !st) {
+        return st;
+    }
+    machines_.at(name)->op = op;
     return {};
 }
 

@@ -173,6 +173,8 @@ class Machines final : private RuntimeSink {
     // (a snapshot): busy while another operation holds it. release() lets it go.
     Status hold(const std::string& name, Op op);
     void release(const std::string& name, Op op);
+    // What hold() would refuse (not_found, busy), without holding.
+    Status idle(const std::string& name) const;
 
     // Asked when a machine ends from outside (QEMU signalled by someone, a container's unit
     // stopped by someone): calls `answer` once, soon, with the reason to report for the end

@@ -255,10 +255,14 @@ Status Pools::remove(const Caller& caller, const std::string& name) {
 }
 
 PoolSpace Pools::space(const Pool& p) {
+    return space_at(p.path);
+}
+
+PoolSpace Pools::space_at(const std::string& path) {
     PoolSpace s;
     struct statvfs v {};
-    if (::statvfs(p.path.c_str(), &v) != 0) {
-        s.status = {Errc::unavailable, p.path + ": " + errno_text()};
+    if (::statvfs(path.c_str(), &v) != 0) {
+        s.status = {Errc::unavailable, path + ": " + errno_text()};
         return s;
     }
     s.capacity = static_cast<uint64_t>(v.f_blocks) * v.f_frsize;

@@ -57,6 +57,8 @@ class Pools {
     Status remove(const Caller& caller, const std::string& name);
 
     static PoolSpace space(const Pool& p);
+    // The same for any directory (the machines' directory holds VMs' root disks).
+    static PoolSpace space_at(const std::string& path);
     std::string to_json(const Pool& p) const;
     // hangar_pools, hangar_pool_capacity_bytes{pool}, hangar_pool_free_bytes{pool}.
     void render_metrics(std::string& out) const;

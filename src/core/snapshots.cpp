@@ -921,9 +921,7 @@ void Snapshots::restore(const Caller& caller, const std::string& machine, const 
     if (Status st = restorable(*m, *s, memory, vols); !st) {
         return boost::asio::post(io_, [done = std::move(done), st] { done(st, nullptr); });
     }
-    if (m->op != Op::none) {
-        Status st{Errc::busy, "machine " + machine + " is busy: " + std::string(to_string(m->op)) +
-                                  " in progress"};
+    if (Status st = machines_.idle(machine); !st) {
         return boost::asio::post(io_, [done = std::move(done), st] { done(st, nullptr); });
     }
     auto alive = alive_;
@@ -975,20 +973,23 @@ Status Snapshots::restorable(const Machine& m, const Snapshot& s, bool memory,
         }
     }
     if (memory && !s.memory.empty()) {
-        // The saved guest finds the devices it had, in the same places.
-        std::string now = hardware_of(m);
-        if (now != s.hardware) {
-            return {Errc::invalid_state,
-                    "the guest's memory in " + s.name + " was saved with " + s.hardware + "; " +
-                        machine + " has " + now +
-                        " now: restore its disks only ({\"memory\": false}) or change "
-                        "the machine back"};
+        if (Status st = guest_fits(m, s); !st) {
+            return {st.code(),
+                    st.message() + ": restore its disks only ({\"memory\": false})" +
+                        (st.code() == Errc::invalid_state ? " or change the machine back" : "")};
         }
-        if (::access(s.memory.c_str(), R_OK) != 0) {
-            return {Errc::internal, "the memory file " + s.memory + " of " + s.name +
-                                        " is missing: restore its disks only "
-                                        "({\"memory\": false})"};
-        }
+    }
+    return {};
+}
+
+Status Snapshots::guest_fits(const Machine& m, const Snapshot& s) const {
+    // The saved guest finds the devices it had, in the same places.
+    if (std::string now = hardware_of(m); now != s.hardware) {
+        return {Errc::invalid_state, "the guest's memory in " + s.name + " was saved with " +
+                                         s.hardware + "; " + m.spec.name + " has " + now + " now"};
+    }
+    if (::access(s.memory.c_str(), R_OK) != 0) {
+        return {Errc::internal, "the memory file " + s.memory + " of " + s.name + " is missing"};
     }
     return {};
 }

@@ -102,6 +102,9 @@ class Snapshots {
     std::string take_resume(const std::string& machine);
     // What a guest saved in `machine` needs to find again (hardware_of); "" for no machine.
     std::string hardware(const std::string& machine) const;
+    // Whether the guest saved in snapshot `s` (one with memory) can run on `m` as it is now:
+    // invalid_state when the hardware differs, internal when the memory file is missing.
+    Status guest_fits(const Machine& m, const Snapshot& s) const;
     // "snapshots s1, s2 of web" when snapshots hold layers of `disk`; "" when none.
     std::string users_of_disk(const std::string& disk) const;
     // hangar_snapshots{machine}.
