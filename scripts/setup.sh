@@ -8,7 +8,7 @@ pkgs=(
     libssl-dev libspdlog-dev libfmt-dev libgtest-dev googletest libsqlite3-dev sqlite3
     qemu-system-x86 qemu-utils ovmf busybox-static cpio gzip curl xz-utils squashfs-tools
     python3 python3-websockets python3-jsonschema dbus systemd-container wrk openssl
-    clang libclang-rt-14-dev nodejs debootstrap util-linux
+    clang libclang-rt-14-dev nodejs debootstrap util-linux e2fsprogs
     chromium
 )
 # npm comes with Node.js builds other than Debian's; only Debian's nodejs needs the package.
